@@ -6,6 +6,7 @@ scoping cases are the examples of BuildKit's reference.md and its integration te
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,10 @@ from soute.dockerfile.instructions import (
     parse_signal,
     parse_trigger,
 )
-from soute.dockerfile.stages import BuildScope, Platform, StageScope, host_platform
+from soute.dockerfile.stages import BuildScope, StageScope, host_platform
 from soute.errors import LocatedError, SouteError
+from soute.image import platforms
+from soute.image.platforms import Platform, PlatformError
 
 FILE = "build/Dockerfile.test"
 AMD64 = Platform("linux", "amd64")
@@ -1025,21 +1028,27 @@ def test_platforms() -> None:
     assert Platform.parse("Linux/x86_64") == Platform("linux", "amd64")
     assert Platform.parse("windows(10.0.17763)/amd64").format_all() == ("windows(10.0.17763)/amd64")
     assert str(Platform("linux", "arm", "v7")) == "linux/arm/v7"
-    with pytest.raises(InvalidValue, match="wildcards"):
+    with pytest.raises(PlatformError, match="wildcards"):
         Platform.parse("linux/*")
-    with pytest.raises(InvalidValue, match="unknown operating system or architecture"):
+    with pytest.raises(PlatformError, match="unknown operating system or architecture"):
         Platform.parse("plan10")
 
 
 def test_host_platform(monkeypatch: pytest.MonkeyPatch) -> None:
-    import platform
+    def machine(name: str) -> None:
+        uname = os.uname_result(("Linux", "host", "6.1", "#1", name))
+        monkeypatch.setattr(platforms.os, "uname", lambda: uname)
+        platforms._host.cache_clear()
 
-    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    assert host_platform() == Platform("linux", "arm64")
-    monkeypatch.setattr(platform, "machine", lambda: "armv7l")
-    assert str(host_platform()) == "linux/arm/v7"
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    assert str(host_platform()) == "linux/amd64"
+    try:
+        machine("aarch64")
+        assert host_platform() == Platform("linux", "arm64")
+        machine("armv7l")
+        assert str(host_platform()) == "linux/arm/v7"
+        machine("x86_64")
+        assert str(host_platform()) == "linux/amd64"
+    finally:
+        platforms._host.cache_clear()
 
 
 def test_predefined_args() -> None:
@@ -1061,6 +1070,58 @@ def test_predefined_args() -> None:
         "BUILDVARIANT": "",
         "TARGETSTAGE": "b",
     }
+
+
+def test_predefined_args_default_to_the_normalised_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # BuildKit normalises its worker's platform: on an arm64 host TARGETVARIANT is empty
+    uname = os.uname_result(("Linux", "host", "6.1", "#1", "aarch64"))
+    monkeypatch.setattr(platforms.os, "uname", lambda: uname)
+    platforms._host.cache_clear()
+    try:
+        build = BuildScope(parse("FROM a\n"))
+    finally:
+        platforms._host.cache_clear()
+    p = build.predefined
+    assert (p["BUILDPLATFORM"], p["BUILDARCH"], p["BUILDVARIANT"]) == ("linux/arm64", "arm64", "")
+    assert (p["TARGETPLATFORM"], p["TARGETVARIANT"]) == ("linux/arm64", "")
+
+
+def test_predefined_args_with_an_os_version() -> None:
+    target = Platform.parse("windows(10.0.17763+win32k)/amd64")
+    p = scope("FROM a\n", target_platform=target).predefined
+    assert p["TARGETPLATFORM"] == "windows(10.0.17763+win32k)/amd64"  # containerd's FormatAll
+    assert (p["TARGETOS"], p["TARGETOSVERSION"]) == ("windows", "10.0.17763")
+    assert (p["BUILDPLATFORM"], p["BUILDOSVERSION"]) == ("linux/amd64", "")
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("linux/*", '"linux/*": wildcards not yet supported: invalid argument'),
+        (
+            "linux/a/b/c/d",
+            '"c/d" is an invalid component of "linux/a/b/c/d": platform specifier component '
+            'must match "^[A-Za-z0-9_.-]+$": invalid argument',
+        ),
+        ("linux/a/b/c", '"linux/a/b/c": cannot parse platform specifier: invalid argument'),
+        ("plan10", '"plan10": unknown operating system or architecture: invalid argument'),
+        (
+            "l.x/amd64",
+            '"l.x" is an invalid OS component of "l.x/amd64": OSAndVersion specifier component '
+            r'must match "^([A-Za-z0-9_-]+)(?:\\(([A-Za-z0-9_.%-]*)((?:\\+[A-Za-z0-9_.%-]+)*)'
+            r'\\))?$": invalid argument',
+        ),
+        (
+            "windows(%zz)/amd64",
+            '"windows(%zz)/amd64" has an invalid OS version "%zz": invalid URL escape "%zz"',
+        ),
+    ],
+)
+def test_platform_errors_in_buildkit_words(spec: str, reason: str) -> None:
+    with pytest.raises(LocatedError) as info:
+        scope(f"FROM --platform={spec} x").plan()
+    assert info.value.message == f"failed to parse platform {spec}: {reason}"
+    assert info.value.line == 1
 
 
 def test_predefined_args_need_redeclaring_and_can_be_overridden() -> None:
@@ -1548,5 +1609,5 @@ def test_fuzz_values(text: str) -> None:
     ):
         try:
             call()
-        except InvalidValue as e:
+        except (InvalidValue, PlatformError) as e:
             assert e.message

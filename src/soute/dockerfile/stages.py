@@ -35,7 +35,6 @@ Rules kept from BuildKit, some of them surprising:
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -71,6 +70,7 @@ from soute.dockerfile.instructions import (
 )
 from soute.dockerfile.shell import ExpansionError, Lexer
 from soute.errors import LocatedError
+from soute.image.platforms import Platform, PlatformError
 
 __all__ = [
     "DEFAULT_PATH",
@@ -79,7 +79,6 @@ __all__ = [
     "BaseRef",
     "BuildScope",
     "Dependency",
-    "Platform",
     "StageScope",
     "host_platform",
 ]
@@ -101,138 +100,10 @@ InstrT = TypeVar("InstrT", bound=Instruction)
 
 # ---------------------------------------------------------------------------- platforms
 
-_KNOWN_OS = frozenset((
-    "aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux",
-    "nacl", "netbsd", "openbsd", "plan9", "solaris", "windows", "zos",
-))  # fmt: skip
-_KNOWN_ARCH = frozenset((
-    "386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be", "ppc64", "ppc64le",
-    "loong64", "mips", "mipsle", "mips64", "mips64le", "mips64p32", "mips64p32le", "ppc",
-    "riscv", "riscv64", "s390", "s390x", "sparc", "sparc64", "wasm",
-))  # fmt: skip
-_COMPONENT = re.compile(r"[A-Za-z0-9_.-]+")
-_OS_PART = re.compile(r"([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?")
-
-
-def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
-    """containerd's normalizeArch."""
-    arch, variant = arch.lower(), variant.lower()
-    if arch == "i386":
-        return "386", ""
-    if arch in ("x86_64", "x86-64", "amd64"):
-        return "amd64", "" if variant == "v1" else variant
-    if arch in ("aarch64", "arm64"):
-        if variant in ("8", "v8", "v8.0"):
-            variant = ""
-        elif variant in ("9", "9.0", "v9.0"):
-            variant = "v9"
-        return "arm64", variant
-    if arch == "armhf":
-        return "arm", "v7"
-    if arch == "armel":
-        return "arm", "v6"
-    if arch == "arm":
-        if variant in ("", "7"):
-            variant = "v7"
-        elif variant in ("5", "6", "8"):
-            variant = "v" + variant
-    return arch, variant
-
-
-@dataclass(frozen=True)
-class Platform:
-    """An OCI platform (os/architecture/variant)."""
-
-    os: str
-    architecture: str
-    variant: str = ""
-    os_version: str = ""
-
-    def __str__(self) -> str:
-        """containerd's Format: ``linux/arm/v7``."""
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    def format_all(self) -> str:
-        """containerd's FormatAll: the OS version too, ``windows(10.0.17763)/amd64``."""
-        head = f"{self.os}({self.os_version})" if self.os_version else self.os
-        return "/".join(p for p in (head, self.architecture, self.variant) if p)
-
-    def normalized(self) -> Platform:
-        arch, variant = _normalize_arch(self.architecture, self.variant)
-        os = self.os.lower()
-        return dataclasses.replace(self, os="darwin" if os == "macos" else os,
-                                   architecture=arch, variant=variant)  # fmt: skip
-
-    @classmethod
-    def parse(cls, spec: str) -> Platform:
-        """containerd's platforms.Parse (``linux/amd64``, ``arm64``, ``linux/arm/v7``).
-
-        Raises InvalidValue with containerd's wording.
-        """
-        if "*" in spec:
-            raise InvalidValue(f"{go_quote(spec)}: wildcards not yet supported: invalid argument")
-        parts = spec.split("/", 3)
-        m = _OS_PART.fullmatch(parts[0])
-        if m is None:
-            raise InvalidValue(
-                f"{go_quote(parts[0])} is an invalid OS component of {go_quote(spec)}: "
-                f"OSAndVersion specifier component must match {go_quote(_OS_PART.pattern)}: "
-                "invalid argument"
-            )
-        os = m.group(1).lower()
-        os = "darwin" if os == "macos" else os
-        from urllib.parse import unquote  # only for the rare os(version) form
-
-        version = unquote(m.group(2) or "")
-        for part in parts[1:]:
-            if not _COMPONENT.fullmatch(part):
-                raise InvalidValue(
-                    f"{go_quote(part)} is an invalid component of {go_quote(spec)}: platform "
-                    f"specifier component must match {go_quote(_COMPONENT.pattern)}: "
-                    "invalid argument"
-                )
-        host = host_platform()
-        if len(parts) == 1:
-            if os in _KNOWN_OS:
-                return cls(os, host.architecture, "", version)
-            arch, variant = _normalize_arch(parts[0], "")
-            if arch == "arm" and variant == "v7":
-                variant = ""
-            if arch in _KNOWN_ARCH:
-                return cls(host.os, arch, variant)
-            raise InvalidValue(
-                f"{go_quote(spec)}: unknown operating system or architecture: invalid argument"
-            )
-        if len(parts) == 2:
-            arch, variant = _normalize_arch(parts[1], "")
-            if arch == "arm" and variant == "v7":
-                variant = ""
-            return cls(os, arch, variant, version)
-        if len(parts) == 3:
-            arch, variant = _normalize_arch(parts[1], parts[2])
-            if arch == "arm64" and not variant:
-                variant = "v8"
-            return cls(os, arch, variant, version)
-        raise InvalidValue(f"{go_quote(spec)}: cannot parse platform specifier: invalid argument")
-
-
-_MACHINES = {
-    "x86_64": ("amd64", ""), "amd64": ("amd64", ""), "i386": ("386", ""), "i686": ("386", ""),
-    "x86": ("386", ""), "aarch64": ("arm64", ""), "arm64": ("arm64", ""),
-    "armv8l": ("arm", "v8"), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-    "armv5tel": ("arm", "v5"), "ppc64le": ("ppc64le", ""), "s390x": ("s390x", ""),
-    "riscv64": ("riscv64", ""), "loongarch64": ("loong64", ""), "mips64": ("mips64", ""),
-}  # fmt: skip
-
 
 def host_platform() -> Platform:
-    """The platform this machine builds for natively (BuildKit's default worker platform)."""
-    import platform as _platform  # keeps start-up light; only asked when a build starts
-
-    arch, variant = _MACHINES.get(
-        _platform.machine().lower(), (_platform.machine().lower() or "amd64", "")
-    )
-    return Platform("linux", arch, variant)
+    """BuildKit's default build platform: the host's, normalised (arm64 has no variant)."""
+    return Platform.host().normalized()
 
 
 # ---------------------------------------------------------------------------- the build
@@ -412,9 +283,9 @@ class BuildScope:
             raise self.error(instr, f"empty platform value from expression {spec}{suggestion}")
         try:
             return Platform.parse(match.result)
-        except InvalidValue as e:
+        except PlatformError as e:
             raise self.error(
-                instr, f"failed to parse platform {spec}: {e.message}{suggestion}",
+                instr, f"failed to parse platform {spec}: {e.containerd(go_quote)}{suggestion}",
                 "e.g. linux/amd64, linux/arm64 or $BUILDPLATFORM",
             ) from None  # fmt: skip
 
