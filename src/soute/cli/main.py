@@ -11,20 +11,42 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-# command name -> module under soute.cli that defines configure(parser) and run(ctx, args)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "parse": ("parse", "Parse a Dockerfile and print its instructions"),
-    "version": ("version", "Show the soute version"),
+if TYPE_CHECKING:
+    from soute.store.store import Store
+
+# command -> (module under soute.cli, function stem, description). The module defines
+# configure_<stem>(parser) and run_<stem>(ctx, args). Names with a space exist only in a group.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "parse": ("parse", "parse", "Parse a Dockerfile and print its instructions"),
+    "version": ("version", "version", "Show the soute version"),
+    "images": ("images", "images", "List images"),
+    "tag": ("images", "tag", "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE"),
+    "rmi": ("images", "rmi", "Remove one or more images"),
+    "history": ("images", "history", "Show the history of an image"),
+    "inspect": ("images", "inspect", "Display detailed information on images"),
+    "import": ("images", "import", "Import a root filesystem tarball as an image"),
+    "bootstrap": ("images", "bootstrap", "Make a base image: debian:SUITE or busybox"),
+    "save": ("archive", "save", "Save one or more images to a tar archive"),
+    "load": ("archive", "load", "Load an image from a tar archive or standard input"),
+    "fsck": ("system", "fsck", "Check every blob, image, tag and snapshot of the store"),
+    "image prune": ("system", "image_prune", "Remove unused images"),
+    "system df": ("system", "df", "Show disk usage"),
+    "system prune": ("system", "system_prune", "Remove unused data"),
 }
 
 # docker's grouped forms: `soute image ls` is `soute images`. Later issues add their commands
 # here as they land; a group only lists what exists.
 GROUPS: dict[str, dict[str, str]] = {
-    "image": {},
+    "image": {
+        "ls": "images", "list": "images", "rm": "rmi", "remove": "rmi", "history": "history",
+        "inspect": "inspect", "tag": "tag", "save": "save", "load": "load", "import": "import",
+        "prune": "image prune",
+    },
     "container": {},
     "builder": {},
-    "system": {},
+    "system": {"df": "system df", "prune": "system prune"},
 }
 
 USAGE = "usage: soute [--root DIR] [--debug] COMMAND [ARG...]"
@@ -34,11 +56,26 @@ USAGE = "usage: soute [--root DIR] [--debug] COMMAND [ARG...]"
 class Context:
     root: Path
     debug: bool
+    _store: Store | None = None
+
+    def store(self) -> Store:
+        """The store, opened on first use (commands that need none never touch it)."""
+        if self._store is None:
+            from soute.store.store import Store
+
+            self._store = Store(self.root)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def _help() -> str:
     lines = [USAGE, "", "A daemonless container image builder and runtime.", "", "Commands:"]
-    lines += [f"  {name:<12}{desc}" for name, (_, desc) in sorted(COMMANDS.items())]
+    lines += [f"  {name:<12}{desc}" for name, (_, _, desc) in sorted(COMMANDS.items())
+              if " " not in name]
     groups = [g for g, subs in GROUPS.items() if subs]
     if groups:
         lines += ["", "Command groups (docker's forms):"]
@@ -96,10 +133,11 @@ def _resolve(rest: list[str]) -> tuple[str, str, list[str]]:
                 f" (commands: {', '.join(sorted(subs)) or 'none yet'})"
             )
         return subs[rest[1]], f"{name} {rest[1]}", rest[2:]
-    if name not in COMMANDS:
+    if name not in COMMANDS or " " in name:
         import difflib
 
-        near = difflib.get_close_matches(name, [*COMMANDS, *GROUPS], n=1)
+        near = difflib.get_close_matches(name, [c for c in COMMANDS if " " not in c] + [*GROUPS],
+                                         n=1)
         hint = f"; did you mean '{near[0]}'?" if near else "; see 'soute --help'"
         raise UsageError(f"unknown command '{name}'{hint}")
     return name, name, rest[1:]
@@ -119,15 +157,19 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(_help())
             return 0 if opts.get("help") else 1
         command, called, args = _resolve(rest)
-        module = importlib.import_module(f"soute.cli.{COMMANDS[command][0]}")
-        parser = argparse.ArgumentParser(prog=f"soute {called}", description=COMMANDS[command][1])
-        module.configure(parser)
+        module_name, stem, description = COMMANDS[command]
+        module = importlib.import_module(f"soute.cli.{module_name}")
+        parser = argparse.ArgumentParser(prog=f"soute {called}", description=description)
+        getattr(module, f"configure_{stem}")(parser)
         ns = parser.parse_args(args)
         root = opts.get("root")
         from soute.store import default_root
 
         ctx = Context(root=Path(str(root)) if root else default_root(), debug=debug)
-        return int(module.run(ctx, ns) or 0)
+        try:
+            return int(getattr(module, f"run_{stem}")(ctx, ns) or 0)
+        finally:
+            ctx.close()
     except UsageError as e:
         print(f"soute: {e}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure_parse(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--file", default="Dockerfile", help="the Dockerfile ('-' reads standard input)"
     )
@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(ctx: Any, args: argparse.Namespace) -> int:
+def run_parse(ctx: Any, args: argparse.Namespace) -> int:
     from soute.dockerfile import parse
     from soute.dockerfile.render import to_json, to_text
 

@@ -8,11 +8,11 @@ import sys
 from typing import Any
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure_version(parser: argparse.ArgumentParser) -> None:
     pass
 
 
-def run(ctx: Any, args: argparse.Namespace) -> int:
+def run_version(ctx: Any, args: argparse.Namespace) -> int:
     from soute import __version__
 
     print(f"soute version {__version__}")

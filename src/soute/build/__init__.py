@@ -1,0 +1,1 @@
+"""The build engine: stages to a graph, cache keys, instruction execution, progress."""

@@ -1,0 +1,334 @@
+"""Image commands: images, tag, rmi, history, inspect, import, bootstrap (docker's output)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from soute.cli.table import print_table
+
+if TYPE_CHECKING:
+    from soute.cli.main import Context
+    from soute.store.store import Image, Store
+
+
+def _familiar(full: str) -> tuple[str, str]:
+    """(repository, tag) as docker shows them: debian, latest."""
+    from soute.store.names import familiar
+
+    name, _, tag = familiar(full).rpartition(":")
+    return name, tag
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def configure_images(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repository", nargs="?", help="only images of this REPOSITORY[:TAG]")
+    p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
+    p.add_argument("-a", "--all", action="store_true", help="show all images")
+    p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def run_images(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.image.digest import short_id
+    from soute.image.gojson import dumps
+    from soute.image.inspect import human_duration_ago, human_size
+    from soute.image.timestamp import Timestamp
+
+    store = ctx.store()
+    wanted = _repository_filter(args.repository) if args.repository else None
+    rows: list[tuple[Timestamp | None, str, str, Image]] = []
+    for image in store.images():
+        created = Timestamp.parse(image.created) if image.created else None
+        names = [_familiar(t) for t in image.tags] or [("<none>", "<none>")]
+        for repo, tag in names:
+            if wanted and not wanted(repo, tag):
+                continue
+            rows.append((created, repo, tag, image))
+    rows.sort(key=lambda r: (-(r[0].unix_nanos if r[0] else 0), r[1], r[2]))
+    ident = (lambda i: i.id) if args.no_trunc else (lambda i: short_id(i.id))
+    if args.quiet:
+        seen: set[str] = set()
+        for *_, image in rows:
+            if image.id not in seen:
+                seen.add(image.id)
+                print(ident(image))
+        return 0
+    if args.format == "json":
+        for created, repo, tag, image in rows:
+            print(dumps({
+                "Containers": "N/A",
+                "CreatedAt": _go_time(created),
+                "CreatedSince": human_duration_ago(created) if created else "N/A",
+                "Digest": "<none>",
+                "ID": ident(image),
+                "Repository": repo,
+                "SharedSize": "N/A",
+                "Size": human_size(image.size),
+                "Tag": tag,
+                "UniqueSize": "N/A",
+                "VirtualSize": human_size(image.size),
+            }))
+        return 0
+    print_table(
+        ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+        [[repo, tag, ident(image), human_duration_ago(created) if created else "N/A",
+          human_size(image.size)] for created, repo, tag, image in rows],
+    )
+    return 0
+
+
+def _repository_filter(text: str):  # type: ignore[no-untyped-def]
+    from soute.image.reference import parse_reference
+    from soute.store.names import familiar
+
+    ref = parse_reference(text)
+    repo = familiar(ref.name)
+
+    def keep(r: str, t: str) -> bool:
+        return r == repo and (ref.tag is None or t == ref.tag)
+
+    return keep
+
+
+def _go_time(ts: object) -> str:
+    """Go's time.Time String() in UTC: 2024-01-02 03:04:05 +0000 UTC."""
+    from datetime import UTC, datetime
+
+    from soute.image.timestamp import Timestamp
+
+    if not isinstance(ts, Timestamp):
+        return ""
+    dt = datetime.fromtimestamp(ts.seconds, UTC)
+    return dt.strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+
+
+# ---------------------------------------------------------------------------- tag, rmi
+
+
+def configure_tag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")
+    p.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+
+
+def run_tag(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.store.names import full_tag, resolve
+
+    store = ctx.store()
+    image = resolve(store, args.source)
+    store.tag(image.id, full_tag(args.target))
+    return 0
+
+
+def configure_rmi(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-f", "--force", action="store_true", help="force removal of the image")
+    p.add_argument("--no-prune", action="store_true", help="keep unused blobs and snapshots")
+
+
+def run_rmi(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.errors import SouteError
+
+    store = ctx.store()
+    failed = 0
+    for name in args.images:
+        try:
+            for line in remove_image(store, name, force=args.force):
+                print(line)
+        except SouteError as e:
+            print(f"soute: {e}", file=sys.stderr)
+            failed += 1
+    if not args.no_prune:
+        store.collect_garbage()
+    return 1 if failed else 0
+
+
+def remove_image(store: Store, name: str, *, force: bool = False) -> list[str]:
+    """docker's rmi: untag a name; delete the image when no tag is left or it was named by ID."""
+    from soute.errors import SouteError
+    from soute.image.reference import parse_reference
+    from soute.store.names import familiar, resolve
+
+    image = resolve(store, name)
+    by_tag = None
+    try:
+        ref = parse_reference(name)
+        if ref.digest is None:
+            full = str(ref.with_default_tag())
+            if full in image.tags:
+                by_tag = full
+    except SouteError:
+        pass
+    out: list[str] = []
+    if by_tag is not None and (len(image.tags) > 1):
+        store.untag(by_tag)
+        return [f"Untagged: {familiar(by_tag)}"]
+    if by_tag is None and len(image.tags) > 1 and not force:
+        raise SouteError(
+            f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is "
+            "referenced in multiple repositories",
+            "remove it by name, or use -f",
+        )
+    for tag in image.tags:
+        out.append(f"Untagged: {familiar(tag)}")
+    store.forget_image(image.id)
+    out.append(f"Deleted: {image.id}")
+    return out
+
+
+# ---------------------------------------------------------------------------- history, inspect
+
+
+def configure_history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
+    p.add_argument("-H", "--human", default="true", choices=("true", "false"),
+                   help="print sizes and dates in human readable format (default true)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def run_history(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.image.config import ImageConfig
+    from soute.image.gojson import dumps
+    from soute.image.inspect import ellipsis, history_created_since, history_rows, human_size
+    from soute.store.names import resolve
+
+    store = ctx.store()
+    image = resolve(store, args.image)
+    config = ImageConfig.from_json(store.blobs.read(image.id))
+    rows = history_rows(config, [s for _, s in image.layers], image.id, image.tags)
+    human = args.human == "true"
+
+    def ident(r: object) -> str:
+        rid = r.id  # type: ignore[attr-defined]
+        return rid if args.no_trunc or rid == "<missing>" else r.short_id  # type: ignore[attr-defined]
+
+    def created(r: object) -> str:
+        c = r.created  # type: ignore[attr-defined]
+        if human:
+            return history_created_since(c)
+        return c.format() if c is not None else ""
+
+    def created_by(r: object) -> str:
+        text = r.created_by.replace("\t", " ")  # type: ignore[attr-defined]
+        return text if args.no_trunc else ellipsis(text, 45)
+
+    if args.quiet:
+        for r in rows:
+            print(ident(r))
+        return 0
+    if args.format == "json":
+        for r in rows:
+            print(dumps({
+                "Comment": r.comment, "CreatedAt": r.created.format() if r.created else "",
+                "CreatedBy": created_by(r), "CreatedSince": history_created_since(r.created),
+                "ID": ident(r), "Size": human_size(r.size) if human else str(r.size),
+            }))
+        return 0
+    print_table(
+        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        [[ident(r), created(r), created_by(r), human_size(r.size) if human else str(r.size),
+          r.comment] for r in rows],
+    )
+    return 0
+
+
+def configure_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.image.config import ImageConfig
+    from soute.image.gojson import dumps
+    from soute.image.inspect import inspect_dict
+    from soute.store.names import familiar, resolve
+
+    store = ctx.store()
+    out = []
+    for name in args.images:
+        image = resolve(store, name)
+        config = ImageConfig.from_json(store.blobs.read(image.id))
+        out.append(inspect_dict(
+            image.id, [familiar(t) for t in image.tags],
+            [familiar(d) for d in store.meta.repo_digests_of(image.id)], config, image.size,
+            driver="overlay",
+        ))
+    print(dumps(out, indent=4, escape_html=False))
+    return 0
+
+
+# ---------------------------------------------------------------------------- import, bootstrap
+
+
+def configure_import(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="file|-", help="root filesystem tarball ('-' for stdin)")
+    p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]")
+    p.add_argument("-c", "--change", action="append", default=[],
+                   help="apply a Dockerfile instruction to the image (repeatable)")
+    p.add_argument("-m", "--message", default="", help="commit message for the image")
+
+
+def run_import(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.build.changes import apply_changes
+    from soute.errors import SouteError
+    from soute.image.config import ImageConfig
+    from soute.store.importer import import_tarball
+    from soute.store.names import full_tag
+
+    tags = [full_tag(args.reference)] if args.reference else []
+    config = ImageConfig()
+    apply_changes(config, args.change)
+    comment = args.message or "Imported from -"  # docker's CLI streams any file as "-"
+    store = ctx.store()
+    if args.file == "-":
+        image = import_tarball(store, sys.stdin.buffer, tags=tags, config=config,
+                               comment=comment)
+    else:
+        try:
+            f = open(args.file, "rb")  # noqa: SIM115 (closed by the with below)
+        except OSError as e:
+            raise SouteError(f"{args.file}: {e.strerror}",
+                             "give a root filesystem tarball or '-'") from None
+        with f:
+            image = import_tarball(store, f, tags=tags, config=config, comment=comment)
+    print(image.id)
+    return 0
+
+
+def configure_bootstrap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="debian:SUITE|busybox",
+                   help="what to make: a Debian suite with mmdebstrap, or busybox")
+    p.add_argument("--variant", default="minbase", help="mmdebstrap variant (default minbase)")
+    p.add_argument("--include", default="", help="extra Debian packages, comma-separated")
+    p.add_argument("--mirror", default=None, help="Debian mirror URL")
+    p.add_argument("-t", "--tag", action="append", default=[],
+                   help="name the image (default: the IMAGE argument)")
+
+
+def run_bootstrap(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.errors import SouteError
+    from soute.image.reference import parse_reference
+    from soute.store.importer import bootstrap_busybox, bootstrap_debian
+    from soute.store.names import full_tag
+
+    ref = parse_reference(args.image)
+    tags = [full_tag(t) for t in (args.tag or [args.image])]
+    store = ctx.store()
+    if ref.name == "docker.io/library/busybox":
+        print("Bootstrapping busybox from Debian's busybox-static", file=sys.stderr)
+        image = bootstrap_busybox(store, tags=tags)
+    elif ref.name == "docker.io/library/debian":
+        suite = ref.tag or "bookworm"
+        include = [p for p in args.include.split(",") if p]
+        print(f"Bootstrapping debian:{suite} with mmdebstrap ({args.variant})", file=sys.stderr)
+        image = bootstrap_debian(store, suite, variant=args.variant, include=include,
+                                 mirror=args.mirror, tags=tags)
+    else:
+        raise SouteError(f"cannot bootstrap {args.image!r}",
+                         "use debian:SUITE (e.g. debian:bookworm) or busybox")
+    print(image.id)
+    return 0

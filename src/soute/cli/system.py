@@ -1,0 +1,118 @@
+"""Store-wide commands: fsck, system df, image prune, system prune."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from soute.cli.table import print_table
+
+if TYPE_CHECKING:
+    from soute.cli.main import Context
+
+
+def configure_fsck(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="skip re-hashing every blob")
+
+
+def run_fsck(ctx: Context, args: argparse.Namespace) -> int:
+    report = ctx.store().fsck(verify_blobs=not args.quick)
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print(f"checked {report.blobs} blobs, {report.images} images, {report.snapshots} snapshots:"
+          f" {len(report.problems)} problem(s)")
+    return 1 if report.problems else 0
+
+
+def configure_df(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="show detailed information")
+
+
+def run_df(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.image.inspect import human_size
+
+    store = ctx.store()
+    images = store.images()
+    layer_sizes = dict(store.meta.layers())
+    total = sum(layer_sizes.values())
+    tagged_layers = {d for i in images if i.tags for d, _ in i.layers}
+    reclaimable = sum(s for d, s in layer_sizes.items() if d not in tagged_layers)
+    active = sum(1 for i in images if i.tags)
+    pct = f" ({reclaimable * 100 // total}%)" if total else ""
+    print_table(
+        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+        [["Images", str(len(images)), str(active), human_size(total),
+          human_size(reclaimable) + pct]],
+    )
+    if args.verbose:
+        from soute.image.digest import short_id
+        from soute.store.names import familiar
+
+        print()
+        print_table(["REPOSITORY", "TAG", "IMAGE ID", "SIZE"], [
+            [*(familiar(t).rpartition(":")[::2] if t else ("<none>", "<none>")), short_id(i.id),
+             human_size(i.size)]
+            for i in images for t in (i.tags or ("",))
+        ])
+    return 0
+
+
+def _confirm(warning: str, force: bool) -> bool:
+    if force:
+        return True
+    print(warning)
+    print("Are you sure you want to continue? [y/N] ", end="", flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
+
+
+def configure_image_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true",
+                   help="remove all unused images, not just dangling ones")
+    p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
+
+
+def run_image_prune(ctx: Context, args: argparse.Namespace) -> int:
+    what = "all images without at least one container associated to them" if args.all \
+        else "all dangling images"
+    if not _confirm(f"WARNING! This will remove {what}.", args.force):
+        return 0
+    _prune_images(ctx, everything=args.all)
+    return 0
+
+
+def _prune_images(ctx: Context, *, everything: bool) -> None:
+    from soute.image.inspect import human_size
+    from soute.store.names import familiar
+
+    store = ctx.store()
+    removed = []
+    for image in store.images():
+        if image.tags and not everything:
+            continue
+        removed += [f"untagged: {familiar(t)}" for t in image.tags]
+        store.forget_image(image.id)
+        removed.append(f"deleted: {image.id}")
+    report = store.collect_garbage()
+    if removed:
+        print("Deleted Images:")
+        print("\n".join(removed))
+        print()
+    print(f"Total reclaimed space: {human_size(report.bytes)}")
+
+
+def configure_system_prune(p: argparse.ArgumentParser) -> None:
+    configure_image_prune(p)
+
+
+def run_system_prune(ctx: Context, args: argparse.Namespace) -> int:
+    images = "all images without at least one container associated to them" if args.all \
+        else "all dangling images"
+    warning = f"WARNING! This will remove:\n  - {images}\n  - unused blobs and snapshots"
+    if not _confirm(warning, args.force):
+        return 0
+    _prune_images(ctx, everything=args.all)
+    return 0

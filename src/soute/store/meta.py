@@ -1,0 +1,228 @@
+"""Store metadata in SQLite (WAL): images, tags, layers and snapshots.
+
+Blobs and snapshot directories live on the filesystem; these tables say which of them are
+in use and how they relate. Every change is one transaction, so a killed process leaves the
+tables as they were before or after it, never between.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,            -- config digest: docker's image ID
+    manifest TEXT NOT NULL,         -- digest of our (uncompressed-layer) OCI manifest
+    created TEXT,                   -- from the config
+    size INTEGER NOT NULL,          -- sum of the uncompressed layer sizes
+    added TEXT NOT NULL             -- when this store got it
+);
+CREATE TABLE IF NOT EXISTS tags (
+    name TEXT PRIMARY KEY,          -- fully qualified: docker.io/library/debian:latest
+    image TEXT NOT NULL REFERENCES images(id),
+    updated TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tags_image ON tags(image);
+CREATE TABLE IF NOT EXISTS repo_digests (
+    name TEXT NOT NULL,             -- repository: docker.io/library/debian
+    digest TEXT NOT NULL,           -- manifest digest at that registry
+    image TEXT NOT NULL REFERENCES images(id),
+    PRIMARY KEY (name, digest)
+);
+CREATE TABLE IF NOT EXISTS layers (
+    diff_id TEXT PRIMARY KEY,       -- sha256 of the uncompressed tar, also its blob digest
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS image_layers (
+    image TEXT NOT NULL REFERENCES images(id),
+    position INTEGER NOT NULL,
+    diff_id TEXT NOT NULL REFERENCES layers(diff_id),
+    PRIMARY KEY (image, position)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    chain_id TEXT PRIMARY KEY,      -- directory name under snapshots/
+    parent TEXT,                    -- chain ID below it, NULL for a base layer
+    diff_id TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: str
+    manifest: str
+    created: str | None
+    size: int
+    added: str
+
+
+class Meta:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # isolation_level=None: we issue BEGIN ourselves, so each change is one transaction.
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA busy_timeout=60000")
+        mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            with self.transaction() as db:
+                # Statement by statement: executescript() would commit our transaction.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ images
+
+    def add_image(
+        self, row: ImageRow, layers: Iterable[tuple[str, int]], tags: Iterable[str], now: str
+    ) -> None:
+        layers = list(layers)
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO layers(diff_id, size) VALUES (?, ?)", layers
+            )
+            exists = db.execute("SELECT 1 FROM images WHERE id=?", (row.id,)).fetchone()
+            if not exists:
+                db.execute(
+                    "INSERT INTO images(id, manifest, created, size, added) VALUES (?,?,?,?,?)",
+                    (row.id, row.manifest, row.created, row.size, row.added),
+                )
+                db.executemany(
+                    "INSERT INTO image_layers(image, position, diff_id) VALUES (?,?,?)",
+                    [(row.id, i, d) for i, (d, _) in enumerate(layers)],
+                )
+            for tag in tags:
+                db.execute(
+                    "INSERT OR REPLACE INTO tags(name, image, updated) VALUES (?,?,?)",
+                    (tag, row.id, now),
+                )
+
+    def image(self, image_id: str) -> ImageRow | None:
+        r = self.db.execute(
+            "SELECT id, manifest, created, size, added FROM images WHERE id=?", (image_id,)
+        ).fetchone()
+        return ImageRow(*r) if r else None
+
+    def images(self) -> list[ImageRow]:
+        rows = self.db.execute("SELECT id, manifest, created, size, added FROM images")
+        return [ImageRow(*r) for r in rows]
+
+    def images_by_prefix(self, hex_prefix: str) -> list[str]:
+        like = hex_prefix.replace("%", "").replace("_", "") + "%"
+        rows = self.db.execute("SELECT id FROM images WHERE id LIKE ?", ("sha256:" + like,))
+        return [r[0] for r in rows]
+
+    def image_layers(self, image_id: str) -> list[tuple[str, int]]:
+        rows = self.db.execute(
+            "SELECT l.diff_id, l.size FROM image_layers il JOIN layers l USING (diff_id)"
+            " WHERE il.image=? ORDER BY il.position",
+            (image_id,),
+        )
+        return [(d, s) for d, s in rows]
+
+    def remove_image(self, image_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM tags WHERE image=?", (image_id,))
+            db.execute("DELETE FROM repo_digests WHERE image=?", (image_id,))
+            db.execute("DELETE FROM image_layers WHERE image=?", (image_id,))
+            db.execute("DELETE FROM images WHERE id=?", (image_id,))
+
+    # ------------------------------------------------------------------ tags
+
+    def tag(self, name: str, image_id: str, now: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tags(name, image, updated) VALUES (?,?,?)",
+                (name, image_id, now),
+            )
+
+    def untag(self, name: str) -> str | None:
+        with self.transaction() as db:
+            r = db.execute("SELECT image FROM tags WHERE name=?", (name,)).fetchone()
+            db.execute("DELETE FROM tags WHERE name=?", (name,))
+        return r[0] if r else None
+
+    def tag_target(self, name: str) -> str | None:
+        r = self.db.execute("SELECT image FROM tags WHERE name=?", (name,)).fetchone()
+        return r[0] if r else None
+
+    def tags(self) -> list[tuple[str, str, str]]:
+        """(name, image, updated) for every tag, sorted by name."""
+        return list(self.db.execute("SELECT name, image, updated FROM tags ORDER BY name"))
+
+    def tags_of(self, image_id: str) -> list[str]:
+        rows = self.db.execute("SELECT name FROM tags WHERE image=? ORDER BY name", (image_id,))
+        return [r[0] for r in rows]
+
+    def add_repo_digest(self, name: str, digest: str, image_id: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO repo_digests(name, digest, image) VALUES (?,?,?)",
+                (name, digest, image_id),
+            )
+
+    def repo_digests_of(self, image_id: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT name, digest FROM repo_digests WHERE image=? ORDER BY name", (image_id,)
+        )
+        return [f"{n}@{d}" for n, d in rows]
+
+    def repo_digest_target(self, name: str, digest: str) -> str | None:
+        r = self.db.execute(
+            "SELECT image FROM repo_digests WHERE name=? AND digest=?", (name, digest)
+        ).fetchone()
+        return r[0] if r else None
+
+    # ------------------------------------------------------------------ layers, snapshots
+
+    def layer_size(self, diff_id: str) -> int | None:
+        r = self.db.execute("SELECT size FROM layers WHERE diff_id=?", (diff_id,)).fetchone()
+        return r[0] if r else None
+
+    def layers(self) -> list[tuple[str, int]]:
+        return list(self.db.execute("SELECT diff_id, size FROM layers"))
+
+    def used_layers(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT DISTINCT diff_id FROM image_layers")}
+
+    def remove_layers(self, diff_ids: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM layers WHERE diff_id=?", [(d,) for d in diff_ids])
+
+    def add_snapshot(self, chain_id: str, parent: str | None, diff_id: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO snapshots(chain_id, parent, diff_id) VALUES (?,?,?)",
+                (chain_id, parent, diff_id),
+            )
+
+    def snapshots(self) -> list[tuple[str, str | None, str]]:
+        return list(self.db.execute("SELECT chain_id, parent, diff_id FROM snapshots"))
+
+    def remove_snapshots(self, chain_ids: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM snapshots WHERE chain_id=?", [(c,) for c in chain_ids])

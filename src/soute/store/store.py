@@ -1,0 +1,402 @@
+"""The store: blobs, images, tags, snapshots, behind one object that several processes share.
+
+Layout of ``root``::
+
+    oci/                  an OCI image layout, kept in step with the tags (standard tools read it)
+      blobs/sha256/<hex>  every blob: configs, manifests, uncompressed layer tars
+      index.json          one descriptor per image, tags in org.opencontainers.image.ref.name
+    snapshots/<hex>/      a layer unpacked as an overlayfs lower dir, named by ChainID
+    meta.db               SQLite: images, tags, layers, snapshots
+    tmp/                  temporary files, on the same filesystem so renames are atomic
+    lock                  flock: shared for writers, exclusive for garbage collection
+
+Nothing becomes visible before it is complete: blobs and snapshot directories by rename,
+tables by transaction, index.json by an atomic replace.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from soute.errors import SouteError
+from soute.image.digest import chain_ids
+from soute.store.blobs import BlobStore, split_digest, write_atomic
+from soute.store.meta import ImageRow, Meta
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+
+
+class StoreError(SouteError):
+    pass
+
+
+class ImageNotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image in the store."""
+
+    id: str  # config digest
+    manifest: str  # manifest digest
+    created: str | None
+    size: int
+    tags: tuple[str, ...]  # fully qualified names
+    layers: tuple[tuple[str, int], ...]  # (diff_id, size), base first
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return [d for d, _ in self.layers]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.layout = self.root / "oci"
+        self.tmp = self.root / "tmp"
+        self.snapshot_dir = self.root / "snapshots"
+        try:
+            for d in (self.layout / "blobs" / "sha256", self.tmp, self.snapshot_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise StoreError(f"{self.root}: permission denied",
+                             "choose another store with --root or SOUTE_ROOT") from None
+        self.blobs = BlobStore(self.layout / "blobs" / "sha256", self.tmp)
+        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_depth = 0
+        self.meta = Meta(self.root / "meta.db")
+        if not (self.layout / "oci-layout").exists():
+            write_atomic(self.layout / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        if not (self.layout / "index.json").exists():
+            self._write_index()
+
+    def close(self) -> None:
+        self.meta.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ locking
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold the shared lock: garbage collection waits until we are done."""
+        if self._lock_depth == 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if self._lock_depth:
+            raise StoreError("internal: exclusive lock taken inside a session")
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ images
+
+    def add_image(
+        self,
+        config: bytes,
+        layers: Sequence[tuple[str, int]],
+        *,
+        tags: Sequence[str] = (),
+        manifest_annotations: dict[str, str] | None = None,
+    ) -> Image:
+        """Record an image whose layer blobs (uncompressed tars) are already stored.
+
+        Writes the config and an OCI manifest, then the image row and its ``tags``
+        (fully qualified names) in one transaction, then the OCI index.
+        """
+        with self.session():
+            for diff_id, _ in layers:
+                if not self.blobs.has(diff_id):
+                    raise StoreError(f"layer {diff_id} is not in the store")
+            config_digest = self.blobs.write(config)
+            if self.meta.image(config_digest) is not None:
+                # Known already (same config, so same layers): only the tags are new.
+                now = now_rfc3339()
+                for tag in tags:
+                    self.meta.tag(tag, config_digest, now)
+                self._write_index()
+                return self.image(config_digest)
+            manifest: dict[str, object] = {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
+                           "size": len(config)},
+                "layers": [{"mediaType": OCI_LAYER_TAR, "digest": d, "size": s}
+                           for d, s in layers],
+            }
+            if manifest_annotations:
+                manifest["annotations"] = manifest_annotations
+            manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
+            manifest_digest = self.blobs.write(manifest_bytes)
+            created = json.loads(config).get("created")
+            now = now_rfc3339()
+            row = ImageRow(config_digest, manifest_digest, created,
+                           sum(s for _, s in layers), now)
+            self.meta.add_image(row, layers, tags, now)
+            self._write_index()
+            return self.image(config_digest)
+
+    def image(self, image_id: str) -> Image:
+        row = self.meta.image(image_id)
+        if row is None:
+            raise ImageNotFound(f"No such image: {image_id}")
+        return Image(row.id, row.manifest, row.created, row.size,
+                     tuple(self.meta.tags_of(row.id)), tuple(self.meta.image_layers(row.id)))
+
+    def images(self) -> list[Image]:
+        return [self.image(r.id) for r in self.meta.images()]
+
+    def config(self, image: Image) -> dict[str, object]:
+        data: dict[str, object] = json.loads(self.blobs.read(image.id))
+        return data
+
+    def tag(self, image_id: str, name: str) -> None:
+        with self.session():
+            self.meta.tag(name, image_id, now_rfc3339())
+            self._write_index()
+
+    def untag(self, name: str) -> str | None:
+        with self.session():
+            image = self.meta.untag(name)
+            self._write_index()
+            return image
+
+    def forget_image(self, image_id: str) -> None:
+        """Drop the image and its tags; its blobs go at the next garbage collection."""
+        with self.session():
+            self.meta.remove_image(image_id)
+            self._write_index()
+
+    # ------------------------------------------------------------------ layers
+
+    def add_layer_from(self, stream: object, expected: str | None = None) -> tuple[str, int]:
+        """Store an uncompressed layer tar read from ``stream``; returns (diff_id, size)."""
+        with self.session(), self.blobs.writer(expected) as w:
+            w.copy_from(stream)  # type: ignore[arg-type]
+            return w.commit(), w.size
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot_path(self, chain_id: str) -> Path:
+        return self.snapshot_dir / split_digest(chain_id)
+
+    def snapshots(self, diff_ids: Sequence[str]) -> list[Path]:
+        """The unpacked layers of an image, base first, unpacking those not there yet."""
+        from soute.layer import apply_layer
+
+        paths: list[Path] = []
+        parent: str | None = None
+        with self.session():
+            for diff_id, chain_id in zip(diff_ids, chain_ids(diff_ids), strict=True):
+                path = self.snapshot_path(chain_id)
+                if not path.is_dir():
+                    work = Path(tempfile.mkdtemp(prefix="snap-", dir=self.tmp))
+                    try:
+                        with self.blobs.open(diff_id) as f:
+                            apply_layer(f, work, overlay=True)
+                        os.chmod(work, 0o755)
+                        try:
+                            os.rename(work, path)
+                        except OSError:
+                            if not path.is_dir():
+                                raise
+                            shutil.rmtree(work)  # another process unpacked it first
+                    except BaseException:
+                        shutil.rmtree(work, ignore_errors=True)
+                        raise
+                self.meta.add_snapshot(chain_id, parent, diff_id)
+                paths.append(path)
+                parent = chain_id
+        return paths
+
+    # ------------------------------------------------------------------ OCI layout
+
+    def _write_index(self) -> None:
+        """Rewrite oci/index.json from the tables: one entry per tag, one per untagged image."""
+        from soute.store.names import layout_ref_name
+
+        manifests: list[dict[str, object]] = []
+        tagged: set[str] = set()
+        for name, image_id, _ in self.meta.tags():
+            row = self.meta.image(image_id)
+            if row is None:
+                continue
+            tagged.add(image_id)
+            manifests.append(self._descriptor(row.manifest, {
+                REF_NAME: layout_ref_name(name), CONTAINERD_NAME: name}))
+        for row in self.meta.images():
+            if row.id not in tagged:
+                manifests.append(self._descriptor(row.manifest, None))
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+        lock = os.open(self.layout / ".index.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            write_atomic(self.layout / "index.json",
+                         json.dumps(index, separators=(",", ":")).encode())
+        finally:
+            os.close(lock)
+
+    def _descriptor(self, digest: str, annotations: dict[str, str] | None) -> dict[str, object]:
+        d: dict[str, object] = {"mediaType": OCI_MANIFEST, "digest": digest,
+                                "size": self.blobs.size(digest)}
+        if annotations:
+            d["annotations"] = annotations
+        return d
+
+    # ------------------------------------------------------------------ garbage, checks
+
+    def collect_garbage(self) -> GarbageReport:
+        """Free blobs, layers and snapshots no image uses, and leftovers of killed writers."""
+        report = GarbageReport()
+        with self.exclusive():
+            live_blobs: set[str] = set()
+            live_chains: set[str] = set()
+            for row in self.meta.images():
+                live_blobs |= {row.id, row.manifest}
+                diff_ids = [d for d, _ in self.meta.image_layers(row.id)]
+                live_blobs |= set(diff_ids)
+                live_chains |= set(chain_ids(diff_ids))
+            for digest in list(self.blobs.digests()):
+                if digest not in live_blobs:
+                    report.bytes += self.blobs.remove(digest)
+                    report.blobs += 1
+            self.meta.remove_layers(d for d, _ in self.meta.layers() if d not in live_blobs)
+            dead = []
+            for entry in os.scandir(self.snapshot_dir):
+                if "sha256:" + entry.name not in live_chains:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    dead.append("sha256:" + entry.name)
+                    report.snapshots += 1
+            self.meta.remove_snapshots(
+                [c for c, _, _ in self.meta.snapshots() if c not in live_chains] + dead)
+            # No writer holds the shared lock now, so whatever is in tmp/ was abandoned.
+            for entry in os.scandir(self.tmp):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            self._write_index()
+        return report
+
+    def fsck(self, *, verify_blobs: bool = True) -> FsckReport:
+        """Check every blob digest, image, tag, snapshot and the OCI index; change nothing."""
+        report = FsckReport()
+        with self.session():
+            if verify_blobs:
+                for digest in self.blobs.digests():
+                    report.blobs += 1
+                    if not self.blobs.verify(digest):
+                        report.problems.append(f"blob {digest}: content does not match digest")
+            for row in self.meta.images():
+                report.images += 1
+                self._check_image(row, report)
+            for name, image_id, _ in self.meta.tags():
+                if self.meta.image(image_id) is None:
+                    report.problems.append(f"tag {name}: points to missing image {image_id}")
+            known = {c for c, _, _ in self.meta.snapshots()}
+            for entry in os.scandir(self.snapshot_dir):
+                report.snapshots += 1
+                if "sha256:" + entry.name not in known:
+                    report.notes.append(f"snapshot {entry.name[:12]}: not recorded "
+                                        "(left by an interrupted command; prune frees it)")
+            for chain_id in known:
+                if not self.snapshot_path(chain_id).is_dir():
+                    report.notes.append(f"snapshot {chain_id[7:19]}: recorded but missing "
+                                        "(it is unpacked again when needed)")
+            leftovers = list(os.scandir(self.tmp))
+            if leftovers:
+                report.notes.append(f"{len(leftovers)} temporary file(s) left by interrupted "
+                                    "commands (prune frees them)")
+            self._check_index(report)
+        return report
+
+    def _check_image(self, row: ImageRow, report: FsckReport) -> None:
+        where = f"image {row.id[7:19]}"
+        for digest in (row.id, row.manifest):
+            if not self.blobs.has(digest):
+                report.problems.append(f"{where}: blob {digest} is missing")
+                return
+        try:
+            manifest = json.loads(self.blobs.read(row.manifest))
+            config = json.loads(self.blobs.read(row.id))
+        except ValueError as e:
+            report.problems.append(f"{where}: unreadable manifest or config: {e}")
+            return
+        if manifest.get("config", {}).get("digest") != row.id:
+            report.problems.append(f"{where}: manifest names another config")
+        layers = self.meta.image_layers(row.id)
+        in_manifest = [(l_.get("digest"), l_.get("size")) for l_ in manifest.get("layers", [])]
+        if in_manifest != layers:
+            report.problems.append(f"{where}: manifest layers differ from the recorded ones")
+        diff_ids = config.get("rootfs", {}).get("diff_ids") or []
+        if diff_ids != [d for d, _ in layers]:
+            report.problems.append(f"{where}: config diff_ids differ from its layers")
+        for diff_id, size in layers:
+            if not self.blobs.has(diff_id):
+                report.problems.append(f"{where}: layer {diff_id} is missing")
+            elif self.blobs.size(diff_id) != size:
+                report.problems.append(f"{where}: layer {diff_id} has the wrong size")
+
+    def _check_index(self, report: FsckReport) -> None:
+        try:
+            index = json.loads((self.layout / "index.json").read_text())
+        except (OSError, ValueError) as e:
+            report.problems.append(f"oci/index.json: unreadable: {e}")
+            return
+        listed = {(m.get("annotations") or {}).get(CONTAINERD_NAME): m.get("digest")
+                  for m in index.get("manifests", [])}
+        for name, image_id, _ in self.meta.tags():
+            row = self.meta.image(image_id)
+            if row is not None and listed.get(name) != row.manifest:
+                report.problems.append(f"oci/index.json: {name} missing or stale")
+
+
+@dataclass
+class GarbageReport:
+    blobs: int = 0
+    snapshots: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class FsckReport:
+    blobs: int = 0
+    images: int = 0
+    snapshots: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)

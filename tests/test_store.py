@@ -1,0 +1,279 @@
+"""The image store through the soute command: import, tag, rmi, history, inspect, fsck, prune."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import lzma
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from soute.store.store import Store
+
+
+def soute(root: Path, *args: str, input: bytes | None = None,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(
+        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
+        input=input, capture_output=True, env={**os.environ, **(env or {})},
+    )
+    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode(),
+                                       p.stderr.decode())
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> str:
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def one_line_error(p: subprocess.CompletedProcess[str]) -> str:
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def rootfs_tar(files: dict[str, bytes], *, dirs: bool = False, mtime: int = 1_600_000_000
+               ) -> bytes:
+    """A small root filesystem tarball; without ``dirs``, parents are implicit (as many
+    hand-made tarballs are)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        if dirs:
+            for d in sorted({str(Path(n).parent) for n in files} - {"."}):
+                ti = tarfile.TarInfo(d)
+                ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, mtime
+                t.addfile(ti)
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime = len(data), 0o755, mtime
+            t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+FILES = {"bin/hello": b"#!/bin/sh\necho hello\n", "etc/os-release": b"ID=tiny\n"}
+
+
+def test_import_gives_an_image_with_one_layer(tmp_path: Path) -> None:
+    image_id = ok(soute(tmp_path, "import", "-", "tiny:v1", input=rootfs_tar(FILES))).strip()
+    assert image_id.startswith("sha256:") and len(image_id) == 71
+    out = ok(soute(tmp_path, "images"))
+    lines = out.splitlines()
+    assert lines[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert lines[1].split()[:3] == ["tiny", "v1", image_id[7:19]]
+    info = json.loads(ok(soute(tmp_path, "inspect", "tiny:v1")))[0]
+    assert info["Id"] == image_id
+    assert info["RepoTags"] == ["tiny:v1"]
+    assert info["Os"] == "linux" and info["RootFS"]["Type"] == "layers"
+    assert len(info["RootFS"]["Layers"]) == 1
+    history = ok(soute(tmp_path, "history", "tiny:v1")).splitlines()
+    assert history[0].split()[:2] == ["IMAGE", "CREATED"]
+    assert history[1].startswith(image_id[7:19])
+    assert "Imported from -" in history[1]
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, "zstd"])
+def test_import_reads_compressed_tarballs(tmp_path: Path, compress: object) -> None:
+    raw = rootfs_tar(FILES)
+    if compress == "zstd":
+        import zstandard
+
+        data = zstandard.ZstdCompressor().compress(raw)
+    else:
+        data = compress(raw)  # type: ignore[operator]
+    plain = ok(soute(tmp_path / "a", "import", "-", input=raw)).strip()
+    packed = tmp_path / "rootfs.tar.x"
+    packed.write_bytes(data)
+    assert ok(soute(tmp_path / "b", "import", str(packed))).strip() == plain
+
+
+def test_same_tarball_same_image_id_at_any_time(tmp_path: Path) -> None:
+    data = rootfs_tar(FILES)  # implicit parent directories on purpose
+    first = ok(soute(tmp_path / "a", "import", "-", "x", input=data)).strip()
+    time.sleep(1.1)
+    again = ok(soute(tmp_path / "a", "import", "-", "y", input=data)).strip()
+    other_store = ok(soute(tmp_path / "b", "import", "-", "z", input=data)).strip()
+    assert first == again == other_store
+
+
+def test_source_date_epoch_sets_created(tmp_path: Path) -> None:
+    out = ok(soute(tmp_path, "import", "-", "x", input=rootfs_tar(FILES),
+                   env={"SOURCE_DATE_EPOCH": "1700000000"}))
+    info = json.loads(ok(soute(tmp_path, "inspect", out.strip())))[0]
+    assert info["Created"] == "2023-11-14T22:13:20Z"
+
+
+def test_import_changes_and_message(tmp_path: Path) -> None:
+    ok(soute(tmp_path, "import", "-", "app", "-c", 'CMD ["/bin/hello"]', "-c", "ENV A=1 B=$A",
+             "-c", "EXPOSE 80/udp 8080", "-c", "WORKDIR /srv", "-c", "USER nobody",
+             "-m", "first cut", input=rootfs_tar(FILES)))
+    info = json.loads(ok(soute(tmp_path, "inspect", "app")))[0]
+    cfg = info["Config"]
+    assert cfg["Cmd"] == ["/bin/hello"]
+    assert cfg["Env"] == ["A=1", "B="]  # like docker: $A is read before this change sets it
+    assert cfg["ExposedPorts"] == {"80/udp": {}, "8080/tcp": {}}
+    assert (cfg["WorkingDir"], cfg["User"]) == ("/srv", "nobody")
+    assert info["Comment"] == "first cut"
+
+
+def test_bad_change_is_refused(tmp_path: Path) -> None:
+    line = one_line_error(soute(tmp_path, "import", "-", "x", "-c", "RUN echo",
+                                input=rootfs_tar(FILES)))
+    assert "RUN is not a valid change command" in line
+    assert Store(tmp_path).images() == []
+
+
+def test_tag_rmi_and_garbage(tmp_path: Path) -> None:
+    image_id = ok(soute(tmp_path, "import", "-", "one", input=rootfs_tar(FILES))).strip()
+    ok(soute(tmp_path, "tag", "one", "two:latest"))
+    ok(soute(tmp_path, "image", "tag", image_id[7:15], "registry.example:5000/team/three:v3"))
+    names = {tuple(line.split()[:2]) for line in ok(soute(tmp_path, "image", "ls")).splitlines()}
+    assert {("one", "latest"), ("two", "latest"),
+            ("registry.example:5000/team/three", "v3")} <= names
+    # By ID with several tags: refused without -f, as docker does.
+    line = one_line_error(soute(tmp_path, "rmi", image_id))
+    assert "must be forced" in line
+    assert ok(soute(tmp_path, "rmi", "two")) == "Untagged: two:latest\n"
+    blobs = tmp_path / "oci" / "blobs" / "sha256"
+    assert len(list(blobs.iterdir())) == 3  # config, manifest, layer
+    out = ok(soute(tmp_path, "image", "rm", "-f", image_id))
+    assert out.splitlines()[-1] == f"Deleted: {image_id}"
+    assert list(blobs.iterdir()) == []
+    assert list((tmp_path / "snapshots").iterdir()) == []
+    assert ok(soute(tmp_path, "images", "-q")) == ""
+
+
+def test_oci_layout_follows_tags(tmp_path: Path) -> None:
+    ok(soute(tmp_path, "import", "-", "debianish:bookworm", input=rootfs_tar(FILES)))
+    index = json.loads((tmp_path / "oci" / "index.json").read_text())
+    (entry,) = index["manifests"]
+    assert entry["annotations"] == {
+        "org.opencontainers.image.ref.name": "debianish:bookworm",
+        "io.containerd.image.name": "docker.io/library/debianish:bookworm",
+    }
+    manifest = json.loads((tmp_path / "oci" / "blobs" / "sha256" / entry["digest"][7:])
+                          .read_text())
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+    assert json.loads((tmp_path / "oci" / "oci-layout").read_text()) == {
+        "imageLayoutVersion": "1.0.0"}
+
+
+def test_fsck_finds_corruption_and_changes_nothing(tmp_path: Path) -> None:
+    ok(soute(tmp_path, "import", "-", "x", input=rootfs_tar(FILES)))
+    assert "0 problem(s)" in ok(soute(tmp_path, "fsck"))
+    store = Store(tmp_path)
+    (image,) = store.images()
+    layer = store.blobs.path(image.diff_ids[0])
+    data = bytearray(layer.read_bytes())
+    data[600] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    p = soute(tmp_path, "fsck")
+    assert p.returncode == 1
+    assert f"blob {image.diff_ids[0]}: content does not match digest" in p.stdout
+    assert layer.exists()  # never deletes silently
+    layer.unlink()
+    p = soute(tmp_path, "fsck", "--quick")
+    assert p.returncode == 1 and "is missing" in p.stdout
+
+
+def test_hostile_tarball_stores_nothing(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        ti = tarfile.TarInfo("../escape")
+        ti.size = 1
+        t.addfile(ti, io.BytesIO(b"x"))
+    store_root = tmp_path / "store"
+    p = soute(store_root, "import", "-", "evil", input=buf.getvalue())
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert not (tmp_path / "escape").exists()
+    assert Store(store_root).images() == []
+    assert list((store_root / "oci" / "blobs" / "sha256").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("inspect", "nope"), "No such image: nope"),
+        (("history", "Bad:Name:x"), "invalid reference format"),
+        (("tag", "nope", "x"), "No such image: nope"),
+        (("rmi", "nope"), "No such image: nope"),
+        (("import", "/does/not/exist", "x"), "/does/not/exist"),
+        (("bootstrap", "alpine"), "cannot bootstrap 'alpine'"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    line = one_line_error(soute(tmp_path, *args))
+    assert message in line
+
+
+def test_unknown_format_is_refused(tmp_path: Path) -> None:
+    line = one_line_error(soute(tmp_path, "import", "-", "x", input=b"this is no tarball" * 50))
+    assert "tar" in line.lower()
+
+
+def test_sigkill_during_import_leaves_the_store_sound(tmp_path: Path) -> None:
+    big = rootfs_tar({f"data/f{i}": os.urandom(64 * 1024) for i in range(400)})
+    src = tmp_path / "big.tar"
+    src.write_bytes(big)
+    root = tmp_path / "store"
+    ok(soute(root, "import", "-", "small", input=rootfs_tar(FILES)))
+    for delay in (0.3, 0.6, 0.9):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "soute.cli.main", "--root", str(root), "import", str(src),
+             "big"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        p = soute(root, "fsck")
+        assert p.returncode == 0, p.stdout
+    ok(soute(root, "import", str(src), "big"))
+    assert "0 problem(s)" in ok(soute(root, "fsck"))
+    names = [line.split()[0] for line in ok(soute(root, "images")).splitlines()[1:]]
+    assert sorted(names) == ["big", "small"]
+    ok(soute(root, "system", "prune", "-f"))
+    assert list((root / "tmp").iterdir()) == []
+
+
+def test_concurrent_imports_share_one_store(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "soute.cli.main", "--root", str(root), "import",
+                          "-", f"img{i}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+        for i in range(4)
+    ]
+    for i, proc in enumerate(procs):
+        files = {**FILES, "etc/n": str(i % 2).encode()}
+        proc.communicate(rootfs_tar(files))
+        assert proc.returncode == 0
+    store = Store(root)
+    assert len(store.images()) == 2  # two contents, four names
+    assert sum(len(i.tags) for i in store.images()) == 4
+    assert store.fsck().problems == []
+
+
+def test_busybox_bootstrap_is_reproducible(tmp_path: Path) -> None:
+    a = ok(soute(tmp_path / "a", "bootstrap", "busybox")).strip()
+    b = ok(soute(tmp_path / "b", "bootstrap", "busybox", "-t", "bb:1")).strip()
+    assert a == b
+    info = json.loads(ok(soute(tmp_path / "a", "inspect", "busybox")))[0]
+    assert info["Config"]["Cmd"] == ["sh"]
+    snapshot = next((tmp_path / "a" / "snapshots").iterdir())
+    assert (snapshot / "bin" / "busybox").is_file()
+    assert os.readlink(snapshot / "bin" / "sh") == "busybox"
+
+
+def test_system_df(tmp_path: Path) -> None:
+    ok(soute(tmp_path, "import", "-", "x", input=rootfs_tar(FILES)))
+    lines = ok(soute(tmp_path, "system", "df")).splitlines()
+    assert lines[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+    assert lines[1].split()[:3] == ["Images", "1", "1"]
