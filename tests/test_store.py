@@ -277,3 +277,29 @@ def test_system_df(tmp_path: Path) -> None:
     lines = ok(soute(tmp_path, "system", "df")).splitlines()
     assert lines[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
     assert lines[1].split()[:3] == ["Images", "1", "1"]
+
+
+def test_skopeo_reads_the_store_layout_in_place(tmp_path: Path) -> None:
+    ok(soute(tmp_path, "import", "-", "tiny:v1", input=rootfs_tar(FILES)))
+    store = Store(tmp_path)
+    (image,) = store.images()
+    out = subprocess.run(["skopeo", "inspect", f"oci:{tmp_path}/oci:tiny:v1"],
+                         capture_output=True, text=True, check=True).stdout
+    info = json.loads(out)
+    assert info["Digest"] == image.manifest
+    assert info["Layers"] == image.diff_ids
+
+
+def test_history_flags(tmp_path: Path) -> None:
+    image_id = ok(soute(tmp_path, "import", "-", "x", "-m", "m" * 60,
+                        input=rootfs_tar(FILES), env={"SOURCE_DATE_EPOCH": "1700000000"})).strip()
+    store = Store(tmp_path)
+    size = store.images()[0].size
+    full = ok(soute(tmp_path, "history", "--no-trunc", "-H=false", "x")).splitlines()[1].split()
+    assert full[0] == image_id
+    assert full[1] == "2023-11-14T22:13:20Z"
+    assert str(size) in full
+    rows = [json.loads(line) for line in ok(soute(tmp_path, "history", "--format", "json",
+                                                  "x")).splitlines()]
+    assert rows[0]["ID"] == image_id[7:19] and rows[0]["Comment"] == "m" * 60
+    assert ok(soute(tmp_path, "history", "-q", "x")).split() == [image_id[7:19]]
