@@ -183,7 +183,7 @@ def overlay_mount(
         text=True,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount overlayfs here: {result.stderr.strip()}")
+        pytest.fail(f"cannot mount overlayfs here: {result.stderr.strip()}")
     try:
         yield target
     finally:

@@ -17,8 +17,19 @@ from soute.image.config import ContainerConfig, Healthcheck, ImageConfig
 
 # docker's list for `commit --change` and `import --change`.
 CHANGE_INSTRUCTIONS = frozenset(
-    ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD", "STOPSIGNAL",
-     "USER", "VOLUME", "WORKDIR")
+    (
+        "CMD",
+        "ENTRYPOINT",
+        "ENV",
+        "EXPOSE",
+        "HEALTHCHECK",
+        "LABEL",
+        "ONBUILD",
+        "STOPSIGNAL",
+        "USER",
+        "VOLUME",
+        "WORKDIR",
+    )
 )
 
 
@@ -66,8 +77,12 @@ def apply_instruction(cfg: ContainerConfig, instr: ins.Instruction, state: Confi
     elif isinstance(instr, ins.Healthcheck):
         h = instr.health
         cfg.healthcheck = Healthcheck(
-            test=list(h.test), interval=h.interval, timeout=h.timeout,
-            start_period=h.start_period, start_interval=h.start_interval, retries=h.retries,
+            test=list(h.test),
+            interval=h.interval,
+            timeout=h.timeout,
+            start_period=h.start_period,
+            start_interval=h.start_interval,
+            retries=h.retries,
         )
     else:
         return False

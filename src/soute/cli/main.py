@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # command -> (module under soute.cli, function stem, description). The module defines
 # configure_<stem>(parser) and run_<stem>(ctx, args). Names with a space exist only in a group.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "build": ("build", "build", "Build an image from a Dockerfile"),
     "parse": ("parse", "parse", "Parse a Dockerfile and print its instructions"),
     "version": ("version", "version", "Show the soute version"),
     "images": ("images", "images", "List images"),
@@ -33,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fsck": ("system", "fsck", "Check every blob, image, tag and snapshot of the store"),
     "image prune": ("system", "image_prune", "Remove unused images"),
     "system df": ("system", "df", "Show disk usage"),
+    "builder prune": ("system", "builder_prune", "Remove the build cache"),
     "system prune": ("system", "system_prune", "Remove unused data"),
 }
 
@@ -40,12 +42,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 # here as they land; a group only lists what exists.
 GROUPS: dict[str, dict[str, str]] = {
     "image": {
-        "ls": "images", "list": "images", "rm": "rmi", "remove": "rmi", "history": "history",
+        "build": "build", "ls": "images", "list": "images", "rm": "rmi", "remove": "rmi",
+        "history": "history",
         "inspect": "inspect", "tag": "tag", "save": "save", "load": "load", "import": "import",
         "prune": "image prune",
     },
     "container": {},
-    "builder": {},
+    "builder": {"build": "build", "prune": "builder prune"},
     "system": {"df": "system df", "prune": "system prune"},
 }
 

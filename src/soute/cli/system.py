@@ -116,3 +116,21 @@ def run_system_prune(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     _prune_images(ctx, everything=args.all)
     return 0
+
+
+def configure_builder_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="remove all build cache")
+    p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
+
+
+def run_builder_prune(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.image.inspect import human_size
+
+    if not _confirm("WARNING! This will remove all the build cache.", args.force):
+        return 0
+    store = ctx.store()
+    entries = store.meta.cache_prune()
+    report = store.collect_garbage()
+    print(f"Deleted build cache objects: {entries}")
+    print(f"Total:\t{human_size(report.bytes)}")
+    return 0

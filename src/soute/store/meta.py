@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -44,6 +44,14 @@ CREATE TABLE IF NOT EXISTS image_layers (
     position INTEGER NOT NULL,
     diff_id TEXT NOT NULL REFERENCES layers(diff_id),
     PRIMARY KEY (image, position)
+);
+CREATE TABLE IF NOT EXISTS build_cache (
+    key TEXT PRIMARY KEY,           -- a build step's cache key (parent key + the step)
+    diff_id TEXT,                   -- the layer it made, NULL when it made none
+    size INTEGER NOT NULL,
+    chain_id TEXT,                  -- the snapshot of the stack up to that layer
+    created TEXT NOT NULL,          -- its history time, reused so rebuilds are identical
+    used TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     chain_id TEXT PRIMARY KEY,      -- directory name under snapshots/
@@ -226,3 +234,35 @@ class Meta:
     def remove_snapshots(self, chain_ids: Iterable[str]) -> None:
         with self.transaction() as db:
             db.executemany("DELETE FROM snapshots WHERE chain_id=?", [(c,) for c in chain_ids])
+
+    # ------------------------------------------------------------------ build cache
+
+    def cache_get(self, key: str) -> tuple[str | None, int, str | None, str] | None:
+        r = self.db.execute(
+            "SELECT diff_id, size, chain_id, created FROM build_cache WHERE key=?", (key,)
+        ).fetchone()
+        return (r[0], r[1], r[2], r[3]) if r else None
+
+    def cache_put(
+        self, key: str, diff_id: str | None, size: int, chain_id: str | None, created: str,
+        now: str,
+    ) -> None:
+        with self.transaction() as db:
+            if diff_id is not None:
+                db.execute("INSERT OR IGNORE INTO layers(diff_id, size) VALUES (?, ?)",
+                           (diff_id, size))
+            db.execute(
+                "INSERT OR REPLACE INTO build_cache(key, diff_id, size, chain_id, created, used)"
+                " VALUES (?,?,?,?,?,?)", (key, diff_id, size, chain_id, created, now),
+            )
+
+    def cache_roots(self) -> tuple[set[str], set[str]]:
+        """(diff_ids, chain_ids) the build cache keeps alive."""
+        rows = list(self.db.execute("SELECT diff_id, chain_id FROM build_cache"))
+        return ({d for d, _ in rows if d}, {c for _, c in rows if c})
+
+    def cache_prune(self) -> int:
+        with self.transaction() as db:
+            n = db.execute("SELECT COUNT(*) FROM build_cache").fetchone()[0]
+            db.execute("DELETE FROM build_cache")
+        return int(n)

@@ -284,8 +284,7 @@ class Store:
         """Free blobs, layers and snapshots no image uses, and leftovers of killed writers."""
         report = GarbageReport()
         with self.exclusive():
-            live_blobs: set[str] = set()
-            live_chains: set[str] = set()
+            live_blobs, live_chains = self.meta.cache_roots()
             for row in self.meta.images():
                 live_blobs |= {row.id, row.manifest}
                 diff_ids = [d for d, _ in self.meta.image_layers(row.id)]

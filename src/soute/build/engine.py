@@ -1,0 +1,484 @@
+"""The build: a Dockerfile's stages to an image in the store, one layer per filesystem change.
+
+Each stage starts from its base (an image in the store, an earlier stage, or scratch) and walks
+its instructions through the Dockerfile scope (ARG/ENV expansion). Metadata instructions change
+the config; RUN, COPY, ADD and WORKDIR make layers. A layer is the upper dir of an overlay over
+the parent snapshots: it is written once as a tar (its DiffID) and then renamed into place as
+the next snapshot, so nothing is copied or unpacked again.
+
+A step is reused when its cache key is known: the key chains the parent's key with what the
+step depends on (the command, the env and args it sees, the content of its sources).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from soute.build.changes import ConfigState, apply_instruction
+from soute.dockerfile import instructions as ins
+from soute.errors import LocatedError, SouteError
+
+if TYPE_CHECKING:
+    from soute.build.context import BuildContext
+    from soute.dockerfile.instructions import Dockerfile, Stage
+    from soute.dockerfile.stages import BuildScope, StageScope
+    from soute.image.config import ImageConfig
+    from soute.image.timestamp import Timestamp
+    from soute.store.store import Image, Store
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HISTORY_COMMENT = "buildkit.dockerfile.v0"
+
+
+@dataclass
+class BuildOptions:
+    dockerfile: str  # the Dockerfile's text
+    dockerfile_name: str = "Dockerfile"  # how errors name it
+    context: Path | None = None  # None: empty context (docker build - < Dockerfile)
+    dockerfile_path: Path | None = None  # for <Dockerfile>.dockerignore
+    tags: Sequence[str] = ()  # fully qualified names
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    network: str = "default"  # default (host), host, none
+    labels: dict[str, str] = field(default_factory=dict)
+    quiet: bool = False
+
+
+@dataclass
+class StageResult:
+    config: ImageConfig
+    layers: list[tuple[str, int]]  # (diff_id, size) base first
+    key: str  # cache key of the last step
+    image: Image | None = None
+
+
+class Progress:
+    """BuildKit's plain progress: ``#N [stage k/n] INSTRUCTION``, output, ``#N DONE 0.1s``."""
+
+    def __init__(self, out: TextIO | None) -> None:
+        self.out = out
+        self.n = 0
+        self.started = 0.0
+
+    def step(self, title: str) -> None:
+        self.n += 1
+        self.started = time.monotonic()
+        self.say(f"#{self.n} {title}")
+
+    def say(self, line: str) -> None:
+        if self.out is not None:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def output(self, line: str) -> None:
+        self.say(f"#{self.n} {time.monotonic() - self.started:.3f} {line}")
+
+    def cached(self) -> None:
+        self.say(f"#{self.n} CACHED")
+
+    def done(self) -> None:
+        self.say(f"#{self.n} DONE {time.monotonic() - self.started:.1f}s")
+
+
+def _key(*parts: object) -> str:
+    return (
+        "sha256:"
+        + hashlib.sha256(
+            json.dumps(parts, separators=(",", ":"), sort_keys=True).encode()
+        ).hexdigest()
+    )
+
+
+def _go_list(items: Sequence[str]) -> str:
+    """Go's %v of a []string: [a b c]."""
+    return "[" + " ".join(items) + "]"
+
+
+class Builder:
+    def __init__(self, store: Store, opts: BuildOptions, progress: Progress) -> None:
+        self.store = store
+        self.opts = opts
+        self.progress = progress
+        self.results: dict[int, StageResult] = {}
+        self._scopes: dict[int, StageScope] = {}
+        self._context: BuildContext | None = None
+        self.scope: BuildScope | None = None
+
+    def context(self) -> BuildContext:
+        """The build context, read once per build (content hashes keep a stat cache)."""
+        if self._context is None:
+            from soute.build.context import BuildContext
+
+            assert self.opts.context is not None
+            cache = self.store.root / "cache"
+            cache.mkdir(exist_ok=True)
+            self._context = BuildContext(
+                self.opts.context,
+                dockerfile=self.opts.dockerfile_path,
+                stat_cache=cache / "contenthash.db",
+            )
+        return self._context
+
+    # ------------------------------------------------------------------ entry
+
+    def build(self) -> Image:
+        from soute.dockerfile.instructions import parse_dockerfile
+        from soute.dockerfile.stages import BuildScope
+
+        df = parse_dockerfile(self.opts.dockerfile, file=self.opts.dockerfile_name)
+        scope = BuildScope(df, self.opts.build_args, target=self.opts.target)
+        self.scope = scope
+        plan = scope.plan()
+        with self.store.session():
+            result: StageResult | None = None
+            for stage in plan:
+                result = self._stage(df, scope, stage, len(plan))
+                self.results[stage.index] = result
+            assert result is not None
+            warning = scope.unused_build_args_warning()
+            if warning:
+                self.progress.say(warning)
+            return self._export(result)
+
+    # ------------------------------------------------------------------ stages
+
+    def _stage(self, df: Dockerfile, scope: BuildScope, stage: Stage, total: int) -> StageResult:
+        from soute.image.config import ImageConfig
+
+        base = scope.resolve_base(stage)
+        stage_name = stage.display_name
+        if base.stage is not None:
+            parent = self.results[base.stage.index]
+            config = ImageConfig.from_json(parent.config.to_json())
+            layers = list(parent.layers)
+            key = parent.key
+            sscope = scope.stage_scope(stage, base=self._scopes[base.stage.index])
+        elif base.name == "scratch":
+            config = ImageConfig()
+            from soute.image.platforms import Platform
+
+            config.set_platform(Platform.host())
+            layers = []
+            key = _key("scratch")
+            sscope = scope.stage_scope(stage)
+        else:
+            image = self._base_image(base.name, stage)
+            config = ImageConfig.from_json(self.store.blobs.read(image.id))
+            layers = list(image.layers)
+            key = _key("image", image.id)
+            sscope = scope.stage_scope(
+                stage, image_env=config.config.env, image_onbuild=config.config.on_build
+            )
+            config.config.on_build = []  # triggers run once, in the child
+        self._scopes[stage.index] = sscope
+        state = ConfigState()
+        commands = sscope.commands
+        self.progress.step(f"[{stage_name} 1/{len(commands) + 1}] {stage.from_.original}")
+        self.progress.done()
+        for i, raw in enumerate(commands, start=2):
+            instr = sscope.step(raw)
+            self.progress.step(f"[{stage_name} {i}/{len(commands) + 1}] {raw.original}")
+            key, layer = self._dispatch(instr, sscope, config, layers, key, state)
+            if layer is not None:
+                layers.append(layer)
+            self.progress.done()
+        return StageResult(config, layers, key)
+
+    def _base_image(self, name: str, stage: Stage) -> Image:
+        from soute.store.names import resolve
+
+        try:
+            return resolve(self.store, name)
+        except SouteError as e:
+            raise LocatedError(
+                e.message,
+                file=self.opts.dockerfile_name,
+                line=stage.from_.line,
+                hint="make it first: soute bootstrap debian:bookworm, soute import, soute load",
+            ) from None
+
+    # ------------------------------------------------------------------ instructions
+
+    def _dispatch(
+        self,
+        instr: ins.Instruction,
+        sscope: StageScope,
+        config: ImageConfig,
+        layers: list[tuple[str, int]],
+        key: str,
+        state: ConfigState,
+    ) -> tuple[str, tuple[str, int] | None]:
+        cfg = config.config
+        if isinstance(instr, ins.Run):
+            return self._run(instr, sscope, config, layers, key)
+        if isinstance(instr, (ins.Copy, ins.Add)):
+            return self._copy(instr, sscope, config, layers, key)
+        if isinstance(instr, ins.Workdir):
+            apply_instruction(cfg, instr, state)
+            wd = cfg.working_dir
+            if wd == "/":
+                self._history(config, f"WORKDIR {wd}", empty=True, created=None)
+                return key, None
+            return self._layer_step(
+                config,
+                layers,
+                _key(key, "workdir", wd, cfg.user),
+                f"WORKDIR {wd}",
+                lambda upper, lowers: _mkdir_workdir(upper, lowers, wd),
+                suffix=False,
+            )
+        if isinstance(instr, (ins.Arg,)):
+            parts = [f"{a.key}={a.value}" if a.value is not None else a.key for a in instr.args]
+            self._history(config, "ARG " + " ".join(parts), empty=True, created=None)
+            return key, None
+        if isinstance(instr, ins.Onbuild):
+            cfg.on_build.append(instr.expression)  # BuildKit writes no history for ONBUILD
+            return key, None
+        if isinstance(instr, ins.Maintainer):
+            config.author = instr.maintainer
+            self._history(config, f"MAINTAINER {instr.maintainer}", empty=True, created=None)
+            return key, None
+        if not apply_instruction(cfg, instr, state):
+            raise SouteError(f"internal: no dispatcher for {instr.NAME}")
+        self._history(config, _created_by(instr, cfg), empty=True, created=None)
+        return key, None
+
+    def _history(
+        self, config: ImageConfig, created_by: str, *, empty: bool, created: Timestamp | None
+    ) -> None:
+        """Record a step. Metadata steps get no time here (``created=None``): the export
+        gives them the time of a neighbouring layer, as BuildKit's exporter does, so a
+        rebuild from cache gives the same image."""
+        from soute.image.config import History
+
+        epoch = self._epoch()
+        if epoch is not None and (created is None or created.unix_nanos > epoch.unix_nanos):
+            created = epoch
+        config.history.append(
+            History(
+                created=created, created_by=created_by, comment=HISTORY_COMMENT, empty_layer=empty
+            )
+        )
+
+    def _epoch(self) -> Timestamp | None:
+        from soute.image.timestamp import Timestamp
+        from soute.store.importer import source_date_epoch
+
+        epoch = source_date_epoch()
+        return Timestamp.from_unix(epoch) if epoch is not None else None
+
+    def _now(self) -> Timestamp:
+        from soute.image.timestamp import Timestamp
+
+        return self._epoch() or Timestamp.now()
+
+    # ------------------------------------------------------------------ layers
+
+    def _layer_step(
+        self,
+        config: ImageConfig,
+        layers: list[tuple[str, int]],
+        key: str,
+        created_by: str,
+        make: Callable[[Path, list[Path]], None],
+        *,
+        suffix: bool = True,
+    ) -> tuple[str, tuple[str, int] | None]:
+        """Reuse the cached result of ``key`` or run ``make(upper, lowers)`` and keep the
+        upper dir as the new layer."""
+        from soute.image.digest import chain_ids
+        from soute.image.timestamp import Timestamp
+        from soute.layer import write_layer
+
+        text = created_by + (" # buildkit" if suffix else "")
+        hit = None if self.opts.no_cache else self.store.meta.cache_get(key)
+        if hit is not None and (hit[0] is None or self.store.blobs.has(hit[0])):
+            diff_id, size, _, created = hit
+            self.progress.cached()
+            self._history(config, text, empty=diff_id is None, created=Timestamp.parse(created))
+            if diff_id is None:
+                return key, None
+            self._add_layer(config, diff_id)
+            return key, (diff_id, size)
+        lowers = self.store.snapshots([d for d, _ in layers])
+        upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.store.tmp))
+        # overlayfs shows the upper dir's own mode as the root's: give it the image's.
+        top = os.stat(lowers[-1]) if lowers else None
+        os.chmod(upper, top.st_mode & 0o7777 if top else 0o755)
+        if top is not None:
+            os.chown(upper, top.st_uid, top.st_gid)
+        try:
+            make(upper, lowers)
+            created = self._now()
+            if not any(os.scandir(upper)):
+                # Nothing changed on disk: docker records the step without a layer.
+                self.store.meta.cache_put(key, None, 0, None, created.format(), created.format())
+                self._history(config, text, empty=True, created=created)
+                return key, None
+            with self.store.blobs.writer() as w:
+                # Under SOURCE_DATE_EPOCH, mtimes are clamped to it (BuildKit's
+                # rewrite-timestamp) so that the same build gives the same layers.
+                epoch = self._epoch()
+                layer = write_layer(
+                    upper,
+                    w,
+                    overlay=True,  # type: ignore[arg-type]
+                    epoch=epoch.seconds if epoch is not None else None,
+                )
+                diff_id = w.commit()
+            chain = chain_ids([*[d for d, _ in layers], diff_id])[-1]
+            snapshot = self.store.snapshot_path(chain)
+            if snapshot.is_dir():
+                shutil.rmtree(upper)
+            else:
+                os.chmod(upper, 0o755)
+                os.rename(upper, snapshot)  # the upper dir becomes the snapshot as it is
+            self.store.meta.add_snapshot(
+                chain, chain_ids([d for d, _ in layers])[-1] if layers else None, diff_id
+            )
+            self.store.meta.cache_put(
+                key, diff_id, layer.size, chain, created.format(), created.format()
+            )
+            self._history(config, text, empty=False, created=created)
+            self._add_layer(config, diff_id)
+            return key, (diff_id, layer.size)
+        finally:
+            shutil.rmtree(upper, ignore_errors=True)
+
+    @staticmethod
+    def _add_layer(config: ImageConfig, diff_id: str) -> None:
+        config.rootfs.diff_ids.append(diff_id)
+
+    # ------------------------------------------------------------------ RUN
+
+    def _run(
+        self,
+        instr: ins.Run,
+        sscope: StageScope,
+        config: ImageConfig,
+        layers: list[tuple[str, int]],
+        key: str,
+    ) -> tuple[str, tuple[str, int] | None]:
+        cfg = config.config
+        shell = cfg.shell or list(ins.DEFAULT_SHELL)
+        script = instr.script()
+        if script.pipe_file is not None or not instr.shell_form:
+            argv = list(script.args)  # exec form, or a `#!` heredoc run as a file
+        else:
+            argv = [*shell, *script.args]
+        env = dict(sscope.env)
+        env.setdefault("PATH", DEFAULT_PATH)
+        env_list = [f"{k}={v}" for k, v in env.items()]
+        cwd = cfg.working_dir or "/"
+        network = instr.network if instr.network != "default" else self.opts.network
+        step_key = _key(
+            key,
+            "run",
+            argv,
+            env_list,
+            cwd,
+            cfg.user,
+            network,
+            list(instr.mount_specs),
+            instr.security,
+        )
+        created_by = "RUN " + sscope.run_history(argv)
+
+        def make(upper: Path, lowers: list[Path]) -> None:
+            from soute.build.run import run_step
+
+            run_step(
+                instr,
+                argv,
+                env_list,
+                cwd,
+                cfg.user or "0",
+                network,
+                upper,
+                lowers,
+                self.store,
+                self.progress,
+                file=self.opts.dockerfile_name,
+                pipe_file=script.pipe_file,
+            )
+
+        return self._layer_step(config, layers, step_key, created_by, make)
+
+    # ------------------------------------------------------------------ COPY / ADD
+
+    def _copy(
+        self,
+        instr: ins.Copy | ins.Add,
+        sscope: StageScope,
+        config: ImageConfig,
+        layers: list[tuple[str, int]],
+        key: str,
+    ) -> tuple[str, tuple[str, int] | None]:
+        from soute.build.copystep import copy_step
+
+        return copy_step(self, instr, sscope, config, layers, key)
+
+    # ------------------------------------------------------------------ export
+
+    def _export(self, result: StageResult) -> Image:
+        config = result.config
+        for k, v in self.opts.labels.items():
+            config.config.labels[k] = v
+        from soute.image.config import normalise_history
+
+        normalise_history(config)  # BuildKit's exporter: times for the metadata steps
+        times = [h.created for h in config.history if h.created is not None]
+        config.created = times[-1] if times else self._now()
+        return self.store.add_image(config.to_json(), result.layers, tags=list(self.opts.tags))
+
+
+def _mkdir_workdir(upper: Path, lowers: list[Path], wd: str) -> None:
+    """WORKDIR creates its directory (0755, root) when the image lacks it."""
+    rel = wd.lstrip("/")
+    for lower in reversed(lowers):
+        if (lower / rel).is_dir():
+            return
+    (upper / rel).mkdir(parents=True, mode=0o755, exist_ok=True)
+
+
+def _created_by(instr: ins.Instruction, cfg: Any) -> str:
+    """The history text BuildKit writes for a metadata instruction."""
+    from soute.dockerfile.goquote import go_quote
+
+    if isinstance(instr, ins.Env):
+        return "ENV " + " ".join(f"{p.key}={p.value}" for p in instr.pairs)
+    if isinstance(instr, ins.Label):
+        return "LABEL " + " ".join(f"{p.key}={p.value}" for p in instr.pairs)
+    if isinstance(instr, ins.Cmd):
+        return "CMD [" + " ".join(go_quote(a) for a in cfg.cmd) + "]"
+    if isinstance(instr, ins.Entrypoint):
+        return "ENTRYPOINT [" + " ".join(go_quote(a) for a in cfg.entrypoint) + "]"
+    if isinstance(instr, ins.Expose):
+        return "EXPOSE " + _go_list(sorted(instr.port_specs or instr.ports))
+    if isinstance(instr, ins.Volume):
+        return "VOLUME " + _go_list(list(instr.volumes))
+    if isinstance(instr, ins.User):
+        return f"USER {instr.user}"
+    if isinstance(instr, ins.Stopsignal):
+        return f"STOPSIGNAL {instr.signal}"
+    if isinstance(instr, ins.Shell):
+        return "SHELL " + _go_list(list(instr.shell))
+    if isinstance(instr, ins.Healthcheck):
+        return "HEALTHCHECK " + instr.health.describe()
+    return instr.original
+
+
+def build(store: Store, opts: BuildOptions, *, progress: TextIO | None = sys.stderr) -> Image:
+    """Build ``opts.dockerfile`` into ``store``; the image is tagged with ``opts.tags``."""
+    return Builder(store, opts, Progress(None if opts.quiet else progress)).build()

@@ -1,0 +1,130 @@
+"""soute build: a Dockerfile and a context to an image, as `docker build` with BuildKit."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from soute.cli.main import Context
+
+
+def configure_build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("context", metavar="PATH|-", help="the build context ('-': from stdin)")
+    p.add_argument("-t", "--tag", action="append", default=[], help="name the image (NAME[:TAG])")
+    p.add_argument("-f", "--file", help="the Dockerfile (default: PATH/Dockerfile; '-': stdin)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="K[=V]",
+                   help="set a build-time variable (K alone takes it from the environment)")
+    p.add_argument("--target", help="build only up to this stage")
+    p.add_argument("--no-cache", action="store_true", help="do not reuse cached steps")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
+    p.add_argument("--network", choices=("default", "host", "none"), default="default",
+                   help="network for RUN (default: the host's)")
+    p.add_argument("--label", action="append", default=[], metavar="K=V",
+                   help="set metadata on the image")
+    p.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
+    p.add_argument("--iidfile", help="write the image ID to this file")
+
+
+def _pairs(values: list[str], what: str, *, from_env: bool) -> dict[str, str]:
+    from soute.errors import SouteError
+
+    out: dict[str, str] = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not key:
+            raise SouteError(f"invalid {what} {v!r}", f"write {what} KEY=VALUE")
+        if not sep:
+            if not from_env:
+                raise SouteError(f"invalid {what} {v!r}", f"write {what} KEY=VALUE")
+            if key not in os.environ:
+                continue  # docker skips a bare name that is not in the environment
+            value = os.environ[key]
+        out[key] = value
+    return out
+
+
+def _is_tar(head: bytes) -> bool:
+    from soute.layer import detect
+
+    return (len(head) > 262 and head[257:262] == b"ustar") or detect(head[:8]) != "tar"
+
+
+def run_build(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.build.engine import BuildOptions, build
+    from soute.errors import SouteError
+    from soute.store.names import full_tag
+
+    store = ctx.store()
+    context: Path | None = None
+    dockerfile_path: Path | None = None
+    cleanup = None
+    if args.context == "-":
+        data = sys.stdin.buffer.read()
+        if args.file not in (None, "-") or _is_tar(data[:512]):
+            import io
+            import tempfile
+
+            from soute.layer import apply_layer, open_decompressed
+
+            tmp = Path(tempfile.mkdtemp(prefix="context-", dir=store.tmp))
+            cleanup = tmp
+            apply_layer(open_decompressed(io.BytesIO(data)), tmp, overlay=False)
+            context = tmp
+            name = args.file or "Dockerfile"
+            text = _read(tmp / name, name)
+        else:
+            text = data.decode("utf-8", "surrogateescape")
+            name = "Dockerfile"
+    else:
+        context = Path(args.context)
+        if not context.is_dir():
+            raise SouteError(f"unable to prepare context: path {args.context!r} not found",
+                             "give the directory holding the build's files")
+        if args.file == "-":
+            text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+            name = "Dockerfile"
+        else:
+            dockerfile_path = Path(args.file) if args.file else context / "Dockerfile"
+            name = str(dockerfile_path)
+            text = _read(dockerfile_path, name)
+    opts = BuildOptions(
+        dockerfile=text, dockerfile_name=name, context=context, dockerfile_path=dockerfile_path,
+        tags=[full_tag(t) for t in args.tag],
+        build_args=_pairs(args.build_arg, "--build-arg", from_env=True),
+        target=args.target, no_cache=args.no_cache, network=args.network,
+        labels=_pairs(args.label, "--label", from_env=False), quiet=args.quiet,
+    )
+    try:
+        image = build(store, opts)
+    finally:
+        if cleanup is not None:
+            import shutil
+
+            shutil.rmtree(cleanup, ignore_errors=True)
+    if args.iidfile:
+        Path(args.iidfile).write_text(image.id)
+    if args.quiet:
+        print(image.id)
+    else:
+        from soute.store.names import familiar
+
+        print(f"writing image {image.id} done", file=sys.stderr)
+        for tag in opts.tags:
+            print(f"naming to {familiar(tag)} done", file=sys.stderr)
+    return 0
+
+
+def _read(path: Path, name: str) -> str:
+    from soute.errors import SouteError
+
+    try:
+        return path.read_bytes().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        raise SouteError(f"failed to read dockerfile: open {name}: no such file or directory",
+                         "name it with -f, or add a Dockerfile to the context") from None
+    except OSError as e:
+        raise SouteError(f"failed to read dockerfile {name}: {e.strerror}") from None

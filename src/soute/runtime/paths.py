@@ -1,0 +1,71 @@
+"""Paths inside a container root, resolved as the container would see them.
+
+An image may hold ``/etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf`` or an
+``/etc -> /somewhere`` link; seen from the host those absolute targets point outside the root.
+:func:`scoped_path` follows links with the root as ``/`` (what ``securejoin`` does for runc).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+_MAX_LINKS = 255
+
+
+def scoped_path(root: str, path: str) -> str:
+    """``root`` joined with ``path``, every symlink on the way resolved inside ``root``.
+
+    Missing components are kept as written, so the result is where a file created at ``path``
+    from inside the container would land. The result never leaves ``root``: ``..`` stops at it.
+    """
+    root = root.rstrip("/") or "/"
+    pending = [p for p in reversed(path.split("/")) if p]
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = _join(root, [*resolved, part])
+        try:
+            st = os.lstat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            resolved.append(part)
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            resolved.append(part)
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            resolved = []
+        pending.extend(p for p in reversed(target.split("/")) if p)
+    return _join(root, resolved)
+
+
+def relative_to(root: str, path: str) -> str:
+    """``path`` (inside ``root``) relative to ``root``, ``""`` for the root itself."""
+    root = root.rstrip("/")
+    if path == root or path == root + "/":
+        return ""
+    return path[len(root) + 1:] if path.startswith(root + "/") else path.lstrip("/")
+
+
+def is_within(path: str, top: str) -> bool:
+    """Whether ``path`` is ``top`` or below it, comparing whole components."""
+    top = top.rstrip("/")
+    return path == top or path.startswith(top + "/") or top == ""
+
+
+def _join(root: str, parts: list[str]) -> str:
+    if not parts:
+        return root
+    return (root if root != "/" else "") + "/" + "/".join(parts)

@@ -1,0 +1,301 @@
+"""The container's root: an overlay of read-only snapshots under a fresh upper directory.
+
+The upper directory is the step's changeset as it stands (overlay whiteouts and opaque
+directories included), so nothing walks the whole tree to find what a RUN changed.
+
+Two things keep that true:
+
+- the overlay is mounted with ``redirect_dir=off,metacopy=off,index=off``: a renamed
+  directory is copied up whole and a chmod copies the data, so every upper entry is
+  self-contained (the layer writer refuses redirect and metacopy xattrs);
+- mountpoints the runtime has to create (``/etc/hosts`` in an image without one, ``/proc``
+  in a minimal image) are *stubs*: :func:`make_stubs` records them and :func:`remove_stubs`
+  takes them out of the upper directory afterwards, with their parents' times, as
+  BuildKit's ``MountStubsCleaner`` does.
+
+Mounting happens in the runtime's private mount namespace only (see ``executor``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from soute.errors import SouteError
+from soute.runtime import _linux
+from soute.runtime.paths import is_within, relative_to, scoped_path
+
+# overlayfs stacks at most this many lower layers (OVL_MAX_STACK).
+MAX_LOWERS = 500
+# Keep every upper entry self-contained; see the module docstring.
+OVERLAY_STRICT_OPTIONS = "redirect_dir=off,metacopy=off,index=off"
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+@dataclass(frozen=True, slots=True)
+class Layers:
+    """``lowers`` base first (as an image lists them), ``upper`` the new layer, ``work``
+    overlayfs' scratch directory (empty, on the same filesystem as ``upper``)."""
+
+    lowers: tuple[Path, ...]
+    upper: Path
+    work: Path
+
+    def __init__(self, lowers: Sequence[Path | str], upper: Path | str, work: Path | str):
+        object.__setattr__(self, "lowers", tuple(Path(p) for p in lowers))
+        object.__setattr__(self, "upper", Path(upper))
+        object.__setattr__(self, "work", Path(work))
+
+
+def link_layers(layers: Layers, links_dir: Path) -> None:
+    """Short names for the layer directories, so the overlay options fit in a page.
+
+    The mount data of ``mount(2)`` is one page (4 KiB); 100 store paths of 80 bytes do not
+    fit. ``links_dir`` gets ``0``..``n-1`` (lowers, base first), ``u`` and ``w``, and
+    :func:`mount_overlay` mounts from inside it. A root without lowers (``FROM scratch``)
+    gets an empty lower, as overlayfs needs one.
+    """
+    if len(layers.lowers) > MAX_LOWERS:
+        raise SouteError(f"too many layers ({len(layers.lowers)}): overlayfs stacks at most "
+                         f"{MAX_LOWERS}")
+    for path in (*layers.lowers, layers.upper, layers.work):
+        if not path.is_dir():
+            raise SouteError(f"layer directory {path} does not exist")
+    links_dir.mkdir(parents=True)
+    lowers = list(layers.lowers)
+    if not lowers:
+        empty = links_dir.parent / (links_dir.name + "-empty")
+        empty.mkdir()
+        lowers = [empty]
+    for i, path in enumerate(lowers):
+        os.symlink(os.path.abspath(path), links_dir / str(i))
+    os.symlink(os.path.abspath(layers.upper), links_dir / "u")
+    os.symlink(os.path.abspath(layers.work), links_dir / "w")
+
+
+def overlay_data(links_dir: Path, extra: str = OVERLAY_STRICT_OPTIONS) -> str:
+    """The overlay mount data for a :func:`link_layers` directory (top lower first)."""
+    count = sum(1 for name in os.listdir(links_dir) if name.isdigit())
+    lowerdir = ":".join(str(i) for i in reversed(range(count)))
+    data = f"lowerdir={lowerdir},upperdir=u,workdir=w"
+    return f"{data},{extra}" if extra else data
+
+
+# Tried in order: uuid=off (5.9+) keeps overlay from tagging a fresh upper dir with a
+# trusted.overlay.uuid xattr; older kernels know neither metacopy (4.19) nor index (4.13).
+_OPTION_SETS = (f"{OVERLAY_STRICT_OPTIONS},uuid=off", OVERLAY_STRICT_OPTIONS, "")
+
+
+def mount_overlay(links_dir: Path, target: str) -> None:
+    """Mount the overlay of ``links_dir`` at ``target``.
+
+    Changes the working directory for the call (overlay resolves the short names from it):
+    only for a single-threaded process, the runtime's own child.
+    """
+    saved = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(links_dir)
+        for i, extra in enumerate(_OPTION_SETS):
+            try:
+                _linux.mount("overlay", target, "overlay", 0, overlay_data(links_dir, extra))
+                return
+            except OSError as err:
+                if err.errno != errno.EINVAL or i == len(_OPTION_SETS) - 1:
+                    raise
+    finally:
+        os.fchdir(saved)
+        os.close(saved)
+
+
+# ---------------------------------------------------------------------------- stubs
+
+
+@dataclass(slots=True)
+class DirState:
+    """An existing directory above a stub, as it was before the stub was made."""
+
+    path: str  # relative to the root, "" for the root itself
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    in_upper: bool  # already in the upper directory before the stub (not a copy-up of ours)
+
+
+@dataclass(slots=True)
+class StubRecord:
+    """Paths the runtime created for one mountpoint, parents first, and the directories
+    above them, nearest first."""
+
+    created: list[str] = field(default_factory=list)
+    parents: list[DirState] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"created": self.created,
+                "parents": [[d.path, d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.in_upper]
+                            for d in self.parents]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StubRecord:
+        return cls([str(p) for p in data["created"]],
+                   [DirState(str(p[0]), *(int(v) for v in p[1:6]), bool(p[6]))
+                    for p in data["parents"]])
+
+
+def mountpoints_on_root(destinations: Sequence[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """The (destination, is_dir) pairs whose mountpoint lives on the root filesystem: those
+    not below an earlier mount's destination (``/dev/pts`` lands in the ``/dev`` tmpfs)."""
+    out: list[tuple[str, bool]] = []
+    seen: list[str] = []
+    for dest, is_dir in destinations:
+        norm = "/" + "/".join(p for p in dest.split("/") if p and p != ".")
+        if not any(is_within(norm, earlier) for earlier in seen):
+            out.append((norm, is_dir))
+        seen.append(norm)
+    return out
+
+
+def make_stubs(
+    root: str,
+    upper: str | None,
+    destinations: Sequence[tuple[str, bool]],
+    records: list[StubRecord],
+) -> None:
+    """Create the missing mountpoints of ``destinations`` in the mounted ``root``.
+
+    ``destinations`` are (path in the container, is a directory) pairs, already filtered by
+    :func:`mountpoints_on_root`. Paths resolve inside the root (symlinks included), as the
+    mounts themselves will. ``upper`` (the overlay's upper directory) tells which parents
+    were there before; None when ``root`` is not an overlay. What was created is appended to
+    ``records`` as it happens, so a failure halfway still lets the caller clean up.
+    """
+    for dest, is_dir in destinations:
+        _make_stub(root, upper, scoped_path(root, dest), is_dir, records)
+
+
+def _make_stub(root: str, upper: str | None, path: str, is_dir: bool,
+               records: list[StubRecord]) -> None:
+    rel = relative_to(root, path)
+    parts = [p for p in rel.split("/") if p]
+    existing = 0
+    while existing < len(parts):
+        try:
+            st = os.lstat(os.path.join(root, *parts[: existing + 1]))
+        except FileNotFoundError:
+            break
+        if existing + 1 < len(parts) and not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                          "/" + "/".join(parts[: existing + 1]))
+        existing += 1
+    if existing == len(parts):
+        return
+    record = StubRecord()
+    for depth in range(existing, -1, -1):
+        sub = "/".join(parts[:depth])
+        st = os.lstat(os.path.join(root, sub) if sub else root)
+        in_upper = depth == 0 or upper is None or os.path.lexists(os.path.join(upper, sub))
+        record.parents.append(DirState(sub, st.st_mode, st.st_uid, st.st_gid, st.st_atime_ns,
+                                       st.st_mtime_ns, in_upper))
+    records.append(record)
+    for depth in range(existing + 1, len(parts) + 1):
+        sub = "/".join(parts[:depth])
+        full = os.path.join(root, sub)
+        if depth < len(parts) or is_dir:
+            os.mkdir(full, 0o755)
+        else:
+            os.close(os.open(full, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        record.created.append(sub)
+
+
+def remove_stubs(upper: Path | str, records: Sequence[StubRecord]) -> None:
+    """Take the stubs of ``records`` out of the upper directory (newest first).
+
+    A stub still empty is removed; the directory above it gets its times back, and if our
+    stub alone brought it into the upper directory (a copy-up, nothing else changed), it
+    goes too, so the layer shows nothing the command did not do.
+    """
+    upper = str(upper)
+    for record in reversed(records):
+        if not record.parents:
+            continue
+        times = _times(_in_upper(upper, record.parents[0].path))
+        if not all(_remove_if_empty(os.path.join(upper, rel)) for rel in reversed(record.created)):
+            continue
+        for i, parent in enumerate(record.parents):
+            above = record.parents[i + 1].path if i + 1 < len(record.parents) else None
+            above_times = _times(_in_upper(upper, above)) if above is not None else None
+            if not _settle_parent(_in_upper(upper, parent.path), parent, times):
+                break
+            times = above_times
+
+
+def _in_upper(upper: str, rel: str) -> str:
+    return os.path.join(upper, rel) if rel else upper
+
+
+def _times(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_atime_ns, st.st_mtime_ns
+
+
+def _remove_if_empty(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(path)  # fails if the command put something there: then it stays
+        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            os.unlink(path)
+        else:
+            return False
+    except OSError:
+        return False
+    return True
+
+
+def _settle_parent(path: str, parent: DirState, times: tuple[int, int] | None) -> bool:
+    """Restore one directory above removed stubs; True if it went too (a copy-up of ours).
+
+    ``times`` are its times before the stubs were removed.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    ours_only = not parent.in_upper and not os.listdir(path)
+    same = (st.st_mode, st.st_uid, st.st_gid) == (parent.mode, parent.uid, parent.gid)
+    if ours_only and same and not _opaque(path):
+        try:
+            os.rmdir(path)
+            return True
+        except OSError:
+            pass
+    # Kept: with its times from before the stub if nothing else happened inside, else as the
+    # command left them (BuildKit's rule), so removing the stub changes nothing.
+    restore = (parent.atime_ns, parent.mtime_ns) if ours_only else times
+    if restore is not None:
+        with contextlib.suppress(OSError):
+            os.utime(path, ns=restore, follow_symlinks=False)
+    return False
+
+
+def _opaque(path: str) -> bool:
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False

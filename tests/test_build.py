@@ -1,0 +1,335 @@
+"""soute build end to end: real builds into a real store, compared with BuildKit's rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def soute(root: Path, *args: str, input: str | None = None, cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
+        input=input, capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> str:
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with a busybox base, shared by the tests of this file."""
+    path = tmp_path_factory.mktemp("store")
+    ok(soute(path, "bootstrap", "busybox"))
+    return path
+
+
+def inspect(root: Path, name: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(ok(soute(root, "inspect", name)))[0]  # type: ignore[no-any-return]
+
+
+def config_history(root: Path, name: str) -> list[dict]:  # type: ignore[type-arg]
+    from soute.store.names import resolve
+    from soute.store.store import Store
+
+    with Store(root) as store:
+        image = resolve(store, name)
+        return json.loads(store.blobs.read(image.id))["history"]  # type: ignore[no-any-return]
+
+
+METADATA = """\
+FROM busybox
+ARG V=1
+ENV A=$V B="x y"
+LABEL k=v other="a b"
+MAINTAINER someone <me@example.org>
+EXPOSE 80 53/udp
+VOLUME /data
+STOPSIGNAL SIGQUIT
+HEALTHCHECK --interval=5s --timeout=3s CMD wget -q localhost
+SHELL ["/bin/sh", "-ec"]
+CMD python app.py
+ENTRYPOINT ["/init"]
+USER nobody
+ONBUILD RUN echo child
+"""
+
+
+def test_metadata_instructions_make_the_config(root: Path) -> None:
+    ok(soute(root, "build", "-t", "meta", "-", input=METADATA))
+    info = inspect(root, "meta")
+    cfg = info["Config"]
+    assert cfg["Env"] == [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1", "B=x y"]
+    assert cfg["Labels"] == {"k": "v", "other": "a b"}
+    assert cfg["ExposedPorts"] == {"53/udp": {}, "80/tcp": {}}
+    assert cfg["Volumes"] == {"/data": {}}
+    assert cfg["StopSignal"] == "SIGQUIT"
+    assert cfg["Healthcheck"] == {"Test": ["CMD-SHELL", "wget -q localhost"],
+                                  "Interval": 5_000_000_000, "Timeout": 3_000_000_000}
+    assert cfg["Shell"] == ["/bin/sh", "-ec"]
+    # ENTRYPOINT after CMD in the same stage keeps that CMD; CMD's shell form uses SHELL.
+    assert cfg["Cmd"] == ["/bin/sh", "-ec", "python app.py"]
+    assert cfg["Entrypoint"] == ["/init"]
+    assert cfg["User"] == "nobody"
+    assert cfg["OnBuild"] == ["RUN echo child"]
+    assert info["Author"] == "someone <me@example.org>"
+
+
+def test_history_is_written_as_buildkit_writes_it(root: Path) -> None:
+    ok(soute(root, "build", "-t", "meta", "-", input=METADATA))
+    new = [h for h in config_history(root, "meta") if h.get("comment") ==
+           "buildkit.dockerfile.v0"]
+    assert [h["created_by"] for h in new] == [
+        "ARG V=1",
+        'ENV A=1 B=x y',
+        "LABEL k=v other=a b",
+        "MAINTAINER someone <me@example.org>",
+        "EXPOSE [53/udp 80/tcp]",
+        "VOLUME [/data]",
+        "STOPSIGNAL SIGQUIT",
+        "HEALTHCHECK {Test:[CMD-SHELL wget -q localhost] Interval:5s Timeout:3s "
+        "StartPeriod:0s StartInterval:0s Retries:0}",
+        "SHELL [/bin/sh -ec]",
+        'CMD ["/bin/sh" "-ec" "python app.py"]',
+        'ENTRYPOINT ["/init"]',
+        "USER nobody",
+    ]
+    assert all(h["empty_layer"] for h in new)
+
+
+def test_entrypoint_resets_an_inherited_cmd(root: Path) -> None:
+    ok(soute(root, "build", "-t", "withcmd", "-", input='FROM busybox\nCMD ["a"]\n'))
+    ok(soute(root, "build", "-t", "child", "-",
+             input='FROM withcmd\nENTRYPOINT ["b"]\n'))
+    cfg = inspect(root, "child")["Config"]
+    assert cfg["Entrypoint"] == ["b"] and cfg["Cmd"] is None
+
+
+def test_workdir_makes_a_layer_only_when_needed(root: Path) -> None:
+    ok(soute(root, "build", "-t", "wd", "-",
+             input="FROM busybox\nWORKDIR /app\nWORKDIR sub\nWORKDIR /tmp\n"))
+    info = inspect(root, "wd")
+    assert info["Config"]["WorkingDir"] == "/tmp"
+    history = config_history(root, "wd")[-3:]
+    assert [h["created_by"] for h in history] == ["WORKDIR /app", "WORKDIR /app/sub",
+                                                  "WORKDIR /tmp"]
+    # /tmp exists in busybox: no change on disk, so no layer (as docker records it).
+    assert [h.get("empty_layer", False) for h in history] == [False, False, True]
+    assert len(info["RootFS"]["Layers"]) == 3
+
+
+def test_cached_rebuild_gives_the_same_image(root: Path) -> None:
+    text = "FROM busybox\nWORKDIR /srv\nENV X=1\nCMD [\"sh\"]\n"
+    first = ok(soute(root, "build", "-q", "-", input=text)).strip()
+    p = soute(root, "build", "-", input=text)
+    assert "CACHED" in p.stderr
+    again = ok(soute(root, "build", "-q", "-", input=text)).strip()
+    assert first == again
+    fresh = ok(soute(root, "build", "-q", "--no-cache", "-", input=text)).strip()
+    assert fresh != first  # a new layer, made at a new time
+
+
+def test_source_date_epoch_makes_builds_reproducible(tmp_path: Path, root: Path) -> None:
+    text = "FROM busybox\nWORKDIR /srv\nLABEL a=b\n"
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    first = ok(soute(root, "build", "-q", "--no-cache", "-", input=text, env=env)).strip()
+    second = ok(soute(root, "build", "-q", "--no-cache", "-", input=text, env=env)).strip()
+    assert first == second
+    assert inspect(root, first)["Created"] == "2023-11-14T22:13:20Z"
+
+
+def test_build_args_and_target(root: Path) -> None:
+    text = ("ARG BASE=busybox\nFROM $BASE AS one\nARG GREETING=hi\nLABEL g=$GREETING\n"
+            "FROM one AS two\nLABEL stage=two\n")
+    ok(soute(root, "build", "-t", "args", "--build-arg", "GREETING=hello", "--target", "one",
+             "-", input=text))
+    labels = inspect(root, "args")["Config"]["Labels"]
+    assert labels == {"g": "hello"}
+    ok(soute(root, "build", "-t", "args2", "-", input=text))
+    assert inspect(root, "args2")["Config"]["Labels"] == {"g": "hi", "stage": "two"}
+
+
+def test_unused_build_arg_warns(root: Path) -> None:
+    p = soute(root, "build", "--build-arg", "NOPE=1", "-", input="FROM busybox\n")
+    assert p.returncode == 0
+    assert "[Warning] One or more build-args [NOPE] were not consumed" in p.stderr
+
+
+def test_labels_and_iidfile(tmp_path: Path, root: Path) -> None:
+    iid = tmp_path / "iid"
+    ok(soute(root, "build", "--label", "team=cargo", "--iidfile", str(iid), "-t", "lab", "-",
+             input="FROM busybox\n"))
+    assert inspect(root, "lab")["Id"] == iid.read_text()
+    assert inspect(root, "lab")["Config"]["Labels"] == {"team": "cargo"}
+
+
+def test_context_directory_and_dockerfile_flag(tmp_path: Path, root: Path) -> None:
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "other.Dockerfile").write_text("FROM busybox\nLABEL from=file\n")
+    ok(soute(root, "build", "-t", "ctx", "-f", str(tmp_path / "other.Dockerfile"),
+             str(tmp_path / "ctx")))
+    assert inspect(root, "ctx")["Config"]["Labels"] == {"from": "file"}
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("FROM nowhere:1\n", "Dockerfile:1:", "No such image: nowhere:1"),
+        ("FROM busybox\nRUNN x\n", "Dockerfile:2:", "unknown instruction: RUNN"),
+        ("FROM busybox\nCOPY --chwon=1 a b\n", "Dockerfile:2:", "unknown flag: --chwon"),
+        ("FROM busybox AS a\nFROM a AS b\n", "", None),
+    ],
+)
+def test_bad_dockerfiles_fail_at_their_line(root: Path, text: str, where: str,
+                                            message: str | None) -> None:
+    p = soute(root, "build", "-", input=text)
+    if message is None:
+        assert p.returncode == 0, p.stderr
+        return
+    assert p.returncode == 1
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(where) and message in last
+    assert "Traceback" not in p.stderr
+
+
+def test_unknown_target_and_missing_context(tmp_path: Path, root: Path) -> None:
+    p = soute(root, "build", "--target", "nope", "-", input="FROM busybox AS a\n")
+    assert p.returncode == 1 and "nope" in p.stderr and "Traceback" not in p.stderr
+    p = soute(root, "build", str(tmp_path / "missing"))
+    assert p.returncode == 1 and "not found" in p.stderr
+
+
+def test_builder_prune_frees_the_cache(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    ok(soute(store, "bootstrap", "busybox"))
+    ok(soute(store, "build", "-", input="FROM busybox\nWORKDIR /x\n"))
+    ok(soute(store, "image", "prune", "-a", "-f"))
+    blobs = store / "oci" / "blobs" / "sha256"
+    assert len(list(blobs.iterdir())) == 1  # the cached WORKDIR layer outlives the image
+    out = ok(soute(store, "builder", "prune", "-f"))
+    assert "Deleted build cache objects: 1" in out
+    assert list(blobs.iterdir()) == []
+
+
+def test_run_makes_layers_from_the_commands_changes(root: Path) -> None:
+    text = ("FROM busybox\nARG WHO=world\nRUN echo hello $WHO > /hello && rm /etc/group\n"
+            "RUN [\"sh\", \"-c\", \"cat /hello > /copy\"]\n")
+    p = soute(root, "build", "-t", "ran", "-", input=text)
+    assert p.returncode == 0, p.stderr
+    history = config_history(root, "ran")[-3:]
+    assert [h["created_by"] for h in history] == [
+        "ARG WHO=world",
+        "RUN |1 WHO=world /bin/sh -c echo hello $WHO > /hello && rm /etc/group # buildkit",
+        "RUN |1 WHO=world sh -c cat /hello > /copy # buildkit",
+    ]
+    from soute.store.names import resolve
+    from soute.store.store import Store
+
+    with Store(root) as store:
+        image = resolve(store, "ran")
+        top = store.snapshots(image.diff_ids)
+        assert (top[-2] / "hello").read_text() == "hello world\n"
+        # The deletion is an overlay whiteout in the layer's snapshot, not a missing file.
+        assert os.stat(top[-2] / "etc" / "group").st_rdev == 0
+        assert (top[-1] / "copy").read_text() == "hello world\n"
+        # What the runtime provided is not part of the layers.
+        assert not (top[-2] / "etc" / "hosts").exists()
+
+
+def test_run_output_streams_and_failure_names_the_line(root: Path) -> None:
+    p = soute(root, "build", "--no-cache", "-",
+              input="FROM busybox\nRUN echo visible-output\nRUN exit 7\n")
+    assert p.returncode == 1
+    assert "visible-output" in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("Dockerfile:3: process \"/bin/sh -c exit 7\" did not complete "
+                           "successfully: exit code: 7")
+
+
+def test_run_sees_env_workdir_user_and_network_none(root: Path) -> None:
+    text = ("FROM busybox\nENV GREETING=hi\nWORKDIR /w\nUSER nobody\n"
+            "RUN echo \"$GREETING $(pwd) $(id -u) $(hostname)\" && cat /proc/net/dev\n")
+    p = soute(root, "build", "--no-cache", "--network", "none", "-", input=text)
+    assert p.returncode == 0, p.stderr
+    assert "hi /w 65534 buildkitsandbox" in p.stderr
+    devices = [line.split(":")[0].split()[-1] for line in p.stderr.splitlines()
+               if line.rstrip().endswith(("0", "0 0")) and ":" in line]
+    assert "lo" in " ".join(devices)
+    assert "eth0" not in p.stderr
+
+
+def test_run_cache_follows_args(root: Path) -> None:
+    text = "FROM busybox\nARG X=1\nRUN echo $X > /x\n"
+    first = ok(soute(root, "build", "-q", "-", input=text)).strip()
+    assert ok(soute(root, "build", "-q", "-", input=text)).strip() == first
+    other = ok(soute(root, "build", "-q", "--build-arg", "X=2", "-", input=text)).strip()
+    assert other != first
+
+
+def _snapshot_file(root: Path, name: str, path: str) -> Path | None:
+    from soute.store.names import resolve
+    from soute.store.store import Store
+
+    with Store(root) as store:
+        for snap in reversed(store.snapshots(resolve(store, name).diff_ids)):
+            if (snap / path).exists():
+                return snap / path
+    return None
+
+
+def test_copy_from_context_with_dockerignore_and_cache(tmp_path: Path, root: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "app" / "sub").mkdir(parents=True)
+    (ctx / "app" / "a.txt").write_text("hello\n")
+    (ctx / "app" / "sub" / "b").write_text("b\n")
+    (ctx / "app" / "secret.key").write_text("no\n")
+    (ctx / ".dockerignore").write_text("**/*.key\n")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\nCOPY app /srv/\nCOPY --chmod=700 app/a.txt /opt/run\n"
+        "RUN test ! -e /srv/secret.key && cat /srv/a.txt /srv/sub/b && ls -l /opt/run\n")
+    p = soute(root, "build", "-t", "copied", str(ctx))
+    assert p.returncode == 0, p.stderr
+    assert "hello" in p.stderr and "-rwx------" in p.stderr
+    history = config_history(root, "copied")[-3:]
+    assert [h["created_by"] for h in history[:2]] == [
+        "COPY app /srv/ # buildkit", "COPY --chmod=700 app/a.txt /opt/run # buildkit"]
+    first = inspect(root, "copied")["Id"]
+    # Only mtimes changed: the content hash is the same, every step is reused.
+    os.utime(ctx / "app" / "a.txt", (1, 1))
+    p = soute(root, "build", "-t", "copied", str(ctx))
+    assert p.stderr.count("CACHED") == 3 and inspect(root, "copied")["Id"] == first
+    # An edited file is caught through the stat cache.
+    (ctx / "app" / "sub" / "b").write_text("changed\n")
+    p = soute(root, "build", "-t", "copied", str(ctx))
+    assert p.returncode == 0 and "CACHED" not in p.stderr and "changed" in p.stderr
+
+
+def test_copy_from_a_stage_and_heredoc(root: Path) -> None:
+    text = ("FROM busybox AS build\nRUN echo built > /artifact\n"
+            "FROM scratch\nCOPY --from=build /artifact /out/artifact\n"
+            "COPY <<EOF /etc/note\nnote $HOME\nEOF\n")
+    p = soute(root, "build", "-t", "staged", "-", input=text)
+    assert p.returncode == 0, p.stderr
+    artifact = _snapshot_file(root, "staged", "out/artifact")
+    assert artifact is not None and artifact.read_text() == "built\n"
+    note = _snapshot_file(root, "staged", "etc/note")
+    assert note is not None and note.read_text() == "note \n"
+    assert len(inspect(root, "staged")["RootFS"]["Layers"]) == 2
+
+
+def test_copy_missing_source_fails_at_its_line(tmp_path: Path, root: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM busybox\n\nCOPY nothere /x\n")
+    p = soute(root, "build", str(tmp_path))
+    assert p.returncode == 1
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{tmp_path / 'Dockerfile'}:3:") and "nothere" in last
