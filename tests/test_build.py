@@ -333,3 +333,42 @@ def test_copy_missing_source_fails_at_its_line(tmp_path: Path, root: Path) -> No
     assert p.returncode == 1
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith(f"{tmp_path / 'Dockerfile'}:3:") and "nothere" in last
+
+
+def test_run_mounts_secret_cache_tmpfs_and_context_bind(tmp_path: Path, root: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "data.txt").write_text("from the context\n")
+    (tmp_path / "token").write_text("s3cret")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "RUN --mount=type=secret,id=token cat /run/secrets/token > /seen-secret\n"
+        "RUN --mount=type=secret,id=token,env=TOKEN echo $TOKEN > /seen-env\n"
+        "RUN --mount=type=cache,target=/cache sh -c 'echo x >> /cache/log; wc -l < /cache/log'\n"
+        "RUN --mount=type=tmpfs,target=/scratch touch /scratch/f && ls /scratch\n"
+        "RUN --mount=type=bind,source=data.txt,target=/mnt/data cat /mnt/data\n"
+        "RUN --mount=type=bind,target=/ctx,rw touch /ctx/new && ls /ctx\n")
+    p = soute(root, "build", "--no-cache", "-t", "mounted", "--secret",
+              f"id=token,src={tmp_path / 'token'}", str(ctx))
+    assert p.returncode == 0, p.stderr
+    assert "from the context" in p.stderr
+    assert (_snapshot_file(root, "mounted", "seen-secret").read_text() == "s3cret")  # type: ignore[union-attr]
+    assert _snapshot_file(root, "mounted", "seen-env").read_text() == "s3cret\n"  # type: ignore[union-attr]
+    # Nothing a mount provided stays in the image; writes to a rw bind are thrown away.
+    for path in ("run/secrets/token", "scratch/f", "cache/log", "mnt/data", "ctx/new"):
+        assert _snapshot_file(root, "mounted", path) is None, path
+    assert not (ctx / "new").exists()
+    # The cache directory persists between builds.
+    again = soute(root, "build", "--no-cache", "--secret", f"id=token,src={tmp_path / 'token'}",
+                  str(ctx))
+    assert again.returncode == 0 and "#4 " in again.stderr
+    counts = [line.split()[-1] for line in again.stderr.splitlines()
+              if line.startswith("#4 ") and line.split()[-1].isdigit()]
+    assert counts and int(counts[-1]) >= 2
+
+
+def test_required_secret_missing_fails_at_its_line(root: Path) -> None:
+    p = soute(root, "build", "-", input="FROM busybox\n\nRUN --mount=type=secret,id=k,required "
+              "true\n")
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1].startswith("Dockerfile:3: secret k: not found")

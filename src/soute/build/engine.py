@@ -53,6 +53,7 @@ class BuildOptions:
     network: str = "default"  # default (host), host, none
     labels: dict[str, str] = field(default_factory=dict)
     quiet: bool = False
+    secrets: dict[str, bytes] = field(default_factory=dict)  # RUN --mount=type=secret
 
 
 @dataclass
@@ -411,6 +412,8 @@ class Builder:
                 self.progress,
                 file=self.opts.dockerfile_name,
                 pipe_file=script.pipe_file,
+                context=self.opts.context,
+                secrets=self.opts.secrets,
             )
 
         return self._layer_step(config, layers, step_key, created_by, make)

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from soute.errors import LocatedError
+from soute.errors import LocatedError, SouteError
 
 if TYPE_CHECKING:
     from soute.build.engine import Progress
     from soute.dockerfile.instructions import InlineFile, Run
+    from soute.runtime import Mount
     from soute.store.store import Store
 
 
@@ -32,24 +33,25 @@ def run_step(
     *,
     file: str,
     pipe_file: InlineFile | None = None,
+    context: Path | None = None,
+    secrets: dict[str, bytes] | None = None,
 ) -> None:
     """Run one RUN with its output streamed as BuildKit's plain progress shows it."""
     from soute.runtime import Layers, Mount, Process, Spec, run
     from soute.runtime.spec import BUILD_NAMESPACES
 
-    if instr.mounts:
-        raise LocatedError(
-            "RUN --mount is not supported by this soute build yet",
-            file=file,
-            line=instr.line,
-            hint="copy what the command needs with COPY for now",
-        )
     namespaces = set(BUILD_NAMESPACES)
     if network == "none":
         namespaces.add("network")
     work = Path(tempfile.mkdtemp(prefix="work-", dir=store.tmp))
     state = Path(tempfile.mkdtemp(prefix="run-", dir=store.tmp))
-    mounts: list[Mount] = []
+    env = list(env)
+    try:
+        mounts = _run_mounts(instr, store, state, env, context, secrets)
+    except SouteError as e:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+        raise LocatedError(e.message, file=file, line=instr.line, hint=e.hint) from None
     if pipe_file is not None:
         # A `#!` heredoc runs as a file under /dev/pipes, as BuildKit does.
         pipes = state / "pipes"
@@ -94,3 +96,80 @@ def _pump(fd: int, progress: Progress) -> None:
     with os.fdopen(fd, "rb") as f:
         for raw in f:
             progress.output(raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+def _run_mounts(instr: Run, store: Store, state: Path, env: list[str],
+                context: Path | None, secrets: dict[str, bytes] | None) -> list[Mount]:
+    """The ``--mount``s of a RUN as runtime mounts (secret, cache, tmpfs, bind from the
+    context); ``env`` gets the secrets exposed as variables."""
+    import hashlib
+
+    from soute.runtime import Mount
+
+    out: list[Mount] = []
+    for m in instr.mounts:
+        if m.type == "tmpfs":
+            opts = ("nosuid", "nodev") + ((f"size={m.size}",) if m.size else ())
+            out.append(Mount(m.target, "tmpfs", "tmpfs", opts))
+        elif m.type == "secret":
+            data = (secrets or {}).get(m.secret_id)
+            if data is None:
+                if m.required:
+                    raise SouteError(f"secret {m.secret_id}: not found",
+                                     f"pass it with --secret id={m.secret_id},src=FILE")
+                continue  # BuildKit skips a secret nobody provided
+            if m.env is not None:
+                env.append(f"{m.env}={data.decode('utf-8', 'surrogateescape')}")
+            target = m.secret_target
+            if target is None:
+                continue
+            path = state / "secrets" / hashlib.sha256(target.encode()).hexdigest()[:16]
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            path.write_bytes(data)
+            os.chown(path, m.uid or 0, m.gid or 0)
+            os.chmod(path, m.file_mode())
+            out.append(Mount(target, "bind", str(path), ("rbind", "ro")))
+        elif m.type == "cache":
+            # Cache mounts persist between builds; their contents never enter a cache key.
+            key = hashlib.sha256(m.cache_id.encode()).hexdigest()
+            path = store.root / "cache" / "mounts" / key
+            if not path.exists():
+                path.mkdir(parents=True)
+                os.chown(path, m.uid or 0, m.gid or 0)
+                os.chmod(path, m.file_mode())
+            out.append(Mount(m.target, "bind", str(path),
+                             ("rbind", "ro" if m.readonly else "rw")))
+        elif m.type == "bind" and not m.from_:
+            if context is None:
+                raise SouteError("RUN --mount=type=bind needs a build context",
+                                 "build from a directory, not from stdin")
+            source = _inside(context, m.source or "/")
+            if not m.readonly:
+                # Writes to a rw bind mount are thrown away, as in BuildKit.
+                copy = state / "bind" / hashlib.sha256(m.target.encode()).hexdigest()[:16]
+                copy.parent.mkdir(exist_ok=True)
+                if source.is_dir():
+                    shutil.copytree(source, copy, symlinks=True)
+                else:
+                    shutil.copy2(source, copy)
+                source = copy
+            out.append(Mount(m.target, "bind", str(source),
+                             ("rbind", "ro" if m.readonly else "rw")))
+        else:
+            raise SouteError(
+                f"RUN --mount=type={m.type}" + (f",from={m.from_}" if m.from_ else "")
+                + " is not supported by soute yet",
+                "use secret, cache, tmpfs or a bind of the build context",
+            )
+    return out
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``rel`` under ``root``, symlinks resolved without leaving it."""
+    resolved = (root / rel.lstrip("/")).resolve()
+    base = root.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise SouteError(f"mount source {rel!r} leads outside the build context")
+    if not resolved.exists():
+        raise SouteError(f"mount source {rel!r}: not found in the build context")
+    return resolved

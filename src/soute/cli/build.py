@@ -27,6 +27,8 @@ def configure_build(p: argparse.ArgumentParser) -> None:
                    help="set metadata on the image")
     p.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
     p.add_argument("--iidfile", help="write the image ID to this file")
+    p.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]",
+                   help="a secret for RUN --mount=type=secret")
 
 
 def _pairs(values: list[str], what: str, *, from_env: bool) -> dict[str, str]:
@@ -97,6 +99,7 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
         build_args=_pairs(args.build_arg, "--build-arg", from_env=True),
         target=args.target, no_cache=args.no_cache, network=args.network,
         labels=_pairs(args.label, "--label", from_env=False), quiet=args.quiet,
+        secrets=_secrets(args.secret),
     )
     try:
         image = build(store, opts)
@@ -128,3 +131,31 @@ def _read(path: Path, name: str) -> str:
                          "name it with -f, or add a Dockerfile to the context") from None
     except OSError as e:
         raise SouteError(f"failed to read dockerfile {name}: {e.strerror}") from None
+
+
+def _secrets(values: list[str]) -> dict[str, bytes]:
+    """docker's ``--secret id=ID[,src=FILE|,env=VAR]``: a bare ``id`` reads the variable of
+    that name, or the file of that name when there is no such variable."""
+    from soute.errors import SouteError
+
+    out: dict[str, bytes] = {}
+    for v in values:
+        fields = dict(f.partition("=")[::2] for f in v.split(","))
+        sid = fields.get("id")
+        if not sid:
+            raise SouteError(f"invalid --secret {v!r}", "write --secret id=ID,src=FILE")
+        src = fields.get("src") or fields.get("source")
+        var = fields.get("env")
+        if src is None and var is None:
+            var = sid if sid in os.environ else None
+            src = None if var else sid
+        if var is not None:
+            if var not in os.environ:
+                raise SouteError(f"--secret {v!r}: variable {var} is not set")
+            out[sid] = os.environ[var].encode()
+            continue
+        try:
+            out[sid] = Path(str(src)).read_bytes()
+        except OSError as e:
+            raise SouteError(f"--secret {v!r}: {src}: {e.strerror}") from None
+    return out
