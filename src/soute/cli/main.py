@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # configure_<stem>(parser) and run_<stem>(ctx, args). Names with a space exist only in a group.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("build", "build", "Build an image from a Dockerfile"),
+    "lint": ("lint", "lint", "Check a Dockerfile for good practices"),
     "parse": ("parse", "parse", "Parse a Dockerfile and print its instructions"),
     "version": ("version", "version", "Show the soute version"),
     "images": ("images", "images", "List images"),
