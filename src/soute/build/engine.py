@@ -166,13 +166,16 @@ class Builder:
             key = parent.key
             sscope = scope.stage_scope(stage, base=self._scopes[base.stage.index])
         elif base.name == "scratch":
-            config = ImageConfig()
+            from soute.image.config import ContainerConfig
             from soute.image.platforms import Platform
 
+            # BuildKit's empty image: the default PATH and WorkingDir "/" are in its config.
+            config = ImageConfig(config=ContainerConfig(env=[f"PATH={DEFAULT_PATH}"],
+                                                        working_dir="/"))
             config.set_platform(Platform.host())
             layers = []
             key = _key("scratch")
-            sscope = scope.stage_scope(stage)
+            sscope = scope.stage_scope(stage, image_env=config.config.env)
         else:
             image = self._base_image(base.name, stage)
             config = ImageConfig.from_json(self.store.blobs.read(image.id))
