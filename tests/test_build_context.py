@@ -301,6 +301,31 @@ def test_dockerignore_walk(tmp_path: Path) -> None:
     assert ctx.resolve("node_modules/m") is None
 
 
+
+@pytest.mark.parametrize(
+    ("files", "patterns", "want"),
+    [
+        # An exception with a wildcard makes today's fsutil (filter.go) walk excluded
+        # directories, so "!**/oneline.txt" brings volume/data/oneline.txt back. BuildKit
+        # 0.8 (docker 20.10) skipped "volume" because no exception starts with "volume/".
+        (["volume/data/oneline.txt"], ["volume", "!**/oneline.txt"],
+         ["volume", "volume/data", "volume/data/oneline.txt"]),
+        (["subdir/sub1.txt", "subdir/sub2.txt"], ["subdir", "!*/sub1*"],
+         ["subdir", "subdir/sub1.txt"]),
+        (["test1.txt", "test2.txt", "subdir/sub1.txt", "subdir/sub2.txt"],
+         ["*", "test*", "!test2*", "subdir", "!*/sub1*"],
+         ["subdir", "subdir/sub1.txt", "test2.txt"]),
+        # An excluded directory is present only when something below it is: BuildKit 0.8
+        # also sent "folder" itself, empty, because an exception starts with "folder/".
+        (["folder/file"], ["**", "!folder/subfolder/file"], []),
+    ],
+)
+def test_dockerignore_exceptions_as_today(
+    tmp_path: Path, files: list[str], patterns: list[str], want: list[str]
+) -> None:
+    write(tmp_path, dict.fromkeys(files, "x"))
+    assert list(BuildContext(tmp_path, ignore_patterns=patterns).walk()) == want
+
 def test_dockerfile_own_ignore_file(tmp_path: Path) -> None:
     """testDockerignoreOverride: <Dockerfile>.dockerignore wins."""
     write(

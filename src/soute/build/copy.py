@@ -1026,7 +1026,8 @@ def _extract(archive: bytes, scratch: Path) -> set[bytes]:
 
     with open(archive, "rb") as f:
         names = _ArchiveDirs(open_decompressed(f))
-        apply_layer(names, scratch, overlay=False)  # type: ignore[arg-type]
+        # Chrooted at the destination, as BuildKit unpacks: a symlink's ".." stops there.
+        apply_layer(names, scratch, overlay=False, chroot=True)  # type: ignore[arg-type]
     top = os.fsencode(scratch)
 
     def lstat(rel: str) -> os.stat_result | None:

@@ -97,7 +97,7 @@ class _Member:
     sparse_map_in_data: bool = False  # GNU sparse 1.0: the map opens the data
 
 
-def apply_layer(stream: BinaryIO, dest: Path, *, overlay: bool) -> None:
+def apply_layer(stream: BinaryIO, dest: Path, *, overlay: bool, chroot: bool = False) -> None:
     """Apply the uncompressed layer tar read from ``stream`` to the directory ``dest``.
 
     ``overlay=False``: ``dest`` is the full tree of the layers below; whiteouts delete.
@@ -105,9 +105,13 @@ def apply_layer(stream: BinaryIO, dest: Path, *, overlay: bool) -> None:
     whiteouts become char devices 0/0 and opaque whiteouts the ``trusted.overlay.opaque=y``
     xattr (``user.overlay.opaque`` when trusted xattrs are not permitted).
 
+    ``chroot=True`` reads symlinks as if ``dest`` were the root of the system: ``..`` stops
+    there instead of being refused, as BuildKit's chrooted unpack does for ADD archives.
+    Names that climb above ``dest`` are refused either way.
+
     The stream is read to its end, so a digest computed around it covers every byte.
     """
-    applier = _Applier(dest, overlay=overlay)
+    applier = _Applier(dest, overlay=overlay, chroot=chroot)
     reader = _TarReader(stream)
     while (member := reader.next()) is not None:
         try:
@@ -477,7 +481,8 @@ def _fold_pax(member: _Member, pax: dict[bytes, bytes], sparse00: list[int], at:
 
 
 class _Applier:
-    def __init__(self, dest: Path, *, overlay: bool) -> None:
+    def __init__(self, dest: Path, *, overlay: bool, chroot: bool = False) -> None:
+        self._chroot = chroot
         root = os.path.realpath(dest)
         if not os.path.isdir(root):
             raise SouteError(f"cannot apply a layer to {dest}: not a directory")
@@ -552,6 +557,8 @@ class _Applier:
                 continue
             if comp == b"..":
                 if not stack:
+                    if self._chroot:
+                        continue  # the root's parent is the root
                     raise _refuse(entry, "a symlink on its path leads outside the destination")
                 stack.pop()
                 continue
