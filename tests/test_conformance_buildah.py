@@ -31,7 +31,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,12 +48,11 @@ from conformance_support import (
     prepare_context,
     walk,
 )
+from dockerd import DOCKER, running_dockerd
 from soute.store.archive import save
 from soute.store.importer import bootstrap_busybox
 from soute.store.names import full_tag, resolve
 from soute.store.store import Store
-
-DOCKER = "/usr/bin/docker"  # Debian's docker.io client, the same version as its dockerd
 
 CASES = load_cases()
 
@@ -198,40 +196,17 @@ def store_root(work: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def docker(work: Path, env: dict[str, str], store_root: Path) -> Iterator[Callable[..., Proc]]:
-    dockerd = shutil.which("dockerd")
-    if dockerd is None or not Path(DOCKER).is_file():
-        pytest.fail("dockerd/docker are not installed: apt-get install docker.io")
-    base = work / "dockerd"
-    base.mkdir()
-    sock = f"unix://{base / 'docker.sock'}"
-    with open(base / "log", "wb") as log:
-        daemon = subprocess.Popen(
-            [dockerd, "--iptables=false", "--bridge=none", "--data-root", str(base / "data"),
-             "--exec-root", str(base / "exec"), "--pidfile", str(base / "pid"), "-H", sock],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with running_dockerd(work / "dockerd", env) as sock:
 
-    def client(*args: str | Path, cwd: Path | None = None) -> Proc:
-        return subprocess.run([DOCKER, "-H", sock, *map(str, args)], capture_output=True,
-                              text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                              timeout=300)
+        def client(*args: str | Path, cwd: Path | None = None) -> Proc:
+            return subprocess.run([DOCKER, "-H", sock, *map(str, args)], capture_output=True,
+                                  text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                  timeout=300)
 
-    try:
-        deadline = time.monotonic() + 60
-        while client("info").returncode != 0:
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("dockerd did not start:\n" + (base / "log").read_text()[-3000:])
-            time.sleep(0.2)
         for archive in ("busybox.tar", "alpine.tar", "centos.tar"):
             loaded = client("load", "-i", work / archive)
             assert loaded.returncode == 0, loaded.stderr
         yield client
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
 
 
 def soute_build(root: Path, tag: str, dockerfile: Path, context: Path,

@@ -15,19 +15,18 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from dockerd import DOCKER, running_dockerd
 from soute.layer import apply_layer
 from soute.store.archive import LoadedImage, load, save
 from soute.store.importer import bootstrap_busybox
 from soute.store.store import Image, Store
 from test_layer_support import snapshot
 
-DOCKER = "/usr/bin/docker"  # Debian's docker.io client, the same version as its dockerd
 BASE = "docker.io/library/soute-base:peer"
 BUILT = "docker.io/library/soute-built:peer"
 
@@ -96,38 +95,12 @@ def archives(work: Path, ours: tuple[Store, Image]) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def docker(work: Path, env: dict[str, str]) -> Iterator[Run]:
-    dockerd = need("dockerd", "docker.io")
-    if not Path(DOCKER).is_file():
-        pytest.fail(f"{DOCKER} is missing: apt-get install docker.io")
-    base = work / "dockerd"
-    base.mkdir()
-    sock = f"unix://{base / 'docker.sock'}"
-    with open(base / "log", "wb") as log:
-        daemon = subprocess.Popen(
-            [dockerd, "--iptables=false", "--bridge=none", "--data-root", str(base / "data"),
-             "--exec-root", str(base / "exec"), "--pidfile", str(base / "pid"), "-H", sock],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with running_dockerd(work / "dockerd", env) as sock:
 
-    def client(*args: str | Path, input: bytes | None = None, check: bool = True) -> str:
-        return run(DOCKER, "-H", sock, *args, env=env, input=input, check=check)
+        def client(*args: str | Path, input: bytes | None = None, check: bool = True) -> str:
+            return run(DOCKER, "-H", sock, *args, env=env, input=input, check=check)
 
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            probe = subprocess.run([DOCKER, "-H", sock, "info"], capture_output=True, env=env)
-            if probe.returncode == 0:
-                break
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("dockerd did not start:\n" + (base / "log").read_text()[-3000:])
-            time.sleep(0.2)
         yield client
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
 
 
 @pytest.fixture(scope="session")
