@@ -44,3 +44,26 @@ def running_dockerd(base: Path, env: dict[str, str]) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+
+
+@contextmanager
+def short_workdir(prefix: str) -> Iterator[Path]:
+    """A scratch directory with a short path (dockerd's and containerd's unix sockets live
+    below it; their paths are limited to 108 bytes), with a ``tmp/`` for the tools."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    (path / "tmp").mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def tool_env(work: Path, *, buildkit: bool) -> dict[str, str]:
+    """The environment for docker and friends: their temporary files and client config under
+    ``work``, and docker's builder chosen."""
+    import os
+
+    return {**os.environ, "TMPDIR": str(work / "tmp"), "DOCKER_CONFIG": str(work / "dcfg"),
+            "DOCKER_BUILDKIT": "1" if buildkit else "0"}

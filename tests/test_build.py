@@ -372,3 +372,11 @@ def test_required_secret_missing_fails_at_its_line(root: Path) -> None:
               "true\n")
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1].startswith("Dockerfile:3: secret k: not found")
+
+
+def test_copy_from_a_stage_without_layers_is_a_clean_error(root: Path) -> None:
+    text = "FROM scratch AS empty\nLABEL a=b\nFROM busybox\nCOPY --from=empty /x /x\n"
+    p = soute(root, "build", "-", input=text)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("Dockerfile:4:") and "not found" in last

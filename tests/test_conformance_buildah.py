@@ -25,12 +25,10 @@ owners, sizes, contents, link targets, device numbers, xattrs; no mtimes).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,7 +46,7 @@ from conformance_support import (
     prepare_context,
     walk,
 )
-from dockerd import DOCKER, running_dockerd
+from dockerd import DOCKER, running_dockerd, short_workdir, tool_env
 from soute.store.archive import save
 from soute.store.importer import bootstrap_busybox
 from soute.store.names import full_tag, resolve
@@ -162,17 +160,13 @@ RUN printf '#!/bin/sh\\nexec /bin/sh "$@"\\n' > /bin/bash && chmod 755 /bin/bash
 
 @pytest.fixture(scope="session")
 def work() -> Iterator[Path]:
-    # Short: dockerd's and containerd's unix sockets live below it (108-byte limit).
-    path = Path(tempfile.mkdtemp(prefix="soute-conf-", dir="/tmp"))
-    (path / "tmp").mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_workdir("soute-conf-") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")
 def env(work: Path) -> dict[str, str]:
-    return {**os.environ, "TMPDIR": str(work / "tmp"), "DOCKER_CONFIG": str(work / "dcfg"),
-            "DOCKER_BUILDKIT": "1"}
+    return tool_env(work, buildkit=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from dockerd import DOCKER, running_dockerd
+from dockerd import DOCKER, running_dockerd, short_workdir, tool_env
 from soute.layer import apply_layer
 from soute.store.archive import LoadedImage, load, save
 from soute.store.importer import bootstrap_busybox
@@ -56,18 +54,13 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture(scope="session")
 def work() -> Iterator[Path]:
-    # Short: dockerd's and containerd's unix sockets live below it (108-byte limit).
-    path = Path(tempfile.mkdtemp(prefix="soute-peers-", dir="/tmp"))
-    (path / "tmp").mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_workdir("soute-peers-") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")
 def env(work: Path) -> dict[str, str]:
-    """For the tools: their temporary files and client config under ``work``."""
-    return {**os.environ, "TMPDIR": str(work / "tmp"), "DOCKER_CONFIG": str(work / "dcfg"),
-            "DOCKER_BUILDKIT": "0"}
+    return tool_env(work, buildkit=False)
 
 
 @pytest.fixture(scope="session")

@@ -231,6 +231,8 @@ def _mount_readonly(lowers: Sequence[str], scratch: Path, target: Path) -> None:
     """A read-only overlay of a stage's snapshots (or a bind of its only one)."""
     from soute.runtime import _linux
 
+    if not lowers:
+        return  # a stage with no layer (FROM scratch, metadata only): an empty tree
     if len(lowers) == 1:
         _linux.mount(lowers[0], str(target), None, _linux.MS_BIND | _linux.MS_REC)
         return
