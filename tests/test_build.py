@@ -380,3 +380,22 @@ def test_copy_from_a_stage_without_layers_is_a_clean_error(root: Path) -> None:
     assert p.returncode == 1 and "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("Dockerfile:4:") and "not found" in last
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_context_as_a_tar_on_stdin(tmp_path: Path, root: Path, mode: str) -> None:
+    import io
+    import tarfile
+
+    files = {"Dockerfile": b"FROM busybox\nCOPY hello.txt /hello.txt\n", "hello.txt": b"hi\n"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as t:  # type: ignore[call-overload]
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    p = subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root), "build",
+                        "-t", "fromtar", "-"], input=buf.getvalue(), capture_output=True)
+    assert p.returncode == 0, p.stderr.decode()
+    hello = _snapshot_file(root, "fromtar", "hello.txt")
+    assert hello is not None and hello.read_text() == "hi\n"

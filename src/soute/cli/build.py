@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from soute.cli.main import Context
@@ -65,8 +66,12 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
     dockerfile_path: Path | None = None
     cleanup = None
     if args.context == "-":
-        data = sys.stdin.buffer.read()
-        if args.file not in (None, "-") or _is_tar(data[:512]):
+        # Look at the first block only: a tar context streams on, it is never held in memory.
+        stdin = sys.stdin.buffer
+        head = b""
+        while len(head) < 512 and (chunk := stdin.read(512 - len(head))):
+            head += chunk
+        if args.file not in (None, "-") or _is_tar(head):
             import io
             import tempfile
 
@@ -74,11 +79,13 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
 
             tmp = Path(tempfile.mkdtemp(prefix="context-", dir=store.tmp))
             cleanup = tmp
-            apply_layer(open_decompressed(io.BytesIO(data)), tmp, overlay=False)
+            stream = io.BufferedReader(_Chained(head, stdin))
+            apply_layer(open_decompressed(stream), tmp, overlay=False)  # type: ignore[arg-type]
             context = tmp
             name = args.file or "Dockerfile"
             text = _read(tmp / name, name)
         else:
+            data = head + stdin.read()
             text = data.decode("utf-8", "surrogateescape")
             name = "Dockerfile"
     else:
@@ -159,3 +166,25 @@ def _secrets(values: list[str]) -> dict[str, bytes]:
         except OSError as e:
             raise SouteError(f"--secret {v!r}: {src}: {e.strerror}") from None
     return out
+
+
+class _Chained(io.RawIOBase):
+    """Bytes already read, then the rest of a stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(view))
+        view[: len(data)] = data
+        return len(data)
