@@ -3,16 +3,18 @@
 - :mod:`soute.runtime.spec`: what a run needs (:class:`Spec`, :class:`Process`, :class:`Mount`),
   user resolution and the OCI ``config.json`` form;
 - :mod:`soute.runtime.rootfs`: the overlay root (:class:`Layers`) and mountpoint stubs;
-- :mod:`soute.runtime.executor`: :func:`run`, with our own executor or runc/crun.
+- :mod:`soute.runtime.executor`: :func:`run`, with our own executor or runc/crun, and
+  :func:`exec_in`, a process in a running container (``docker exec``).
 """
 
 from __future__ import annotations
 
-from soute.runtime.executor import look_path, run
+from soute.runtime.executor import exec_in, look_path, run
 from soute.runtime.rootfs import Layers, remove_stubs
 from soute.runtime.spec import (
     BUILD_HOSTNAME,
     BUILD_NAMESPACES,
+    COPY_UP,
     DEFAULT_CAPABILITIES,
     DEFAULT_PATH,
     ExecUser,
@@ -31,6 +33,7 @@ from soute.runtime.spec import (
 __all__ = [
     "BUILD_HOSTNAME",
     "BUILD_NAMESPACES",
+    "COPY_UP",
     "DEFAULT_CAPABILITIES",
     "DEFAULT_PATH",
     "ExecUser",
@@ -43,6 +46,7 @@ __all__ = [
     "Spec",
     "default_files",
     "default_mounts",
+    "exec_in",
     "look_path",
     "remove_stubs",
     "resolve_user",

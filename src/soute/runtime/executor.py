@@ -4,13 +4,18 @@
 
     parent (soute)                      child (PID 1 of a new PID namespace)
     -------------------------------     ------------------------------------------------
-    write /etc files, layer links       setsid, stdio, new mount/uts/ipc(/net) namespaces
-    unshare(PID) just for the fork      make every mount private, ``lo`` up
-    fork                          --->  mount the overlay, create mountpoint stubs
-    forward SIGINT/SIGTERM...           mount /proc /dev /sys..., device nodes
-    read setup reports / errors   <---  pivot_root, mask /proc paths, hostname
-    wait, 128+N for signal N            user, capabilities, cwd, no_new_privs, execve
-    take the stubs out of upper
+    write /etc files, layer links       setsid, stdio (a terminal: TIOCSCTTY)
+    unshare(PID) just for the fork      new mount/uts/ipc(/net) namespaces, ``lo`` up
+    fork                          --->  [on_created: report, wait for the parent's go]
+    [run on_created(pid), answer] <-->  make every mount private, mount the overlay
+    forward SIGINT/SIGTERM...           volume copy-ups, mountpoint stubs
+    read setup reports / errors   <---  mount /proc /dev /sys..., device nodes
+    wait, 128+N for signal N            pivot_root, mask /proc paths, hostname
+    take the stubs out of upper         user, capabilities, cwd, no_new_privs, execve
+
+:func:`exec_in` starts a process in a running container the same way: setns() to its PID
+namespace just for the fork, then the child joins its other namespaces (mount last, which
+puts it at the container's root) and ends as above.
 
 Everything is mounted in the child's mount namespace: nothing stays mounted on the host, even
 if soute is killed (the child also gets SIGKILL then, as its parent-death signal).
@@ -27,12 +32,16 @@ them (``exec: "x": executable file not found in $PATH``).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import functools
 import json
 import os
 import resource
 import signal
 import stat
 import sys
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +61,11 @@ from soute.runtime.rootfs import (
     remove_stubs,
 )
 from soute.runtime.spec import (
+    COPY_UP,
     DEFAULT_PATH,
+    NAMESPACES,
     Mount,
+    Process,
     Spec,
     capability_mask,
     generated_files,
@@ -72,7 +84,11 @@ _NAMESPACE_FLAGS = {
     "ipc": _linux.CLONE_NEWIPC,
     "network": _linux.CLONE_NEWNET,
     "cgroup": _linux.CLONE_NEWCGROUP,
-}
+}  # pid is not here: the fork makes (or joins) it
+# /proc/<pid>/ns/ names, and the order exec_in joins them in (pid is joined by the fork).
+_NAMESPACE_FILES = {"mount": "mnt", "uts": "uts", "ipc": "ipc", "network": "net",
+                    "cgroup": "cgroup", "pid": "pid"}
+_JOIN_ORDER = ("ipc", "uts", "network", "cgroup", "mount")
 # Mount options that are flags (set or cleared); the rest is filesystem data.
 _FLAG_OPTIONS: dict[str, tuple[int, bool]] = {
     "defaults": (0, True),
@@ -120,6 +136,7 @@ def run(
     runtime: str = "soute",
     state_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_created: Callable[[int], None] | None = None,
 ) -> int:
     """Run ``spec`` on ``layers`` and return its exit code (128+N when killed by signal N).
 
@@ -127,13 +144,23 @@ def run(
     None inherit ours. Others are descriptors or file objects, used directly by the command,
     so its output is live. ``on_start`` gets the pid to signal once the command runs.
     Scratch files go to a fresh directory in ``state_dir`` (default: the system's temp dir).
+
+    With ``spec.process.terminal`` the caller gives the slave side of a pty it opened as
+    stdin/stdout/stderr; it becomes the command's controlling terminal.
+
+    ``on_created`` gets the container's pid once its namespaces exist (network included,
+    ``lo`` up) and before anything is mounted: the command does not start until it returns
+    (slirp4netns and port forwards go there). If it raises, the container is killed and the
+    exception comes out of ``run``. Both need ``runtime="soute"``.
     Raises :class:`SouteError` when the container cannot start.
     """
     spec.validate()
-    if spec.process.terminal:
-        raise SouteError("a terminal (-t) is not supported yet")
     runtime_path: str | None = None
     if runtime != "soute":
+        if spec.process.terminal:
+            raise SouteError("a terminal (-t) needs --runtime soute")
+        if on_created is not None:
+            raise SouteError("a hook before the command starts needs --runtime soute")
         runtime_path = _which(runtime)
         if runtime_path is None:
             raise SouteError(f"OCI runtime {runtime} not found",
@@ -142,6 +169,7 @@ def run(
         raise SouteError("cgroup limits need an OCI runtime for now", hint="use --runtime runc")
 
     state = _make_state_dir(state_dir)
+    records: list[StubRecord] = []
     try:
         files = generated_files(spec)
         ctx = _Context(
@@ -152,11 +180,99 @@ def run(
         )
         link_layers(layers, state / "layers")
         (state / "rootfs").mkdir()
-        if runtime_path is None:
-            return _supervise(ctx, _init_container, (stdin, stdout, stderr), on_start)
-        return _supervise(ctx, _start_runtime, (stdin, stdout, stderr), on_start)
+        main = _init_container if runtime_path is None else _start_runtime
+        new_pid_namespace = runtime_path is None and "pid" in spec.namespaces
+
+        def fork() -> int:
+            try:
+                return _fork(new_pid_namespace=new_pid_namespace)
+            except OSError as exc:
+                raise SouteError(f"cannot start the container: {exc}",
+                                 hint="soute runs containers as root") from None
+
+        try:
+            return _supervise(functools.partial(main, ctx), (stdin, stdout, stderr), fork=fork,
+                              killer=functools.partial(_killer, ctx), records=records,
+                              on_start=on_start, on_created=on_created)
+        finally:
+            remove_stubs(layers.upper, records)
     finally:
         _remove_state(state)
+
+
+def exec_in(
+    pid: int,
+    process: Process,
+    *,
+    stdin: Stdio = None,
+    stdout: Stdio = None,
+    stderr: Stdio = None,
+    namespaces: set[str] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> int:
+    """Run ``process`` inside the running container whose init has host pid ``pid``
+    (``docker exec``), and return its exit code (128+N when killed by signal N).
+
+    It joins the container's namespaces that differ from ours (only those of ``namespaces``,
+    spec names as in :attr:`Spec.namespaces`, when given), the PID namespace by forking
+    into it and the mount namespace last, which puts it at the container's root. The user
+    is resolved in the container; the working directory must exist there. Stdio, terminal,
+    ``on_start`` and signals are as for :func:`run`; the process dies with its caller.
+    Raises :class:`SouteError` when it cannot start.
+    """
+    process.validate()
+    wanted = NAMESPACES if namespaces is None else frozenset(namespaces)
+    unknown = wanted - NAMESPACES
+    if unknown:
+        raise SouteError(f"unsupported namespace: {', '.join(sorted(unknown))}")
+    joined: dict[str, int] = {}
+    root_fd = -1
+    try:
+        for name in sorted(wanted):
+            fd = _open_namespace(pid, name)
+            if fd is not None:
+                joined[name] = fd
+        if "mount" in joined:  # where "/" must be once in (see _join_namespaces)
+            root_fd = _open_proc(pid, "root", os.O_PATH | os.O_DIRECTORY)
+        pid_ns = joined.get("pid")
+
+        def fork() -> int:
+            try:
+                return _fork(join_pid_namespace=pid_ns)
+            except OSError as exc:
+                if exc.errno == errno.ENOMEM:  # the namespace's init is gone
+                    raise SouteError(f"container process {pid} is not running") from None
+                raise SouteError(f"cannot exec in the container: {exc}") from None
+
+        setns = {name: fd for name, fd in joined.items() if name != "pid"}  # pid: by fork
+        main = functools.partial(_exec_child, process, setns, root_fd)
+        return _supervise(main, (stdin, stdout, stderr), fork=fork, killer=_sigkill,
+                          records=[], on_start=on_start)
+    finally:
+        for fd in (*joined.values(), root_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _open_proc(pid: int, name: str, flags: int = os.O_RDONLY) -> int:
+    try:
+        return os.open(f"/proc/{pid}/{name}", flags | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise SouteError(f"container process {pid} is not running") from None
+    except OSError as exc:
+        raise SouteError(f"cannot open /proc/{pid}/{name}: {_strerror(exc)}") from None
+
+
+def _open_namespace(pid: int, name: str) -> int | None:
+    """A descriptor of the namespace ``name`` of ``pid``, None when it is ours too."""
+    file = _NAMESPACE_FILES[name]
+    fd = _open_proc(pid, f"ns/{file}")
+    theirs = os.fstat(fd)
+    ours = os.stat(f"/proc/self/ns/{file}")
+    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+        os.close(fd)
+        return None
+    return fd
 
 
 @dataclass(slots=True)
@@ -181,46 +297,67 @@ class _SetupError(Exception):
     """A failure before exec, reported to the parent as its message alone."""
 
 
+# A child's main: given the report pipe, its stdio descriptors and the pipe on which the
+# parent says "go on" after on_created (-1 without one). It never returns.
+_ChildMain = Callable[[int, list[int | None], int], NoReturn]
+
+
 # ---------------------------------------------------------------------------- parent side
 
 
 def _supervise(
-    ctx: _Context,
-    child_main: Callable[[_Context, int, list[int | None]], NoReturn],
+    child_main: _ChildMain,
     stdio: tuple[Stdio, Stdio, Stdio],
+    *,
+    fork: Callable[[], int],
+    killer: Callable[[int], Callable[[], None]],
+    records: list[StubRecord],
     on_start: Callable[[int], None] | None,
+    on_created: Callable[[int], None] | None = None,
 ) -> int:
+    """Fork ``child_main``, relay its reports (stubs into ``records``) and wait for it."""
     fds, opened = _stdio_fds(stdio)
     for stream in (*stdio, sys.stdout, sys.stderr):
         flush = getattr(stream, "flush", None)
         if flush is not None:
             flush()
     report_r, report_w = os.pipe()  # both close-on-exec: EOF tells the parent exec happened
-    records: list[StubRecord] = []
+    # The child waits on this one for on_created: EOF without an answer means give up.
+    resume_r, resume_w = os.pipe() if on_created is not None else (-1, -1)
     error: str | None = None
     status = 0
     # Handlers go in before the fork: a ^C right after it must reach the container too.
     forwarder = _Forwarder()
     try:
         with forwarder:
-            try:
-                pid = _fork(
-                    new_pid_namespace=ctx.runtime_path is None and "pid" in ctx.spec.namespaces)
-            except OSError as exc:
-                raise SouteError(f"cannot start the container: {exc}",
-                                 hint="soute runs containers as root") from None
+            pid = fork()
             if pid == 0:  # the child: never returns
                 os.close(report_r)
-                _child(ctx, child_main, report_w, fds)
-            escalate = _killer(ctx, pid)
+                if resume_w >= 0:
+                    os.close(resume_w)
+                _child(functools.partial(child_main, report_w, fds, resume_r), report_w)
+            escalate = killer(pid)
             try:
                 forwarder.attach(pid, escalate)
                 os.close(report_w)
                 report_w = -1
+                if resume_r >= 0:
+                    os.close(resume_r)
+                    resume_r = -1
                 for fd in opened:
                     os.close(fd)
                 opened = []
-                error = _read_reports(report_r, records)
+
+                def created() -> None:
+                    nonlocal resume_w
+                    assert on_created is not None
+                    on_created(pid)
+                    os.write(resume_w, b"\n")
+                    os.close(resume_w)
+                    resume_w = -1
+
+                error = _read_reports(report_r, records,
+                                      created if on_created is not None else None)
                 if error is None and on_start is not None:
                     on_start(pid)
                 status = _wait(pid)
@@ -229,27 +366,31 @@ def _supervise(
                 _wait(pid)
                 raise
     finally:
-        for fd in (report_r, report_w, *opened):
+        for fd in (report_r, report_w, resume_r, resume_w, *opened):
             if fd >= 0:
                 os.close(fd)
-        remove_stubs(ctx.layers.upper, records)
     if error is not None:
         raise SouteError(error)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
 
 
-def _fork(*, new_pid_namespace: bool) -> int:
-    """fork(), the child as PID 1 of a new PID namespace when asked.
+def _fork(*, new_pid_namespace: bool = False, join_pid_namespace: int | None = None) -> int:
+    """fork(), the child as PID 1 of a new PID namespace or in the PID namespace of
+    ``join_pid_namespace`` (a descriptor) when asked.
 
-    unshare(CLONE_NEWPID) only changes where this thread's next child goes; setns() back to
-    our own namespace right after the fork undoes it, so soute keeps forking normally.
+    unshare(CLONE_NEWPID) and setns() only change where this thread's next child goes;
+    setns() back to our own namespace right after the fork undoes it, so soute keeps forking
+    normally.
     """
-    if not new_pid_namespace:
+    if not new_pid_namespace and join_pid_namespace is None:
         return os.fork()
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _linux.unshare(_linux.CLONE_NEWPID)
+        if join_pid_namespace is not None:
+            _linux.setns(join_pid_namespace, _linux.CLONE_NEWPID)
+        else:
+            _linux.unshare(_linux.CLONE_NEWPID)
         pid = -1
         try:
             pid = os.fork()
@@ -261,18 +402,23 @@ def _fork(*, new_pid_namespace: bool) -> int:
         os.close(own)
 
 
-def _read_reports(fd: int, records: list[StubRecord]) -> str | None:
-    """Collect the child's reports until exec (or its death) closes the pipe."""
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
+def _read_reports(
+    fd: int, records: list[StubRecord], created: Callable[[], None] | None
+) -> str | None:
+    """Collect the child's reports until exec (or its death) closes the pipe; ``created``
+    runs when the child says its namespaces exist (it waits for that meanwhile)."""
     error: str | None = None
-    for line in b"".join(chunks).splitlines():
-        message = json.loads(line)
-        if "stubs" in message:
-            records.extend(StubRecord.from_json(r) for r in message["stubs"])
-        elif "error" in message:
-            error = str(message["error"])
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            if "stubs" in message:
+                records.extend(StubRecord.from_json(r) for r in message["stubs"])
+            elif "error" in message:
+                error = str(message["error"])
+            elif "created" in message and created is not None:
+                created()
     return error
 
 
@@ -286,14 +432,18 @@ def _wait(pid: int) -> int:
             continue
 
 
+def _sigkill(pid: int) -> Callable[[], None]:
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return kill
+
+
 def _killer(ctx: _Context, pid: int) -> Callable[[], None]:
     """How to stop the container for good: SIGKILL to our child, or through the runtime
     (killing runc itself would orphan the container)."""
     if ctx.runtime_path is None:
-        def kill() -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return kill
+        return _sigkill(pid)
 
     def kill_via_runtime() -> None:
         import subprocess  # only for OCI runtimes: keeps soute's own path light to import
@@ -421,16 +571,11 @@ def _which(name: str) -> str | None:
 # ---------------------------------------------------------------------------- child side
 
 
-def _child(
-    ctx: _Context,
-    child_main: Callable[[_Context, int, list[int | None]], NoReturn],
-    report: int,
-    fds: list[int | None],
-) -> NoReturn:
-    """Run ``child_main``; whatever happens, leave with os._exit (never back into the
-    caller's stack, which is the parent's copy)."""
+def _child(main: Callable[[], object], report: int) -> NoReturn:
+    """Run ``main``; whatever happens, leave with os._exit (never back into the caller's
+    stack, which is the parent's copy)."""
     try:
-        child_main(ctx, report, fds)
+        main()
     except BaseException as exc:  # everything must reach the parent
         if isinstance(exc, _SetupError | SouteError):
             message = str(exc)
@@ -448,7 +593,7 @@ def _send(fd: int, message: dict[str, Any]) -> None:
         data = data[os.write(fd, data):]
 
 
-def _common_setup(fds: list[int | None]) -> None:
+def _common_setup(fds: list[int | None], *, terminal: bool = False) -> None:
     # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: restore them.
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, *_FORWARDED):
         signal.signal(sig, signal.SIG_DFL)
@@ -459,7 +604,27 @@ def _common_setup(fds: list[int | None]) -> None:
         if fd is not None:
             os.dup2(fd, target)
             os.close(fd)
+    if terminal:
+        # A session leader's controlling terminal: ^C, ^Z and job control inside work.
+        try:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        except OSError as exc:
+            raise _step("setting stdin as the controlling terminal", exc) from None
     os.umask(0)
+
+
+def _wait_for_parent(report: int, resume: int) -> None:
+    """Tell the parent the namespaces exist, and block until its on_created is done."""
+    _send(report, {"created": True})
+    while True:
+        try:
+            answer = os.read(resume, 1)
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries already
+            continue
+    os.close(resume)
+    if not answer:  # the parent gave up (or died)
+        raise _SetupError("container start cancelled")
 
 
 def _step(what: str, exc: OSError) -> _SetupError:
@@ -472,12 +637,21 @@ def _strerror(exc: OSError) -> str:
 
 
 def _mount_root(ctx: _Context, report: int) -> None:
-    """Private mounts, the overlay at ctx.root, its stubs (reported) and the cwd."""
+    """Private mounts, the overlay at ctx.root, volume copy-ups, the stubs (reported) and
+    the cwd."""
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
     try:
         mount_overlay(ctx.state / "layers", ctx.root)
     except OSError as exc:
         raise _step("mounting the root filesystem (overlay)", exc) from None
+    # Before the stubs: a volume is filled from what the image has, not from a stub.
+    for m in ctx.mounts:
+        if COPY_UP in m.options:
+            try:
+                _copy_up(ctx.root, m)
+            except OSError as exc:
+                raise _step(f"copying {m.destination} into its volume ({exc.filename})",
+                            exc) from None
     destinations = [(m.destination, _mounts_directory(m)) for m in ctx.mounts]
     records: list[StubRecord] = []
     try:
@@ -495,9 +669,11 @@ def _mount_root(ctx: _Context, report: int) -> None:
             raise _step(f"creating working directory {ctx.spec.process.cwd}", exc) from None
 
 
-def _init_container(ctx: _Context, report: int, fds: list[int | None]) -> NoReturn:
+def _init_container(
+    ctx: _Context, report: int, fds: list[int | None], resume: int
+) -> NoReturn:
     spec, process = ctx.spec, ctx.spec.process
-    _common_setup(fds)
+    _common_setup(fds, terminal=process.terminal)
     flags = 0
     for name in spec.namespaces:
         flags |= _NAMESPACE_FLAGS.get(name, 0)
@@ -507,6 +683,8 @@ def _init_container(ctx: _Context, report: int, fds: list[int | None]) -> NoRetu
             _linux.interface_up("lo")
     except OSError as exc:
         raise _step("creating the container's namespaces", exc) from None
+    if resume >= 0:
+        _wait_for_parent(report, resume)
     _mount_root(ctx, report)
 
     root = ctx.root
@@ -519,6 +697,8 @@ def _init_container(ctx: _Context, report: int, fds: list[int | None]) -> NoRetu
         has_dev = has_dev or (m.destination.rstrip("/") == "/dev" and m.type == "tmpfs")
     if has_dev:
         _populate_dev(root + "/dev", ctx.mounts)
+        if process.terminal:
+            _bind_console(root + "/dev")
 
     try:
         os.chdir(root)
@@ -540,7 +720,44 @@ def _init_container(ctx: _Context, report: int, fds: list[int | None]) -> NoRetu
             _linux.sethostname(spec.hostname)
         except OSError as exc:
             raise _step(f"setting hostname {spec.hostname!r}", exc) from None
+    _become(process)
 
+
+def _exec_child(
+    process: Process, joined: dict[str, int], root_fd: int,
+    report: int, fds: list[int | None], resume: int,
+) -> NoReturn:
+    """The process of :func:`exec_in`, already in the container's PID namespace."""
+    _common_setup(fds, terminal=process.terminal)
+    _join_namespaces(joined, root_fd)
+    _become(process)
+
+
+def _join_namespaces(joined: dict[str, int], root_fd: int) -> None:
+    for name in _JOIN_ORDER:  # mount last: /proc/<pid> is out of reach once in
+        fd = joined.get(name)
+        if fd is None:
+            continue
+        try:
+            _linux.setns(fd, _NAMESPACE_FLAGS[name])
+        except OSError as exc:
+            raise _step(f"joining the container's {name} namespace", exc) from None
+    if root_fd < 0:
+        return
+    # setns(mount) puts "/" and the cwd at the namespace's root, which is the container's
+    # after pivot_root; should it not be (a chroot'ed init), go where the init's root is.
+    here, there = os.stat("/"), os.fstat(root_fd)
+    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+        try:
+            os.fchdir(root_fd)
+            os.chroot(".")
+        except OSError as exc:
+            raise _step("entering the container's root", exc) from None
+    os.chdir("/")
+
+
+def _become(process: Process) -> NoReturn:
+    """The end of every start: user, limits, capabilities, cwd, then exec (all inside)."""
     user = resolve_user("/", process.user)
     env = process_env(process, user.home)
     for limit in process.rlimits:
@@ -567,7 +784,9 @@ def _init_container(ctx: _Context, report: int, fds: list[int | None]) -> NoRetu
         raise _SetupError(f"exec {path}: {_strerror(exc)}") from None
 
 
-def _start_runtime(ctx: _Context, report: int, fds: list[int | None]) -> NoReturn:
+def _start_runtime(
+    ctx: _Context, report: int, fds: list[int | None], resume: int
+) -> NoReturn:
     """Become ``runc run`` on a bundle whose rootfs is mounted in our own mount namespace."""
     spec, process = ctx.spec, ctx.spec.process
     _common_setup(fds)
@@ -590,9 +809,91 @@ def _start_runtime(ctx: _Context, report: int, fds: list[int | None]) -> NoRetur
 
 
 def _mounts_directory(m: Mount) -> bool:
-    if m.type == "bind" or "bind" in m.options or "rbind" in m.options:
+    if m.is_bind:
         return os.path.isdir(m.source)
     return True
+
+
+def _copy_up(root: str, m: Mount) -> None:
+    """Fill an empty volume directory with what the image has at its destination, as docker
+    does for a new volume: contents, owners, modes, times, links, xattrs, and the
+    directory's own owner and mode. Nothing is followed: the image's symlinks are copied as
+    links, never resolved on the host."""
+    if not os.path.isdir(m.source) or os.listdir(m.source):
+        return
+    image_dir = scoped_path(root, m.destination)
+    try:
+        st = os.lstat(image_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    _copy_tree(image_dir, m.source, {})
+    _copy_metadata(image_dir, m.source, st)
+
+
+def _copy_tree(src: str, dst: str, links: dict[tuple[int, int], str]) -> None:
+    with os.scandir(src) as entries:
+        for entry in entries:
+            source, target = entry.path, os.path.join(dst, entry.name)
+            st = entry.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                os.mkdir(target, 0o700)
+                _copy_tree(source, target, links)
+            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
+                os.link(links[st.st_dev, st.st_ino], target, follow_symlinks=False)
+                continue  # one inode: its metadata is set already
+            elif stat.S_ISREG(mode):
+                _copy_file(source, target)
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(source), target)
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+                os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+            else:  # a socket means nothing without its server
+                continue
+            if st.st_nlink > 1 and not stat.S_ISDIR(mode):
+                links[st.st_dev, st.st_ino] = target
+            _copy_metadata(source, target, st)
+
+
+def _copy_file(src: str, dst: str) -> None:
+    fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        try:
+            while os.sendfile(fd_out, fd_in, None, 1 << 30):
+                pass
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
+def _copy_metadata(src: str, dst: str, st: os.stat_result) -> None:
+    """Owner, then mode (chown clears set-id bits), xattrs (file capabilities after chown),
+    then times last (everything before changes them)."""
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    link = stat.S_ISLNK(st.st_mode)
+    if not link:
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    for name in _xattrs(src):
+        if name.startswith("trusted.overlay."):  # overlayfs' own bookkeeping
+            continue
+        with contextlib.suppress(OSError):  # e.g. user.* on a symlink: not allowed
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
+                        follow_symlinks=False)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _xattrs(path: str) -> list[str]:
+    try:
+        return os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
 
 
 def _parse_options(options: tuple[str, ...]) -> tuple[int, str, list[int]]:
@@ -600,6 +901,8 @@ def _parse_options(options: tuple[str, ...]) -> tuple[int, str, list[int]]:
     data: list[str] = []
     propagation: list[int] = []
     for option in options:
+        if option == COPY_UP:  # ours, done before mounting
+            continue
         if option in _FLAG_OPTIONS:
             bit, on = _FLAG_OPTIONS[option]
             flags = flags | bit if on else flags & ~bit
@@ -652,6 +955,26 @@ def _populate_dev(dev: str, mounts: list[Mount]) -> None:
     has_pts = any(m.destination.rstrip("/") == "/dev/pts" for m in mounts)
     if has_pts and not os.path.lexists(f"{dev}/ptmx"):
         os.symlink("pts/ptmx", f"{dev}/ptmx")
+
+
+def _bind_console(dev: str) -> None:
+    """The terminal as ``/dev/console`` too, as runc does: it lives in the host's devpts,
+    so its ``/dev/pts/N`` name means nothing in the container and ttyname() finds it there
+    instead. Bound from its path in our copy of the host's mounts (a descriptor's mount
+    belongs to the host's namespace: mount(2) refuses it); skipped if that is elsewhere."""
+    try:
+        path = os.readlink("/proc/self/fd/0")
+        here, terminal = os.stat(path), os.fstat(0)
+    except OSError:
+        return
+    if (here.st_dev, here.st_ino) != (terminal.st_dev, terminal.st_ino):
+        return
+    console = f"{dev}/console"
+    try:
+        _ensure_mountpoint(console, False)
+        _linux.mount(path, console, None, _linux.MS_BIND)
+    except OSError as exc:
+        raise _step("mounting the terminal at /dev/console", exc) from None
 
 
 def _mask(path: str) -> None:

@@ -27,6 +27,9 @@ BUILD_HOSTNAME = "buildkitsandbox"  # BuildKit's hostname for RUN
 NAMESPACES = frozenset({"pid", "mount", "uts", "ipc", "network", "cgroup"})
 # A build RUN: everything private but the network, which is the host's unless --network none.
 BUILD_NAMESPACES = frozenset({"pid", "mount", "uts", "ipc"})
+# A bind mount option of ours, not the kernel's: an empty source directory is first filled
+# with what the image has at the destination (docker's volume copy-up).
+COPY_UP = "copy-up"
 
 # Capability names by number (linux/capability.h).
 CAPABILITIES: tuple[str, ...] = (
@@ -91,21 +94,38 @@ class Process:
     capabilities: list[str] | None = None
     rlimits: tuple[Rlimit, ...] = ()
 
+    def validate(self) -> None:
+        if not self.args:
+            raise SouteError("process args must not be empty")
+        if not self.cwd.startswith("/"):
+            raise SouteError(f"cwd {self.cwd!r} is not an absolute path")
+        for name in self.capabilities or ():
+            if name not in CAPABILITIES:
+                raise SouteError(f"unknown capability {name!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class Mount:
-    """A mount, as in the spec: ``options`` mixes flags (``ro``, ``nosuid``) and fs data."""
+    """A mount, as in the spec: ``options`` mixes flags (``ro``, ``nosuid``) and fs data.
+
+    A bind mount may also have :data:`COPY_UP`, which the runtime handles itself.
+    """
 
     destination: str
     type: str
     source: str
     options: tuple[str, ...] = ()
 
+    @property
+    def is_bind(self) -> bool:
+        return self.type == "bind" or "bind" in self.options or "rbind" in self.options
+
     def to_oci(self) -> dict[str, Any]:
         out: dict[str, Any] = {"destination": self.destination, "type": self.type,
                                "source": self.source}
-        if self.options:
-            out["options"] = list(self.options)
+        options = [o for o in self.options if o != COPY_UP]  # done before the runtime runs
+        if options:
+            out["options"] = options
         return out
 
 
@@ -187,16 +207,12 @@ class Spec:
             raise SouteError(f"unsupported namespace: {', '.join(sorted(unknown))}")
         if "mount" not in self.namespaces:
             raise SouteError("a container needs its own mount namespace")
-        if not self.process.args:
-            raise SouteError("process args must not be empty")
-        if not self.process.cwd.startswith("/"):
-            raise SouteError(f"cwd {self.process.cwd!r} is not an absolute path")
-        for name in self.process.capabilities or ():
-            if name not in CAPABILITIES:
-                raise SouteError(f"unknown capability {name!r}")
+        self.process.validate()
         for m in self.mounts:
             if not m.destination.startswith("/"):
                 raise SouteError(f"mount destination {m.destination!r} is not absolute")
+            if COPY_UP in m.options and not m.is_bind:
+                raise SouteError(f"{COPY_UP} needs a bind mount ({m.destination})")
 
 
 class ExecUser(NamedTuple):
