@@ -10,6 +10,7 @@ from soute.cli.table import print_table
 
 if TYPE_CHECKING:
     from soute.cli.main import Context
+    from soute.container.record import Container
     from soute.store.store import Image, Store
 
 
@@ -166,6 +167,27 @@ def remove_image(store: Store, name: str, *, force: bool = False) -> list[str]:
     if by_tag is not None and (len(image.tags) > 1):
         store.untag(by_tag)
         return [f"Untagged: {familiar(by_tag)}"]
+    users = _containers_using(store, image.id)
+    if users:
+        running = [c for c, up in users if up]
+        if by_tag is not None and not running:
+            if not force:
+                raise SouteError(
+                    f'conflict: unable to remove repository reference "{name}" (must force) - '
+                    f"container {users[0][0]} is using its referenced image {image.id[7:19]}",
+                    "remove the container first, or use -f to untag only")
+        elif running or not force:
+            kind = "running" if running else "stopped"
+            forced = "cannot be forced" if running else "must be forced"
+            raise SouteError(
+                f"conflict: unable to delete {image.id[7:19]} ({forced}) - image is being used "
+                f"by {kind} container {(running or [users[0][0]])[0]}",
+                "remove the container first (soute rm)")
+        # Forced: the tags go, the image stays for its containers (see docs/differences.md).
+        for tag in image.tags:
+            store.untag(tag)
+            out.append(f"Untagged: {familiar(tag)}")
+        return out
     if by_tag is None and len(image.tags) > 1 and not force:
         raise SouteError(
             f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is "
@@ -177,6 +199,24 @@ def remove_image(store: Store, name: str, *, force: bool = False) -> list[str]:
     store.forget_image(image.id)
     out.append(f"Deleted: {image.id}")
     return out
+
+
+def _container_named(store: Store, name: str, *, required: bool) -> Container | None:
+    from soute.container.record import Containers, NoSuchContainer
+
+    try:
+        return Containers(store).get(name)
+    except NoSuchContainer:
+        if required:
+            raise
+        return None
+
+
+def _containers_using(store: Store, image_id: str) -> list[tuple[str, bool]]:
+    """(short ID, running) of the containers made from the image."""
+    from soute.container.record import Containers
+
+    return [(c.short_id, c.state().running) for c in Containers(store).using_image(image_id)]
 
 
 # ---------------------------------------------------------------------------- history, inspect
@@ -238,7 +278,9 @@ def run_history(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def configure_inspect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="NAME|ID")
+    p.add_argument("--type", choices=("container", "image"),
+                   help="only look for this kind (default: a container, then an image)")
 
 
 def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
@@ -250,6 +292,13 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
     store = ctx.store()
     out = []
     for name in args.images:
+        if args.type != "image":  # docker inspect: a container of that name first
+            container = _container_named(store, name, required=args.type == "container")
+            if container is not None:
+                from soute.container.api import inspect_dict as container_dict
+
+                out.append(container_dict(container))
+                continue
         image = resolve(store, name)
         config = ImageConfig.from_json(store.blobs.read(image.id))
         out.append(inspect_dict(

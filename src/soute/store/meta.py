@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS build_cache (
     created TEXT NOT NULL,          -- its history time, reused so rebuilds are identical
     used TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS containers (
+    id TEXT PRIMARY KEY,            -- 64 hex digits, its files under containers/<id>/
+    name TEXT NOT NULL UNIQUE,      -- without docker's leading slash
+    image TEXT NOT NULL,            -- image ID: kept by garbage collection while it exists
+    created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS containers_image ON containers(image);
 CREATE TABLE IF NOT EXISTS snapshots (
     chain_id TEXT PRIMARY KEY,      -- directory name under snapshots/
     parent TEXT,                    -- chain ID below it, NULL for a base layer
@@ -266,3 +273,47 @@ class Meta:
             n = db.execute("SELECT COUNT(*) FROM build_cache").fetchone()[0]
             db.execute("DELETE FROM build_cache")
         return int(n)
+
+    # ------------------------------------------------------------------ containers
+
+    def add_container(self, container_id: str, name: str, image_id: str, created: str) -> bool:
+        """Record a container; False when ``name`` is taken (the check and the insert are
+        one statement, so two concurrent runs cannot both get a name)."""
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT INTO containers VALUES (?, ?, ?, ?)",
+                           (container_id, name, image_id, created))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def remove_container(self, container_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
+    def rename_container(self, container_id: str, name: str) -> bool:
+        try:
+            with self.transaction() as db:
+                db.execute("UPDATE containers SET name = ? WHERE id = ?", (name, container_id))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def containers(self) -> list[tuple[str, str, str, str]]:
+        """(id, name, image, created) of every container, newest first."""
+        return self.db.execute(
+            "SELECT id, name, image, created FROM containers ORDER BY created DESC, id"
+        ).fetchall()
+
+    def container_by_name(self, name: str) -> str | None:
+        row = self.db.execute("SELECT id FROM containers WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def containers_by_prefix(self, prefix: str) -> list[str]:
+        rows = self.db.execute("SELECT id FROM containers WHERE id >= ? AND id < ?",
+                               (prefix, prefix + "g")).fetchall()
+        return [r[0] for r in rows]
+
+    def containers_using(self, image_id: str) -> list[str]:
+        rows = self.db.execute("SELECT id FROM containers WHERE image = ?", (image_id,))
+        return [r[0] for r in rows]

@@ -285,6 +285,7 @@ class Store:
         report = GarbageReport()
         with self.exclusive():
             live_blobs, live_chains = self.meta.cache_roots()
+            # Containers keep their image (rmi refuses, or only untags with -f).
             for row in self.meta.images():
                 live_blobs |= {row.id, row.manifest}
                 diff_ids = [d for d, _ in self.meta.image_layers(row.id)]

@@ -1,0 +1,476 @@
+"""Container commands: run, create, start, ps, stop, kill, rm, logs, top, exec, port, wait,
+restart, commit, container inspect and prune. Thin: the work is in :mod:`soute.container`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from soute.cli.main import Context
+    from soute.container.create import RunOptions
+    from soute.container.record import Container
+
+
+# ---------------------------------------------------------------------------- run, create
+
+
+def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
+    add = p.add_argument
+    if run:
+        add("-d", "--detach", action="store_true", help="run in the background, print the ID")
+        add("--rm", action="store_true", help="remove the container when it exits")
+    add("-i", "--interactive", action="store_true", help="keep standard input open")
+    add("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    add("--name", help="the container's name")
+    add("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]")
+    add("--env-file", action="append", default=[], metavar="FILE")
+    add("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
+        help="bind mount a host path or mount a named volume")
+    add("--mount", action="append", default=[], metavar="type=...,source=...,target=...")
+    add("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]")
+    add("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/PROTO]")
+    add("-P", "--publish-all", action="store_true",
+        help="publish every exposed port to a free host port")
+    add("--expose", action="append", default=[], metavar="PORT[/PROTO]")
+    add("-w", "--workdir")
+    add("-u", "--user", metavar="USER[:GROUP]")
+    add("--entrypoint", help="replace the image's ENTRYPOINT (and drop its CMD)")
+    add("--network", "--net", default="private", choices=("private", "host", "none", "bridge",
+                                                          "default"))
+    add("-h", "--hostname")
+    add("--read-only", action="store_true", help="mount the root filesystem read-only")
+    add("--init", action="store_true", help="run an init (tini) as PID 1 that reaps zombies")
+    add("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
+    add("--cap-add", action="append", default=[])
+    add("--cap-drop", action="append", default=[])
+    add("--stop-signal")
+    add("--stop-timeout", type=int)
+    add("-m", "--memory")
+    add("--cpus")
+    add("--pids-limit", type=int)
+    add("--health-cmd")
+    add("--health-interval")
+    add("--health-timeout")
+    add("--health-start-period")
+    add("--health-retries", type=int)
+    add("--no-healthcheck", action="store_true")
+    add("--runtime", default="soute", help="soute (default) or an OCI runtime such as runc")
+    add("image", metavar="IMAGE")
+    add("args", nargs=argparse.REMAINDER, metavar="ARG")
+
+
+def _free_short_help(p: argparse.ArgumentParser) -> None:
+    """-h is --hostname for run and create, as in docker: help stays --help."""
+    p._option_string_actions.pop("-h", None)
+    for action in p._actions:
+        if "-h" in action.option_strings:
+            action.option_strings.remove("-h")
+
+
+def configure_run(p: argparse.ArgumentParser) -> None:
+    _free_short_help(p)
+    _run_options(p, run=True)
+
+
+def configure_create(p: argparse.ArgumentParser) -> None:
+    _free_short_help(p)
+    _run_options(p, run=False)
+
+
+def _options(args: argparse.Namespace) -> RunOptions:
+    from soute.container.create import RunOptions
+
+    network = {"bridge": "private", "default": "private"}.get(args.network, args.network)
+    return RunOptions(
+        args=list(args.args), name=args.name, detach=getattr(args, "detach", False),
+        interactive=args.interactive, tty=args.tty, auto_remove=getattr(args, "rm", False),
+        env=args.env, env_files=args.env_file, volumes=args.volume, mounts=args.mount,
+        tmpfs=args.tmpfs, publish=args.publish, publish_all=args.publish_all,
+        expose=args.expose, workdir=args.workdir, user=args.user, entrypoint=args.entrypoint,
+        network=network, hostname=args.hostname, read_only=args.read_only, init=args.init,
+        labels=args.label, cap_add=args.cap_add, cap_drop=args.cap_drop,
+        stop_signal=args.stop_signal, stop_timeout=args.stop_timeout, memory=args.memory,
+        cpus=args.cpus, pids_limit=args.pids_limit, health_cmd=args.health_cmd,
+        health_interval=args.health_interval, health_timeout=args.health_timeout,
+        health_start_period=args.health_start_period, health_retries=args.health_retries,
+        no_healthcheck=args.no_healthcheck, runtime=args.runtime,
+    )
+
+
+def run_run(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.api import run
+
+    opts = _options(args)
+    store = ctx.store()
+    with _status_125():
+        if opts.detach:
+            container = run(store, args.image, opts)
+            print(container.id)  # type: ignore[union-attr]
+            return 0
+        return run(store, args.image, opts, attach=True)  # type: ignore[return-value]
+
+
+def run_create(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.create import create
+
+    with _status_125():
+        print(create(ctx.store(), args.image, _options(args)).id)
+    return 0
+
+
+@contextlib.contextmanager
+def _status_125() -> Iterator[None]:
+    """docker run's status for its own errors (unknown image, bad option...) is 125."""
+    from soute.errors import SouteError
+
+    try:
+        yield
+    except SouteError as exc:
+        if exc.exit_code == 1:
+            exc.exit_code = 125
+        raise
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def _each(ctx: Context, names: list[str], action: Any, *, echo: bool = True) -> int:
+    """Apply ``action`` to each container, docker's way: print the name given, go on after a
+    failure, exit 1 if any failed."""
+    from soute.container.record import Containers
+    from soute.errors import SouteError
+
+    containers = Containers(ctx.store())
+    failed = 0
+    for name in names:
+        try:
+            action(containers.get(name))
+            if echo:
+                print(name)
+        except SouteError as exc:
+            print(f"soute: {exc}", file=sys.stderr)
+            failed = 1
+    return failed
+
+
+def configure_start(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def run_start(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import start
+
+    return _each(ctx, args.containers, lambda c: start(ctx.store(), c))
+
+
+def configure_stop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--time", "--timeout", type=int, dest="time",
+                   help="seconds to wait before killing it (default: 10)")
+    p.add_argument("-s", "--signal", help="signal to send instead of its stop signal")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def run_stop(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import stop
+
+    return _each(ctx, args.containers, lambda c: stop(c, args.time, args.signal))
+
+
+def configure_restart(p: argparse.ArgumentParser) -> None:
+    configure_stop(p)
+
+
+def run_restart(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import start, stop
+
+    def restart(c: Container) -> None:
+        stop(c, args.time, args.signal)
+        start(ctx.store(), c)
+
+    return _each(ctx, args.containers, restart)
+
+
+def configure_kill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--signal", default="KILL")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def run_kill(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import kill
+    from soute.container.create import parse_signal
+
+    sig = parse_signal(args.signal)
+    return _each(ctx, args.containers, lambda c: kill(c, sig))
+
+
+def configure_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def run_wait(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import wait
+
+    return _each(ctx, args.containers, lambda c: print(wait(c)), echo=False)
+
+
+def configure_rm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="kill it first if running")
+    p.add_argument("-v", "--volumes", action="store_true", help="remove its anonymous volumes")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def run_rm(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import remove
+
+    store = ctx.store()
+    return _each(ctx, args.containers,
+                 lambda c: remove(store, c, force=args.force, volumes=args.volumes))
+
+
+def configure_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="do not ask (soute never asks)")
+
+
+def run_prune(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import prune
+
+    removed = prune(ctx.store())
+    if removed:
+        print("Deleted Containers:")
+        for container_id in removed:
+            print(container_id)
+        print()
+    print("Total reclaimed space: 0B" if not removed else f"Deleted {len(removed)} containers")
+    return 0
+
+
+def configure_rename(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("new_name", metavar="NEW_NAME")
+
+
+def run_rename(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.record import ContainerError, Containers
+
+    store = ctx.store()
+    container = Containers(store).get(args.container)
+    if not store.meta.rename_container(container.id, args.new_name):
+        raise ContainerError(f'Conflict. The container name "/{args.new_name}" is already in '
+                             "use")
+    container.spec.name = args.new_name
+    (container.dir / "config.json").write_text(container.spec.to_json())
+    return 0
+
+
+# ---------------------------------------------------------------------------- ps
+
+
+def configure_ps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="show all containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="only show IDs")
+    p.add_argument("-l", "--latest", action="store_true", help="only the latest created")
+    p.add_argument("-n", "--last", type=int, default=-1, help="the last N created")
+    p.add_argument("--no-trunc", action="store_true")
+
+
+def run_ps(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.cli.table import print_table
+    from soute.container.api import ps_rows
+    from soute.container.record import Containers
+
+    containers = Containers(ctx.store()).all()
+    show_all = args.all or args.latest or args.last >= 0
+    limit = 1 if args.latest else args.last
+    rows = ps_rows(containers, show_all=show_all, no_trunc=args.no_trunc)
+    if limit >= 0:
+        rows = rows[:limit]
+    if args.quiet:
+        for row in rows:
+            print(row[0])
+        return 0
+    print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+                rows)
+    return 0
+
+
+# ---------------------------------------------------------------------------- logs, top, port
+
+
+def configure_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--tail", default="all")
+    p.add_argument("-t", "--timestamps", action="store_true")
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def run_logs(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.logs import follow_logs, read_logs
+    from soute.container.record import Containers
+
+    container = Containers(ctx.store()).get(args.container)
+    tail = None if args.tail == "all" else _int(args.tail, "--tail")
+    if tail is not None and tail < 0:
+        tail = None
+    if args.follow:
+        records = follow_logs(container.log_path, is_running=lambda: container.state().running,
+                              tail=tail, timestamps=args.timestamps)
+    else:
+        records = read_logs(container.log_path, tail=tail, timestamps=args.timestamps)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    try:
+        for stream, data in records:
+            target = err if stream == "stderr" else out
+            target.write(data)
+            target.flush()
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _int(text: str, what: str) -> int:
+    from soute.container.record import ContainerError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise ContainerError(f"invalid value for {what}: {text!r}", "give a number") from None
+
+
+def _running(container: Container) -> Any:
+    from soute.container.record import ContainerError
+
+    state = container.state()
+    if not state.running:
+        raise ContainerError(f"container {container.short_id} is not running",
+                             f"start it with 'soute start {container.name}'")
+    return state
+
+
+def configure_top(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("ps_args", nargs=argparse.REMAINDER, metavar="PS_OPTIONS")
+
+
+def run_top(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.cli.table import print_table
+    from soute.container.record import Containers
+    from soute.container.top import top
+
+    container = Containers(ctx.store()).get(args.container)
+    state = _running(container)
+    titles, rows = top(state.pid, args.ps_args or None)
+    print_table(titles, rows)
+    return 0
+
+
+def configure_port(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("port", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
+
+
+def run_port(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.ports import PortBinding, port_lines
+    from soute.container.record import ContainerError, Containers
+
+    container = Containers(ctx.store()).get(args.container)
+    state = _running(container)
+    bindings = [PortBinding(p.host_ip, p.host_port, p.container_port, p.proto)
+                for p in state.ports]
+    if args.port:
+        port, _, proto = args.port.partition("/")
+        chosen = [b for b in bindings
+                  if str(b.container_port) == port and b.proto == (proto or "tcp")]
+        if not chosen:
+            raise ContainerError(f"No public port '{port}/{proto or 'tcp'}' published for "
+                                 f"{container.name}")
+        for b in chosen:
+            print(f"{b.host_ip}:{b.host_port}")
+        return 0
+    for line in port_lines(bindings):
+        print(line)
+    return 0
+
+
+# ---------------------------------------------------------------------------- exec
+
+
+def configure_exec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-u", "--user")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+
+def run_exec(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.api import exec_command
+    from soute.container.record import ContainerError, Containers
+
+    if not args.command:
+        raise ContainerError("exec needs a command", "soute exec CONTAINER COMMAND [ARG...]")
+    container = Containers(ctx.store()).get(args.container)
+    return exec_command(container, args.command, interactive=args.interactive, tty=args.tty,
+                        user=args.user, workdir=args.workdir, env=args.env,
+                        detach=args.detach)
+
+
+# ---------------------------------------------------------------------------- commit, inspect
+
+
+def configure_commit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--author", default="")
+    p.add_argument("-c", "--change", action="append", default=[],
+                   help="apply a Dockerfile instruction to the image (repeatable)")
+    p.add_argument("-m", "--message", default="")
+    p.add_argument("-p", "--pause", default=True, help="accepted for docker's sake")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]")
+
+
+def run_commit(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import commit
+    from soute.container.record import Containers
+
+    store = ctx.store()
+    container = Containers(store).get(args.container)
+    image = commit(store, container, tag=args.reference, changes=tuple(args.change),
+                   message=args.message, author=args.author)
+    print(image.id)
+    return 0
+
+
+def configure_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.api import inspect_dict
+    from soute.container.record import Containers
+    from soute.image.gojson import dumps
+
+    containers = Containers(ctx.store())
+    out = [inspect_dict(containers.get(name)) for name in args.containers]
+    print(dumps(out, indent=4, escape_html=False))
+    return 0
+
+
+def configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, help="write the tar archive to FILE")
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def run_export(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import export
+    from soute.container.record import Containers
+
+    store = ctx.store()
+    export(store, Containers(store).get(args.container), args.output)
+    return 0

@@ -1,0 +1,215 @@
+"""The container API that the CLI (and Python users) call: run, exec, ps and inspect."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from soute.container.create import RunOptions, create
+from soute.container.record import Container, ContainerError, ContainerState
+
+if TYPE_CHECKING:
+    from soute.store.store import Store
+
+
+def run(store: Store, image: str, opts: RunOptions, *, attach: bool = False
+        ) -> Container | int:
+    """``soute run``: create, then start. Detached (``opts.detach``): a monitor runs it and
+    the container is returned once its command runs. Attached: we are the monitor; returns
+    the exit code once it ends (and removes it with ``--rm``)."""
+    from soute.container.control import remove
+    from soute.container.monitor import Monitor, spawn
+
+    container = create(store, image, opts)
+    if opts.detach:
+        try:
+            spawn(store, container)
+        except ContainerError:
+            if opts.auto_remove:
+                remove(store, container, volumes=True)
+            raise
+        return container
+    try:
+        code = Monitor(store, container, attach=True).run()
+    finally:
+        if opts.auto_remove:
+            remove(store, container, volumes=True)
+    return code
+
+
+def exec_command(container: Container, argv: list[str], *, interactive: bool = False,
+                 tty: bool = False, user: str | None = None, workdir: str | None = None,
+                 env: list[str] | None = None, detach: bool = False) -> int:
+    """``soute exec``: ``argv`` in the running container, attached to our streams."""
+    from soute.container.attach import fd_writer, feed, open_pty, pump, terminal_session
+    from soute.container.monitor import StartError, exec_process, exit_code_of
+    from soute.errors import SouteError
+    from soute.runtime import exec_in
+
+    state = container.state()
+    if not state.running:
+        raise ContainerError(f"container {container.short_id} is not running",
+                             f"start it with 'soute start {container.name}'")
+    process = exec_process(container, argv, user=user, workdir=workdir, env=env, tty=tty)
+    try:
+        if detach:
+            if os.fork() == 0:  # pragma: no cover - the detached exec's own process
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                code = 1
+                with contextlib.suppress(BaseException):
+                    code = exec_in(state.pid, process, stdin=null, stdout=null, stderr=null)
+                os._exit(code)
+            return 0
+        if not tty:
+            return exec_in(state.pid, process, stdin=0 if interactive else None)
+        master, slave = open_pty()
+        output = pump(master, [fd_writer(1)])
+        if interactive:
+            feed(0, os.dup(master))
+        with terminal_session(master):
+            try:
+                code = exec_in(state.pid, process, stdin=slave, stdout=slave, stderr=slave)
+            finally:
+                os.close(slave)
+                output.join(timeout=5)
+        return code
+    except StartError:
+        raise
+    except SouteError as exc:
+        raise StartError(str(exc), exit_code_of(exc)) from None
+
+
+# ---------------------------------------------------------------------------- ps
+
+
+def status_text(state: ContainerState, now: Any = None) -> str:
+    """docker ps's STATUS: ``Up 3 minutes (healthy)``, ``Exited (0) 2 seconds ago``,
+    ``Created``."""
+    from soute.container.health import HealthState, ps_status
+    from soute.image.inspect import human_duration
+    from soute.image.timestamp import Timestamp
+
+    now = now or Timestamp.now()
+    if state.running:
+        started = Timestamp.parse(state.started_at)
+        up = human_duration((now.unix_nanos - started.unix_nanos) / 1e9)
+        health = HealthState.from_json(state.health) if state.health else None
+        return f"Up {up}{ps_status(health)}"
+    if state.status == "exited":
+        finished = Timestamp.parse(state.finished_at)
+        ago = human_duration((now.unix_nanos - finished.unix_nanos) / 1e9)
+        return f"Exited ({state.exit_code}) {ago} ago"
+    return state.status.capitalize()
+
+
+def ps_rows(containers: list[Container], *, show_all: bool, no_trunc: bool = False
+            ) -> list[list[str]]:
+    from soute.container.ports import PortBinding, format_ports
+    from soute.image.inspect import ellipsis, human_duration_ago
+    from soute.image.timestamp import Timestamp
+
+    now = Timestamp.now()
+    rows = []
+    for c in containers:
+        state = c.state()
+        if not state.running and not show_all:
+            continue
+        command = " ".join(c.spec.command)
+        command = f'"{command if no_trunc else ellipsis(command, 20)}"'
+        ports = format_ports([PortBinding(p.host_ip, p.host_port, p.container_port, p.proto)
+                              for p in state.ports]) if state.running else ""
+        rows.append([
+            c.id if no_trunc else c.short_id,
+            c.spec.image_name,
+            command,
+            human_duration_ago(Timestamp.parse(c.spec.created), now),
+            status_text(state, now),
+            ports,
+            c.name,
+        ])
+    return rows
+
+
+# ---------------------------------------------------------------------------- inspect
+
+
+def inspect_dict(c: Container) -> dict[str, Any]:
+    """docker's container inspect shape, for the fields soute has."""
+    state = c.state()
+    spec = c.spec
+    ports: dict[str, Any] = {}
+    for port in spec.exposed:
+        ports[port if "/" in port else f"{port}/tcp"] = None
+    for p in state.ports if state.running else []:
+        key = f"{p.container_port}/{p.proto}"
+        ports.setdefault(key, None)
+        ports[key] = (ports[key] or []) + [{"HostIp": p.host_ip, "HostPort": str(p.host_port)}]
+    health = state.health
+    mounts = []
+    for m in spec.mounts:
+        entry: dict[str, Any] = {"Type": m.kind, "Source": m.source, "Destination": m.target,
+                                 "RW": not m.readonly}
+        if m.kind == "volume":
+            from soute.container.volumes import Volumes
+
+            entry["Name"] = m.source
+            with contextlib.suppress(ContainerError, Exception):
+                entry["Source"] = str(Volumes(c.dir.parent.parent).get(m.source).mountpoint)
+        mounts.append(entry)
+    return {
+        "Id": spec.id,
+        "Created": spec.created,
+        "Path": spec.path,
+        "Args": spec.args,
+        "State": {
+            "Status": state.status,
+            "Running": state.running,
+            "Paused": False,
+            "Restarting": False,
+            "OOMKilled": False,
+            "Dead": False,
+            "Pid": state.pid if state.running else 0,
+            "ExitCode": state.exit_code,
+            "Error": state.error,
+            "StartedAt": state.started_at,
+            "FinishedAt": state.finished_at,
+            **({"Health": health} if health else {}),
+        },
+        "Image": spec.image,
+        "LogPath": str(c.log_path),
+        "Name": "/" + spec.name,
+        "RestartCount": state.restart_count,
+        "Driver": "overlay",
+        "HostConfig": {
+            "AutoRemove": spec.auto_remove,
+            "NetworkMode": spec.network,
+            "PortBindings": {f"{p.container_port}/{p.proto}": [
+                {"HostIp": p.host_ip if p.host_ip != "0.0.0.0" else "",
+                 "HostPort": str(p.host_port) if p.host_port else ""}] for p in spec.ports},
+            "PublishAllPorts": False,
+            "ReadonlyRootfs": spec.read_only,
+            "Init": spec.init,
+            "CapAdd": spec.cap_add or None,
+            "CapDrop": spec.cap_drop or None,
+            "Runtime": spec.runtime,
+        },
+        "Mounts": mounts,
+        "Config": {
+            "Hostname": spec.hostname,
+            "User": spec.user,
+            "Tty": spec.tty,
+            "OpenStdin": spec.open_stdin,
+            "ExposedPorts": {p: {} for p in spec.exposed} or None,
+            "Env": spec.env,
+            "Cmd": spec.cmd,
+            "Image": spec.image_name,
+            "WorkingDir": spec.workdir,
+            "Entrypoint": spec.entrypoint,
+            "Labels": spec.labels,
+            "StopSignal": spec.stop_signal,
+            **({"StopTimeout": spec.stop_timeout} if spec.stop_timeout is not None else {}),
+        },
+        "NetworkSettings": {"Ports": ports},
+    }

@@ -1,0 +1,213 @@
+"""What other commands do to a container: start, stop, kill, wait, remove, commit, export.
+
+None of them talks to the monitor: they signal the container's init (its host pid, checked
+against its start time) and wait on the container's lock, which the monitor releases once
+the end is written down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from soute.container.record import Container, ContainerError, Containers, alive
+from soute.errors import SouteError
+
+if TYPE_CHECKING:
+    from soute.store.store import Image, Store
+
+DEFAULT_STOP_TIMEOUT = 10
+
+
+def start(store: Store, container: Container) -> None:
+    """``soute start``: run it again, detached (a running container is left alone)."""
+    from soute.container.monitor import spawn
+
+    if container.state().running:
+        return
+    spawn(store, container)
+
+
+def kill(container: Container, sig: int = signal.SIGKILL) -> None:
+    state = container.state()
+    if not state.running or not alive(state.pid, state.pid_start):
+        raise ContainerError(f"cannot kill container: {container.name}: container "
+                             f"{container.short_id} is not running")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state.pid, sig)
+
+
+def wait(container: Container) -> int:
+    """Block until the container is not running; its exit code."""
+    with container.lock():
+        pass
+    return container.state().exit_code
+
+
+def stop(container: Container, timeout: int | None = None, signal_name: str | None = None
+         ) -> None:
+    """Its stop signal (or ``signal_name``), then SIGKILL after ``timeout`` seconds (the
+    container's ``--stop-timeout``, else docker's default 10)."""
+    from soute.container.create import parse_signal
+
+    state = container.state()
+    if not state.running:
+        return
+    if timeout is None:
+        timeout = container.spec.stop_timeout
+    if timeout is None:
+        timeout = DEFAULT_STOP_TIMEOUT
+    pid, start_time = state.pid, state.pid_start
+    if alive(pid, start_time):
+        _signal(pid, parse_signal(signal_name or container.spec.stop_signal))
+        deadline = time.monotonic() + max(timeout, 0)
+        while alive(pid, start_time) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if alive(pid, start_time):
+            _signal(pid, signal.SIGKILL)
+    wait(container)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def remove(store: Store, container: Container, *, force: bool = False,
+           volumes: bool = False, monitor_done: bool = False) -> None:
+    """``soute rm``: a running container only with ``force`` (SIGKILL); ``volumes`` also
+    removes its anonymous volumes."""
+    state = container.state()
+    if state.running:
+        if not force:
+            raise ContainerError(
+                f"You cannot remove a running container {container.id}",
+                "stop the container before attempting removal or force remove (-f)")
+        if alive(state.pid, state.pid_start):
+            _signal(state.pid, signal.SIGKILL)
+    with container.lock():
+        Containers(store).forget(container)
+    if volumes:
+        from soute.container.volumes import Volumes
+
+        known = Volumes(store.root)
+        for m in container.spec.mounts:
+            if m.kind == "volume":
+                try:
+                    volume = known.get(m.source)
+                except SouteError:
+                    continue
+                if volume.anonymous and not volumes_in_use(store) & {volume.name}:
+                    known.remove(volume.name)
+
+
+def prune(store: Store) -> list[str]:
+    """``soute container prune``: remove every container that is not running."""
+    removed = []
+    for container in Containers(store).all():
+        if not container.state().running:
+            with container.lock(blocking=False) as free:
+                if not free:
+                    continue
+            remove(store, container, volumes=False)
+            removed.append(container.id)
+    Containers(store).sweep()
+    return removed
+
+
+def export(store: Store, container: Container, output: str) -> None:
+    """``soute export``: the container's whole root filesystem (image and changes) as a tar,
+    read through an overlay mounted in a private mount namespace of a child process."""
+    from soute.container.record import ContainerError as Error
+    from soute.layer import write_layer
+    from soute.runtime.rootfs import Layers, link_layers, mount_overlay
+
+    lowers = store.snapshots(store.image(container.spec.image).diff_ids)
+    work = store.tmp / f"export-{container.id[:12]}-{os.getpid()}"
+    # The container's upper dir joins the lowers: the view is read-only, its work dir untouched.
+    empty_upper, empty_work = work / "upper", work / "work"
+    for d in (empty_upper, empty_work):
+        d.mkdir(parents=True)
+    link_layers(Layers([*lowers, container.upper], empty_upper, empty_work), work / "layers")
+    (work / "root").mkdir()
+    tmp_out = f"{output}.soute-tmp"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports by exit status
+        code = 1
+        try:
+            from soute.runtime import _linux
+
+            _linux.unshare(_linux.CLONE_NEWNS)
+            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+            mount_overlay(work / "layers", str(work / "root"))
+            with open(tmp_out, "wb") as f:
+                write_layer(work / "root", f, overlay=False)
+            code = 0
+        except BaseException as exc:  # everything must end in _exit
+            with contextlib.suppress(BaseException):
+                os.write(2, f"soute: export: {exc}\n".encode())
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    shutil.rmtree(work, ignore_errors=True)
+    if os.waitstatus_to_exitcode(status) != 0:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_out)
+        raise Error(f"cannot export {container.name}")
+    os.replace(tmp_out, output)
+
+
+def volumes_in_use(store: Store) -> set[str]:
+    return {m.source for c in Containers(store).all() for m in c.spec.mounts
+            if m.kind == "volume"}
+
+
+def commit(
+    store: Store,
+    container: Container,
+    *,
+    tag: str | None = None,
+    changes: tuple[str, ...] = (),
+    message: str = "",
+    author: str = "",
+) -> Image:
+    """``soute commit``: the container's changes as a new layer on its image, with its
+    config (command, env, user...) and ``changes`` applied; ``history`` shows the command."""
+    from soute.build.changes import apply_changes
+    from soute.image.config import History, ImageConfig
+    from soute.image.timestamp import Timestamp
+    from soute.layer import write_layer
+    from soute.store.names import full_tag
+
+    spec = container.spec
+    with store.session():
+        image = store.image(spec.image)
+        config = ImageConfig.from_json(store.blobs.read(image.id))
+        cfg = config.config
+        cfg.env = list(spec.env)
+        cfg.cmd = list(spec.cmd or [])
+        cfg.entrypoint = list(spec.entrypoint or [])
+        cfg.user = spec.user
+        cfg.working_dir = spec.workdir if spec.workdir != "/" or cfg.working_dir else ""
+        cfg.labels = dict(spec.labels)
+        cfg.exposed_ports = sorted(set(cfg.exposed_ports) | set(spec.exposed))
+        if spec.stop_signal != "SIGTERM" or cfg.stop_signal:
+            cfg.stop_signal = spec.stop_signal
+        apply_changes(config, changes)
+        with store.blobs.writer() as w:
+            layer = write_layer(container.upper, w, overlay=True)  # type: ignore[arg-type]
+            diff_id = w.commit()
+        now = Timestamp.now()
+        config.created = now
+        if author:
+            config.author = author
+        config.history.append(History(created=now, created_by=" ".join(spec.command),
+                                      author=author, comment=message))
+        config.rootfs.diff_ids.append(diff_id)
+        layers = [*store.meta.image_layers(image.id), (diff_id, layer.size)]
+        return store.add_image(config.to_json(), layers,
+                               tags=[full_tag(tag)] if tag else [])

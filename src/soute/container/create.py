@@ -1,0 +1,356 @@
+"""``soute create``: an image and ``run``'s options become a container record.
+
+Everything is decided and checked here, before anything runs, so that bad input fails with
+docker's exit status 125 and leaves nothing behind: the command (ENTRYPOINT and CMD as
+docker combines them), the environment, volumes, published ports, the health check.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from soute.container.record import (
+    Container,
+    ContainerError,
+    Containers,
+    ContainerSpec,
+    MountSpec,
+    PortSpec,
+    new_id,
+)
+
+if TYPE_CHECKING:
+    from soute.image.config import ContainerConfig
+    from soute.store.store import Store
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NETWORKS = ("private", "host", "none")
+
+
+@dataclass
+class RunOptions:
+    """``docker run``'s options, as typed data (the CLI fills it; so can Python users)."""
+
+    args: list[str] = field(default_factory=list)
+    name: str | None = None
+    detach: bool = False
+    interactive: bool = False
+    tty: bool = False
+    auto_remove: bool = False
+    env: list[str] = field(default_factory=list)  # KEY=VALUE or KEY (taken from ours)
+    env_files: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)  # -v
+    mounts: list[str] = field(default_factory=list)  # --mount
+    tmpfs: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    publish_all: bool = False
+    expose: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: str | None = None
+    network: str = "private"
+    hostname: str | None = None
+    read_only: bool = False
+    init: bool = False
+    labels: list[str] = field(default_factory=list)
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    stop_signal: str | None = None
+    stop_timeout: int | None = None
+    memory: str | None = None
+    cpus: str | None = None
+    pids_limit: int | None = None
+    health_cmd: str | None = None
+    health_interval: str | None = None
+    health_timeout: str | None = None
+    health_start_period: str | None = None
+    health_retries: int | None = None
+    no_healthcheck: bool = False
+    runtime: str = "soute"
+
+
+def command_of(config: ContainerConfig, opts: RunOptions) -> tuple[list[str], list[str]]:
+    """(entrypoint, cmd) as docker combines them: ``--entrypoint`` replaces the image's and
+    drops its CMD; arguments after the image replace CMD."""
+    if opts.entrypoint is not None:
+        entrypoint = [opts.entrypoint] if opts.entrypoint else []
+        return entrypoint, list(opts.args)
+    return list(config.entrypoint), list(opts.args) if opts.args else list(config.cmd)
+
+
+def container_env(config: ContainerConfig, opts: RunOptions) -> list[str]:
+    """The container's ``Config.Env``: the image's ENV, then ``--env-file`` and ``-e``, each
+    replacing a variable of the same name in place."""
+    env: dict[str, str] = {}
+    for entry in config.env:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    for path in opts.env_files:
+        for entry in _read_env_file(path):
+            _set_user_env(env, entry)
+    for entry in opts.env:
+        _set_user_env(env, entry)
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def runtime_env(spec: ContainerSpec) -> list[str]:
+    """What the process gets, in docker's order: PATH, HOSTNAME (and TERM with -t) first,
+    replaced in place by ``Config.Env`` values of the same name, then the rest of it."""
+    env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname}
+    if spec.tty:
+        env["TERM"] = "xterm"
+    for entry in spec.env:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def _set_user_env(env: dict[str, str], entry: str) -> None:
+    key, sep, value = entry.partition("=")
+    if not key:
+        raise ContainerError(f"invalid environment variable: {entry!r}", "use KEY=VALUE")
+    if sep:
+        env[key] = value
+    elif key in os.environ:  # `-e KEY` passes our value on, or nothing when unset
+        env[key] = os.environ[key]
+
+
+def _read_env_file(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ContainerError(f"{path}: {exc.strerror}", "give an existing --env-file") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        if any(c.isspace() for c in line.partition("=")[0]):
+            raise ContainerError(f"{path}:{number}: variable {line.partition('=')[0]!r} "
+                                 "contains whitespaces")
+        out.append(line)
+    return out
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+def _mounts(store: Store, config: ContainerConfig, opts: RunOptions) -> list[MountSpec]:
+    from soute.container.volumes import Volumes, parse_mount_flag, parse_volume_flag
+
+    specs = [parse_volume_flag(v) for v in opts.volumes]
+    from_mount_flag = [parse_mount_flag(m) for m in opts.mounts]
+    tmpfs = [MountSpec("tmpfs", t.partition(":")[0],
+                       options=[o for o in t.partition(":")[2].split(",") if o])
+             for t in opts.tmpfs]
+    volumes = Volumes(store.root)
+    mounts: list[MountSpec] = []
+    for spec, strict in [(s, False) for s in specs] + [(s, True) for s in from_mount_flag]:
+        if spec.kind == "bind":
+            source = os.path.abspath(spec.source or "")
+            if not os.path.exists(source):
+                if strict:  # --mount never creates; -v makes the directory, as docker does
+                    raise ContainerError(
+                        f'invalid mount config for type "bind": bind source path does not '
+                        f"exist: {source}", "create it first, or use -v which creates it")
+                os.makedirs(source, exist_ok=True)
+            mounts.append(MountSpec("bind", spec.target, source, spec.readonly))
+        elif spec.kind == "volume":
+            volume = volumes.create(spec.source, anonymous=spec.source is None)
+            mounts.append(MountSpec("volume", spec.target, volume.name, spec.readonly,
+                                    copy_up=not spec.nocopy))
+        else:
+            mounts.append(MountSpec("tmpfs", spec.target, options=list(spec.options or [])))
+    mounts += tmpfs
+    taken = {os.path.normpath(m.target) for m in mounts}
+    for target in sorted(config.volumes):  # each VOLUME of the image: an anonymous volume
+        if os.path.normpath(target) not in taken:
+            volume = volumes.create(None, anonymous=True)
+            mounts.append(MountSpec("volume", target, volume.name, copy_up=True))
+    return mounts
+
+
+def _ports(config: ContainerConfig, opts: RunOptions) -> tuple[list[PortSpec], list[str]]:
+    from soute.container.ports import exposed_ports, parse_publish
+
+    exposed = list(config.exposed_ports)
+    for item in opts.expose:
+        port = item if "/" in item else f"{item}/tcp"
+        if port not in exposed:
+            exposed.append(port)
+    if opts.network != "private":
+        return [], exposed  # docker ignores -p with the host's network, and none has none
+    ports = [PortSpec(b.host_ip, b.host_port, b.container_port, b.proto)
+             for text in opts.publish for b in parse_publish(text)]
+    if opts.publish_all:
+        published = {(p.container_port, p.proto) for p in ports}
+        for port, proto in exposed_ports(exposed):
+            if (port, proto) not in published:
+                ports.append(PortSpec("0.0.0.0", 0, port, proto))
+    return ports, exposed
+
+
+def _resources(opts: RunOptions) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if opts.memory:
+        out["memory"] = parse_bytes(opts.memory)
+    if opts.cpus:
+        try:
+            cpus = float(opts.cpus)
+        except ValueError:
+            cpus = -1
+        if cpus <= 0:
+            raise ContainerError(f"invalid --cpus {opts.cpus!r}", "give a number of CPUs, e.g. 1.5")
+        out["cpu_quota"], out["cpu_period"] = int(cpus * 100_000), 100_000
+    if opts.pids_limit is not None and opts.pids_limit > 0:
+        out["pids"] = opts.pids_limit
+    return out
+
+
+def parse_bytes(text: str) -> int:
+    """docker's memory sizes: ``512m``, ``1g``, ``1048576``, ``100k`` (powers of 1024)."""
+    import re
+
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)b?", text.strip().lower())
+    if match is None:
+        raise ContainerError(f"invalid size: {text!r}", "use a number with b, k, m or g")
+    value = float(match[1]) * (1 << (10 * "bkmgt".index(match[2] or "b")))
+    if value < 6 * (1 << 20):
+        raise ContainerError(f"minimum memory limit allowed is 6MB, not {text}")
+    return int(value)
+
+
+def _health(config: ContainerConfig, opts: RunOptions) -> dict[str, object] | None:
+    from soute.container.health import HealthConfig
+
+    image = config.healthcheck.to_dict() if config.healthcheck is not None else None
+    health = HealthConfig.from_image(image)
+    overridden = any(v is not None for v in (
+        opts.health_cmd, opts.health_interval, opts.health_timeout, opts.health_start_period,
+        opts.health_retries)) or opts.no_healthcheck
+    if overridden:
+        health = HealthConfig.with_overrides(
+            health, opts.health_cmd, opts.health_interval, opts.health_timeout,
+            opts.health_start_period, opts.health_retries, opts.no_healthcheck)
+    if health is None or not health.test:
+        return None
+    from dataclasses import asdict
+
+    return asdict(health)
+
+
+def create(store: Store, image_name: str, opts: RunOptions) -> Container:
+    """Check ``opts`` against the image and record the container (status created)."""
+    from soute.image.config import ImageConfig
+    from soute.image.timestamp import Timestamp
+    from soute.store.names import resolve
+
+    if opts.network not in NETWORKS:
+        raise ContainerError(f"network {opts.network} not found",
+                             "use --network private, host or none")
+    image = resolve(store, image_name)
+    config = ImageConfig.from_json(store.blobs.read(image.id)).config
+    entrypoint, cmd = command_of(config, opts)
+    command = entrypoint + cmd
+    if not command:
+        raise ContainerError("no command specified",
+                             "give a command after the image, or --entrypoint")
+    containers = Containers(store)
+    container_id = new_id()
+    if opts.network == "host":
+        hostname = opts.hostname or os.uname().nodename
+    else:
+        hostname = opts.hostname or container_id[:12]
+    name = opts.name if opts.name else containers.unique_name()
+    if not _valid_name(name):
+        raise ContainerError(f'Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] '
+                             "are allowed")
+    ports, exposed = _ports(config, opts)
+    health = _health(config, opts)
+    resources = _resources(opts)
+    signal_name = opts.stop_signal or config.stop_signal or "SIGTERM"
+    parse_signal(signal_name)
+    mounts = _mounts(store, config, opts)
+    spec = ContainerSpec(
+        id=container_id,
+        name=name,
+        created=Timestamp.now().format(),
+        image=image.id,
+        image_name=image_name,
+        path=command[0],
+        args=command[1:],
+        env=container_env(config, opts),
+        workdir=opts.workdir or config.working_dir or "/",
+        user=opts.user if opts.user is not None else config.user,
+        hostname=hostname,
+        tty=opts.tty,
+        open_stdin=opts.interactive,
+        labels={**config.labels, **_labels(opts.labels)},
+        entrypoint=entrypoint or None,
+        cmd=cmd or None,
+        stop_signal=signal_name,
+        stop_timeout=opts.stop_timeout,
+        network=opts.network,
+        ports=ports,
+        exposed=exposed,
+        mounts=mounts,
+        health=health,
+        auto_remove=opts.auto_remove,
+        init=opts.init,
+        read_only=opts.read_only,
+        cap_add=[_cap(c) for c in opts.cap_add],
+        cap_drop=[_cap(c) for c in opts.cap_drop],
+        resources=resources,
+        runtime=opts.runtime,
+    )
+    if not spec.workdir.startswith("/"):
+        raise ContainerError(f"the working directory '{spec.workdir}' is invalid",
+                             "it needs to be an absolute path")
+    return containers.new(spec)
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name) is not None
+
+
+def _cap(name: str) -> str:
+    from soute.runtime.spec import CAPABILITIES
+
+    upper = name.upper()
+    if upper == "ALL":
+        return upper
+    full = upper if upper.startswith("CAP_") else "CAP_" + upper
+    if full not in CAPABILITIES:
+        raise ContainerError(f"unknown capability: {name!r}", "see capabilities(7)")
+    return full
+
+
+def parse_signal(text: str) -> int:
+    """``SIGTERM``, ``TERM``, ``15`` or ``SIGRTMIN+3`` as a number."""
+    import signal
+
+    upper = text.upper()
+    if upper.isdigit():
+        number = int(upper)
+        if 0 < number < signal.NSIG:
+            return number
+    else:
+        name = upper if upper.startswith("SIG") else "SIG" + upper
+        if name.startswith("SIGRTMIN+") and name[9:].isdigit():
+            return int(signal.SIGRTMIN) + int(name[9:])
+        if name.startswith("SIGRTMAX-") and name[9:].isdigit():
+            return int(signal.SIGRTMAX) - int(name[9:])
+        member = getattr(signal.Signals, name, None)
+        if member is not None:
+            return int(member)
+    raise ContainerError(f"invalid signal: {text}", "use a name like SIGTERM or a number")

@@ -1,0 +1,483 @@
+"""The monitor: the one process that runs a container and writes down what happens to it.
+
+``soute run`` (foreground) is the monitor itself, its streams attached to the user's.
+``soute run -d`` and ``soute start`` start a detached monitor (``python -m
+soute.container.monitor ROOT ID FD``, in a session of its own) and wait on FD for one line:
+the container runs, or why it could not start. The monitor then lives as long as the
+container, and:
+
+- holds the container's lock, so a second ``start`` fails and ``rm`` waits for the end;
+- sends the container's output to ``log.json`` (docker's json-file format);
+- brings up its network (loopback, slirp4netns for the way out) and forwards the published
+  ports from the host, before the command starts;
+- runs the health check;
+- records the state: running with pids and ports, then exited with the code.
+
+The container dies with its monitor (its init has SIGKILL as parent-death signal): a killed
+monitor can never leave a container nobody knows about. The next reader of the state sees
+the monitor gone and records exit code 137.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from soute.container.record import (
+    Container,
+    ContainerError,
+    Containers,
+    ContainerSpec,
+    ContainerState,
+    PortSpec,
+    process_start_time,
+)
+from soute.errors import SouteError
+
+if TYPE_CHECKING:
+    from soute.runtime import Spec
+    from soute.store.store import Store
+
+Ready = Callable[[SouteError | None], None]
+INIT_PATH = "/sbin/docker-init"  # where docker puts its init too: scripts look there
+_TINI = ("/usr/bin/tini-static", "/usr/bin/tini")
+
+
+def exit_code_of(error: SouteError) -> int:
+    """docker run's status for a command that could not start: 127 not found, 126 not
+    executable, 125 anything else."""
+    text = str(error)
+    if "executable file not found" in text or "no such file or directory" in text:
+        return 127
+    if "permission denied" in text:
+        return 126
+    return getattr(error, "exit_code", 125) if isinstance(error, ContainerError) else 125
+
+
+class StartError(ContainerError):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+class Monitor:
+    def __init__(self, store: Store, container: Container, *, attach: bool = False) -> None:
+        self.store = store
+        self.container = container
+        self.attach = attach
+        self._state_lock = threading.Lock()
+        self._log_lock = threading.Lock()
+        self.state = ContainerState()
+        self._master: int | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def _update(self, **changes: Any) -> None:
+        with self._state_lock:
+            self.state = replace(self.state, **changes)
+            self.container.save_state(self.state)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, ready: Ready | None = None) -> int:
+        """Run the container to its end; returns its exit code. ``ready`` hears once: None
+        when the command runs, or the error that stopped it (also raised)."""
+        told = False
+
+        def tell(error: SouteError | None) -> None:
+            nonlocal told
+            if not told and ready is not None:
+                told = True
+                ready(error)
+
+        with self.container.lock(blocking=False) as locked:
+            if not locked:
+                error: SouteError = ContainerError(
+                    f"container {self.container.short_id} is already running")
+                tell(error)
+                raise error
+            try:
+                return self._run_locked(tell)
+            except SouteError as exc:
+                tell(exc)
+                raise
+            except BaseException as exc:
+                tell(ContainerError(f"the monitor failed: {type(exc).__name__}: {exc}"))
+                raise
+
+    def _run_locked(self, tell: Ready) -> int:
+        from soute.container.attach import terminal_session
+        from soute.container.logs import LogWriter
+        from soute.container.ports import PortBinding, PortProxy
+        from soute.image.timestamp import Timestamp
+        from soute.runtime import Layers, run
+
+        container, spec = self.container, self.container.spec
+        previous = container.state()
+        if previous.running:
+            raise ContainerError(f"container {container.short_id} is already running")
+        self.state = replace(previous, status="created", error="", pid=0, pid_start=0,
+                             health=None, monitor_pid=os.getpid(),
+                             monitor_start=process_start_time(os.getpid()) or 0)
+        lowers = self.store.snapshots(self.store.image(spec.image).diff_ids)
+        layers = Layers(lowers, container.upper, container.work)
+        self._fix_upper_mode(lowers)
+
+        proxy = PortProxy([PortBinding(p.host_ip, p.host_port, p.container_port, p.proto)
+                           for p in spec.ports])
+        slirp = None
+        health_stop = threading.Event()
+        log = LogWriter(container.log_path)
+        pumps: list[threading.Thread] = []
+        close_after_start: list[int] = []
+        stdin_keep: list[int] = []
+        try:
+            try:
+                bound = proxy.bind()
+            except SouteError as exc:
+                raise ContainerError(str(exc)) from None
+            ports = [PortSpec(b.host_ip, b.host_port, b.container_port, b.proto) for b in bound]
+            slirp = self._slirp()
+            run_spec = self._spec(slirp is not None)
+            stdio = self._stdio(log, pumps, close_after_start, stdin_keep)
+
+            def created(pid: int) -> None:
+                if slirp is not None:
+                    slirp.start(pid)
+                if spec.ports:
+                    proxy.start(f"/proc/{pid}/ns/net")
+
+            def started(pid: int) -> None:
+                for fd in close_after_start:  # the container has its copies now
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                close_after_start.clear()
+                self._update(status="running", pid=pid,
+                             pid_start=process_start_time(pid) or 0,
+                             started_at=Timestamp.now().format(), exit_code=0,
+                             finished_at="0001-01-01T00:00:00Z", ports=ports)
+                self._start_health(pid, health_stop)
+                tell(None)
+
+            session = (terminal_session(self._master) if self._master is not None
+                       else contextlib.nullcontext())
+            try:
+                with session:
+                    code = run(run_spec, layers,
+                               stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                               runtime=spec.runtime, state_dir=container.dir,
+                               on_created=created if slirp is not None or spec.ports else None,
+                               on_start=started)
+            except SouteError as exc:
+                code = exit_code_of(exc)
+                message = str(exc)
+                self._update(status="created" if code in (126, 127) else "exited",
+                             exit_code=code, error=message, pid=0,
+                             finished_at=Timestamp.now().format())
+                raise StartError(message, code) from None
+            self._update(status="exited", exit_code=code, pid=0, pid_start=0,
+                         finished_at=Timestamp.now().format())
+            return code
+        finally:
+            health_stop.set()
+            for fd in close_after_start + stdin_keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for thread in pumps:
+                thread.join(timeout=5)
+            with self._log_lock:
+                log.close()
+            proxy.close()
+            if slirp is not None:
+                slirp.stop()
+
+    def _fix_upper_mode(self, lowers: list[Path]) -> None:
+        # overlayfs shows the upper dir's own mode as the root's: give it the image's.
+        upper = self.container.upper
+        if lowers and not any(os.scandir(upper)):
+            top = os.stat(lowers[-1])
+            os.chmod(upper, top.st_mode & 0o7777)
+            os.chown(upper, top.st_uid, top.st_gid)
+
+    def _slirp(self) -> Any:
+        if self.container.spec.network != "private" or self.container.spec.runtime != "soute":
+            return None
+        from soute.container.network import Slirp, available
+
+        return Slirp() if available() else None
+
+    # ------------------------------------------------------------------ the runtime spec
+
+    def _spec(self, slirp: bool) -> Spec:
+        from soute.container.create import runtime_env
+        from soute.container.network import resolv_conf_for_slirp
+        from soute.container.volumes import Volumes
+        from soute.runtime import (
+            BUILD_NAMESPACES,
+            GeneratedFile,
+            Mount,
+            Process,
+            Spec,
+            default_files,
+            default_mounts,
+        )
+
+        spec = self.container.spec
+        args = spec.command
+        mounts = default_mounts()
+        if spec.init:
+            tini = next((p for p in _TINI if os.path.exists(p)), None)
+            if tini is None:
+                raise ContainerError("--init needs tini", "apt-get install tini")
+            mounts.append(Mount(INIT_PATH, "bind", tini, ("rbind", "ro")))
+            args = [INIT_PATH, "--", *args]
+        volumes = Volumes(self.store.root)
+        for m in spec.mounts:
+            ro = ("ro",) if m.readonly else ()
+            if m.kind == "bind":
+                mounts.append(Mount(m.target, "bind", m.source, ("rbind", *ro)))
+            elif m.kind == "volume":
+                source = str(volumes.get(m.source).mountpoint)
+                copy = ("copy-up",) if m.copy_up else ()
+                mounts.append(Mount(m.target, "bind", source, ("rbind", *ro, *copy)))
+            else:
+                mounts.append(Mount(m.target, "tmpfs", "tmpfs",
+                                    ("nosuid", "nodev", "noexec", *m.options)))
+        host_network = spec.network == "host"
+        files = list(default_files(spec.hostname, host_network=host_network))
+        if slirp:
+            files = [GeneratedFile(f.destination, resolv_conf_for_slirp(), readonly=False)
+                     if f.destination == "/etc/resolv.conf" else f for f in files]
+        namespaces = set(BUILD_NAMESPACES)
+        if not host_network:
+            namespaces.add("network")
+        resources = None
+        if spec.resources:
+            from soute.runtime import Resources
+
+            r = spec.resources
+            resources = Resources(memory=r.get("memory"), cpu_quota=r.get("cpu_quota"),
+                                  cpu_period=r.get("cpu_period"), pids_limit=r.get("pids"))
+        return Spec(
+            process=Process(args=args, env=runtime_env(spec), cwd=spec.workdir, user=spec.user,
+                            terminal=spec.tty, no_new_privileges=True,
+                            capabilities=capabilities_of(spec)),
+            hostname=spec.hostname,
+            namespaces=namespaces,
+            mounts=mounts,
+            files=tuple(files),
+            readonly_rootfs=spec.read_only,
+            resources=resources,
+        )
+
+    # ------------------------------------------------------------------ streams
+
+    def _stdio(
+        self, log: Any, pumps: list[threading.Thread], close_after_start: list[int],
+        stdin_keep: list[int],
+    ) -> tuple[int | None, int | None, int | None]:
+        """The container's stdin, stdout and stderr; starts the pumps to the log (and to
+        ours when attached)."""
+        from soute.container.attach import fd_writer, feed, open_pty, pump
+
+        spec = self.container.spec
+
+        def to_log(stream: str) -> Callable[[bytes], None]:
+            def write(data: bytes) -> None:
+                with self._log_lock:
+                    log.write(stream, data)
+            return write
+
+        if spec.tty:
+            master, slave = open_pty()
+            close_after_start.append(slave)
+            sinks = [to_log("stdout")]
+            if self.attach:
+                self._master = master  # our terminal drives its size (and goes raw)
+                sinks.append(fd_writer(1))
+                if spec.open_stdin:
+                    feed(0, os.dup(master))
+            pumps.append(pump(master, sinks))
+            return slave, slave, slave
+        stdin: int | None = None
+        if spec.open_stdin:
+            if self.attach:
+                stdin = 0
+            else:  # -d -i: an open stdin that never ends, as docker keeps it
+                read_end, write_end = os.pipe()
+                stdin_keep.append(write_end)
+                close_after_start.append(read_end)
+                stdin = read_end
+        outputs: list[int] = []
+        for stream, ours in (("stdout", 1), ("stderr", 2)):
+            read_end, write_end = os.pipe()
+            os.set_inheritable(read_end, False)
+            close_after_start.append(write_end)
+            sinks = [to_log(stream)] + ([fd_writer(ours)] if self.attach else [])
+            pumps.append(pump(read_end, sinks))
+            outputs.append(write_end)
+        return stdin, outputs[0], outputs[1]
+
+    # ------------------------------------------------------------------ health
+
+    def _start_health(self, pid: int, stop: threading.Event) -> None:
+        spec = self.container.spec
+        if not spec.health:
+            return
+        from soute.container.health import HealthConfig, HealthMonitor, HealthState
+
+        config = HealthConfig(**spec.health)
+        self._update(health=HealthState().to_json())
+
+        def on_change(state: HealthState) -> None:
+            self._update(health=state.to_json())
+
+        def probe(argv: list[str], timeout: float) -> tuple[int, bytes]:
+            return exec_probe(self.container, pid, argv, timeout)
+
+        monitor = HealthMonitor(config, probe, on_change)
+        threading.Thread(target=monitor.run, args=(stop,), daemon=True, name="health").start()
+
+
+def exec_probe(container: Container, pid: int, argv: list[str], timeout: float
+               ) -> tuple[int, bytes]:
+    """Run ``argv`` in the running container, killed after ``timeout``: (code, output)."""
+    from soute.container.attach import pump
+    from soute.runtime import exec_in
+
+    read_end, write_end = os.pipe()
+    chunks: list[bytes] = []
+    reader = pump(read_end, [chunks.append])
+    child: list[int] = []
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        for p in child:
+            _kill(p)
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    try:
+        code = exec_in(pid, exec_process(container, argv), stdout=write_end, stderr=write_end,
+                       on_start=child.append)
+    except SouteError as exc:
+        code, chunks = 126, [str(exc).encode()]
+    finally:
+        timer.cancel()
+        os.close(write_end)
+        reader.join(timeout=5)
+    if timed_out.is_set():
+        return -1, f"Health check exceeded timeout ({timeout:g}s)".encode()
+    return code, b"".join(chunks)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def capabilities_of(spec: ContainerSpec) -> list[str]:
+    """docker's default set, then ``--cap-drop`` and ``--cap-add`` (``ALL`` included)."""
+    from soute.runtime import DEFAULT_CAPABILITIES
+    from soute.runtime.spec import CAPABILITIES
+
+    caps = set(DEFAULT_CAPABILITIES)
+    if "ALL" in spec.cap_drop:
+        caps.clear()
+    if "ALL" in spec.cap_add:
+        caps = set(CAPABILITIES)
+    caps = (caps | {c for c in spec.cap_add if c != "ALL"}) - set(spec.cap_drop)
+    return sorted(caps, key=CAPABILITIES.index)
+
+
+def exec_process(container: Container, argv: list[str], *, user: str | None = None,
+                 workdir: str | None = None, env: list[str] | None = None,
+                 tty: bool = False) -> Any:
+    """The process ``exec`` runs: the container's env, user and capabilities."""
+    from soute.container.create import runtime_env
+    from soute.runtime import Process
+
+    spec = container.spec
+    merged = runtime_env(spec)
+    if tty and not any(e.startswith("TERM=") for e in merged):
+        merged.append("TERM=xterm")
+    merged += env or []
+    return Process(args=argv, env=merged, cwd=workdir or spec.workdir,
+                   user=spec.user if user is None else user, terminal=tty,
+                   no_new_privileges=True, capabilities=capabilities_of(spec))
+
+
+# ---------------------------------------------------------------------------- detached
+
+
+def spawn(store: Store, container: Container) -> None:
+    """Start a detached monitor for ``container`` and wait until its command runs."""
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    log = open(container.dir / "monitor.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "soute.container.monitor", str(store.root), container.id,
+             str(write_end)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            pass_fds=(write_end,), start_new_session=True, close_fds=True,
+        )
+    finally:
+        os.close(write_end)
+        log.close()
+    with os.fdopen(read_end, "rb") as f:
+        answer = f.read()
+    if not answer:
+        raise ContainerError(f"the monitor of {container.short_id} failed to start",
+                             f"see {container.dir / 'monitor.log'}")
+    message = json.loads(answer)
+    if "error" in message:
+        raise StartError(message["error"], int(message.get("code", 125)))
+
+
+def _main(argv: list[str]) -> int:
+    from soute.store.store import Store
+
+    root, container_id, fd_text = argv
+    ready_fd = int(fd_text)
+
+    def ready(error: SouteError | None) -> None:
+        if error is None:
+            message: dict[str, object] = {"ok": True}
+        else:
+            message = {"error": str(error), "code": getattr(error, "exit_code", 125)}
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, (json.dumps(message) + "\n").encode())
+            os.close(ready_fd)
+
+    # A hang-up of the terminal that ran `soute run -d` must not stop us.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with Store(Path(root)) as store:
+        containers = Containers(store)
+        try:
+            container = containers.load(container_id)
+        except SouteError as exc:
+            ready(exc)
+            return 125
+        monitor = Monitor(store, container)
+        with contextlib.suppress(SouteError):  # told through ready(), and in the state
+            monitor.run(ready)
+        if container.spec.auto_remove:
+            from soute.container.control import remove
+
+            remove(store, container, volumes=True, monitor_done=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,413 @@
+"""soute run and the container lifecycle, end to end through the CLI, on a busybox image.
+
+Every test drives real containers: namespaces, overlayfs, the detached monitor, the port
+proxy. Containers are removed in teardown so a failure never leaves one running.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+
+
+def soute(root: Path, *args: str, input: str | None = None, timeout: float = 60,
+          cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
+                          capture_output=True, text=True, input=input, timeout=timeout, cwd=cwd)
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> str:
+    assert p.returncode == 0, (p.args, p.stdout, p.stderr)
+    return p.stdout
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("store")
+    ok(soute(path, "bootstrap", "busybox"))
+    context = tmp_path_factory.mktemp("ctx")
+    (context / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "RUN mkdir -p /data /www && echo seeded > /data/seed.txt && echo page > /www/index.html"
+        " && echo app:x:1000:1000:app:/home/app:/bin/sh >> /etc/passwd"
+        " && printf 'app:x:1000:\\nstaff2:x:50:app\\n' >> /etc/group && mkdir -p /home/app\n"
+        "VOLUME /data\n"
+        "EXPOSE 8080\n"
+        'STOPSIGNAL SIGUSR1\n'
+        'CMD ["sh", "-c", "trap \'echo got USR1; exit 0\' USR1; echo ready; '
+        'while true; do sleep 0.1; done"]\n')
+    ok(soute(path, "build", "-q", "-t", "box", str(context)))
+    yield path
+    for cid in ok(soute(path, "ps", "-a", "-q")).split():
+        soute(path, "rm", "-f", "-v", cid)
+
+
+def wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def state(root: Path, name: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(ok(soute(root, "container", "inspect", name)))[0]["State"]  # type: ignore
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------- foreground
+
+
+def test_run_prints_output_and_returns_the_exit_code(root: Path) -> None:
+    p = soute(root, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (p.returncode, p.stdout, p.stderr) == (3, "out\n", "err\n")
+
+
+def test_a_signal_death_is_128_plus_the_signal_and_init_reaps(root: Path) -> None:
+    # PID 1 cannot SIGKILL itself (the kernel protects a namespace's init): with --init,
+    # tini is PID 1 and passes the shell's death on as 128+9.
+    p = soute(root, "run", "--rm", "--init", "busybox", "sh", "-c", "echo $$; kill -9 $$")
+    assert (p.returncode, p.stdout) == (137, "7\n") or (p.returncode == 137
+                                                          and p.stdout.strip() != "1")
+
+
+def test_rm_leaves_nothing(root: Path) -> None:
+    before = ok(soute(root, "ps", "-a", "-q"))
+    ok(soute(root, "run", "--rm", "busybox", "true"))
+    assert ok(soute(root, "ps", "-a", "-q")) == before
+
+
+def test_env_workdir_user_and_hostname(root: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("# a comment\nFROM_FILE=yes\nB=file\n")
+    out = ok(soute(root, "run", "--rm", "-e", "A=1", "--env-file", str(env_file), "-e", "B=flag",
+                   "-w", "/tmp/new", "-u", "app", "-h", "boxhost", "box", "sh", "-c",
+                   'echo $A $B $FROM_FILE $HOME; pwd; id; hostname'))
+    assert out.splitlines() == [
+        "1 flag yes /home/app", "/tmp/new",
+        "uid=1000(app) gid=1000(app) groups=50(staff2),1000(app)", "boxhost"]
+
+
+def test_hostname_is_the_short_id_and_env_has_docker_defaults(root: Path) -> None:
+    ok(soute(root, "run", "--name", "hn", "busybox", "sh", "-c", "hostname; env | sort"))
+    full_id = json.loads(ok(soute(root, "inspect", "hn")))[0]["Id"]
+    out = ok(soute(root, "logs", "hn")).splitlines()
+    assert out[0] == full_id[:12]
+    assert f"HOSTNAME={full_id[:12]}" in out
+    assert "HOME=/root" in out
+    assert any(line.startswith("PATH=/usr/local/sbin") for line in out)
+    ok(soute(root, "rm", "hn"))
+
+
+def test_entrypoint_flag_drops_the_image_cmd(root: Path) -> None:
+    assert ok(soute(root, "run", "--rm", "--entrypoint", "echo", "box")) == "\n"
+    assert ok(soute(root, "run", "--rm", "--entrypoint", "echo", "box", "a", "b")) == "a b\n"
+
+
+def test_stdin_with_i(root: Path) -> None:
+    p = soute(root, "run", "--rm", "-i", "busybox", "tr", "a-z", "A-Z", input="hello\n")
+    assert p.stdout == "HELLO\n"
+    # Without -i the container reads /dev/null.
+    assert ok(soute(root, "run", "--rm", "busybox", "cat", input="ignored\n")) == ""
+
+
+# A masked path this kernel has (/proc/kcore is missing on some virtual machines).
+MASKED = next(p for p in ("/proc/timer_list", "/proc/keys", "/proc/kcore") if os.path.exists(p))
+
+
+def test_isolation_defaults(root: Path) -> None:
+    out = ok(soute(root, "run", "--rm", "busybox", "sh", "-c",
+                   "echo $$; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; "
+                   f"cat {MASKED} 2>&1 | wc -c; ls /dev; grep ' /proc/sys ' /proc/mounts"))
+    lines = out.splitlines()
+    assert lines[0] == "1"  # PID 1 of its own PID namespace
+    assert lines[1] == "CapEff:\t00000000a80425fb"  # docker's default capability set
+    assert lines[2] == "NoNewPrivs:\t1"
+    assert lines[3] == "0"  # masked
+    devices = set(" ".join(lines[4:-1]).split())
+    assert {"null", "zero", "random", "urandom", "tty", "pts", "shm"} <= devices
+    assert " ro," in lines[-1]
+
+
+def test_network_modes(root: Path) -> None:
+    private = ok(soute(root, "run", "--rm", "busybox", "cat", "/proc/net/dev"))
+    assert "lo:" in private
+    none = ok(soute(root, "run", "--rm", "--network", "none", "busybox", "cat", "/proc/net/dev"))
+    assert [line.split(":")[0].strip() for line in none.splitlines()[2:]] == ["lo"]
+    host = ok(soute(root, "run", "--rm", "--network", "host", "busybox", "cat", "/proc/net/dev"))
+    assert host.count(":") >= private.count(":")
+    assert Path("/proc/net/dev").read_text().count(":") == host.count(":")
+
+
+def test_terminal_with_t(root: Path) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: soute under a terminal (40 rows, 100 columns), as a user types
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+        os.execv(sys.executable, [sys.executable, "-m", "soute.cli.main", "--root", str(root),
+                                  "run", "--rm", "-i", "-t", "busybox", "sh"])
+    output = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal output
+        deadline = time.monotonic() + 20
+        while marker not in output and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert marker in output, output
+
+    try:
+        os.write(fd, b"tty; echo $TERM; stty size\n")
+        read_until(b"40 100")
+        os.write(fd, b"exit 5\n")
+    except BaseException:
+        os.kill(pid, signal.SIGTERM)
+        raise
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    # The host's pty is the container's console, as runc does it (docker shows /dev/pts/0).
+    assert b"/dev/console\r\n" in output and b"xterm" in output
+    assert os.waitstatus_to_exitcode(status) == 5
+
+
+# ---------------------------------------------------------------------------- detached
+
+
+def test_detached_lifecycle_with_stop_signal(root: Path) -> None:
+    cid = ok(soute(root, "run", "-d", "--name", "life", "box")).strip()
+    assert len(cid) == 64
+    wait_for(lambda: "ready" in ok(soute(root, "logs", "life")))
+    ps = ok(soute(root, "ps"))
+    assert cid[:12] in ps and "Up " in ps and "life" in ps
+    assert ok(soute(root, "ps", "-q")).split().count(cid[:12]) == 1
+    top = ok(soute(root, "top", "life")).splitlines()
+    assert top[0].split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    assert any("trap" in row for row in top[1:])
+    assert ok(soute(root, "exec", "life", "cat", "/data/seed.txt")) == "seeded\n"
+    assert ok(soute(root, "exec", "-u", "app", "-w", "/www", "-e", "X=y", "life", "sh", "-c",
+                    "id -u; pwd; echo $X")) == "1000\n/www\ny\n"
+    assert soute(root, "exec", "life", "sh", "-c", "exit 7").returncode == 7
+    missing = soute(root, "exec", "life", "nosuch")
+    assert missing.returncode == 127 and "executable file not found" in missing.stderr
+    # STOPSIGNAL SIGUSR1: the trap runs and the container exits 0 well before the timeout.
+    ok(soute(root, "stop", "-t", "30", "life"))
+    assert "got USR1" in ok(soute(root, "logs", "life"))
+    st = state(root, "life")
+    assert (st["Status"], st["ExitCode"], st["Running"]) == ("exited", 0, False)
+    assert "Exited (0)" in ok(soute(root, "ps", "-a"))
+    ok(soute(root, "start", "life"))
+    assert state(root, "life")["Running"]
+    ok(soute(root, "rm", "-f", "life"))
+    assert "life" not in ok(soute(root, "ps", "-a"))
+
+
+def test_stop_kills_after_the_timeout(root: Path) -> None:
+    ok(soute(root, "run", "-d", "--name", "stubborn", "busybox", "sleep", "300"))
+    ok(soute(root, "stop", "-t", "1", "stubborn"))  # sleep as PID 1 ignores SIGTERM
+    assert state(root, "stubborn")["ExitCode"] == 137
+    ok(soute(root, "rm", "stubborn"))
+
+
+def test_crash_shows_its_exit_code_and_wait_returns_it(root: Path) -> None:
+    ok(soute(root, "run", "-d", "--name", "crash", "busybox", "sh", "-c", "sleep 0.3; exit 42"))
+    assert ok(soute(root, "wait", "crash")) == "42\n"
+    assert "Exited (42)" in ok(soute(root, "ps", "-a"))
+    ok(soute(root, "rm", "crash"))
+
+
+def test_rm_refuses_a_running_container_and_kill_signals(root: Path) -> None:
+    ok(soute(root, "run", "-d", "--name", "busy", "box"))
+    p = soute(root, "rm", "busy")
+    assert p.returncode != 0 and "running container" in p.stderr
+    ok(soute(root, "kill", "-s", "USR1", "busy"))
+    assert ok(soute(root, "wait", "busy")) == "0\n"
+    ok(soute(root, "rm", "busy"))
+
+
+def test_a_killed_monitor_never_lies(root: Path) -> None:
+    ok(soute(root, "run", "-d", "--name", "orphan", "busybox", "sleep", "300"))
+    st = json.loads((root / "containers" / state_id(root, "orphan") / "state.json").read_text())
+    os.kill(st["monitor_pid"], signal.SIGKILL)
+    # The container dies with its monitor; ps then tells the truth.
+    wait_for(lambda: not os.path.exists(f"/proc/{st['pid']}"))
+    wait_for(lambda: "Exited (137)" in ok(soute(root, "ps", "-a")))
+    assert "0 problem(s)" in ok(soute(root, "fsck", "--quick"))
+    ok(soute(root, "rm", "orphan"))
+
+
+def state_id(root: Path, name: str) -> str:
+    return str(json.loads(ok(soute(root, "inspect", name)))[0]["Id"])
+
+
+def test_interactive_detached_stays_up(root: Path) -> None:
+    ok(soute(root, "run", "-d", "-i", "--name", "dsh", "busybox", "sh"))
+    time.sleep(0.5)
+    assert state(root, "dsh")["Running"]  # stdin stays open: sh waits on it
+    ok(soute(root, "rm", "-f", "dsh"))
+
+
+# ---------------------------------------------------------------------------- ports
+
+
+def http_get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def test_publish_and_publish_all(root: Path) -> None:
+    port = free_port()
+    ok(soute(root, "run", "-d", "--name", "web1", "-p", f"127.0.0.1:{port}:8080", "box",
+             "httpd", "-f", "-p", "8080", "-h", "/www"))
+    try:
+        wait_for(lambda: _answers(port))
+        assert http_get(port) == "page\n"
+        assert ok(soute(root, "port", "web1")) == f"8080/tcp -> 127.0.0.1:{port}\n"
+        assert f"127.0.0.1:{port}->8080/tcp" in ok(soute(root, "ps"))
+        taken = soute(root, "run", "-d", "-p", f"127.0.0.1:{port}:80", "busybox", "sleep", "9")
+        assert taken.returncode == 125
+        assert "port is already allocated" in taken.stderr
+        assert len(taken.stderr.strip().splitlines()) == 1
+    finally:
+        ok(soute(root, "rm", "-f", "web1"))
+    with socket.socket() as s:  # the port is free again (connections may be in TIME_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+    ok(soute(root, "run", "-d", "--name", "web2", "-P", "box", "httpd", "-f", "-p", "8080", "-h",
+             "/www"))
+    try:
+        host = ok(soute(root, "port", "web2", "8080")).strip()
+        assert host.startswith("0.0.0.0:")
+        published = int(host.rsplit(":", 1)[1])
+        wait_for(lambda: _answers(published))
+        assert http_get(published) == "page\n"
+    finally:
+        ok(soute(root, "rm", "-f", "web2"))
+
+
+def _answers(port: int) -> bool:
+    try:
+        http_get(port)
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------- volumes
+
+
+def test_bind_mounts_read_write_and_read_only(root: Path, tmp_path: Path) -> None:
+    ok(soute(root, "run", "--rm", "-v", f"{tmp_path}:/work", "busybox", "sh", "-c",
+             "echo hi > /work/out.txt"))
+    assert (tmp_path / "out.txt").read_text() == "hi\n"
+    p = soute(root, "run", "--rm", "-v", f"{tmp_path}:/work:ro", "busybox", "touch", "/work/x")
+    assert p.returncode != 0 and "Read-only file system" in p.stderr
+    missing = tmp_path / "missing"
+    p = soute(root, "run", "--rm", "--mount", f"type=bind,source={missing},target=/m", "busybox",
+              "true")
+    assert p.returncode == 125 and "bind source path does not exist" in p.stderr
+    assert not missing.exists()
+
+
+def test_named_volume_persists_and_image_volume_is_seeded(root: Path) -> None:
+    ok(soute(root, "run", "--rm", "-v", "keep:/data", "box", "sh", "-c",
+             "cat /data/seed.txt; echo more > /data/more.txt"))
+    out = ok(soute(root, "run", "--rm", "-v", "keep:/data", "box", "ls", "/data"))
+    assert out.split() == ["more.txt", "seed.txt"]  # seeded from the image, then kept
+    assert "keep" in ok(soute(root, "volume", "ls", "-q")).split()
+    info = json.loads(ok(soute(root, "volume", "inspect", "keep")))[0]
+    assert Path(info["Mountpoint"], "more.txt").read_text() == "more\n"
+    ok(soute(root, "run", "--name", "uses", "-v", "keep:/data", "box", "true"))
+    p = soute(root, "volume", "rm", "keep")
+    assert p.returncode != 0 and "volume is in use" in p.stderr
+    ok(soute(root, "rm", "uses"))
+    ok(soute(root, "volume", "rm", "keep"))
+    # The image's VOLUME gets an anonymous volume with the image's content.
+    assert ok(soute(root, "run", "--rm", "box", "cat", "/data/seed.txt")) == "seeded\n"
+
+
+# ---------------------------------------------------------------------------- commit, export
+
+
+def test_commit_makes_an_image_with_the_change_and_the_command(root: Path, tmp_path: Path
+                                                               ) -> None:
+    ok(soute(root, "run", "--name", "changer", "busybox", "sh", "-c",
+             "echo made > /made.txt; rm /bin/vi"))
+    image_id = ok(soute(root, "commit", "-m", "add made.txt", "-c", 'CMD ["cat", "/made.txt"]',
+                        "changer", "committed:1")).strip()
+    assert image_id.startswith("sha256:")
+    assert ok(soute(root, "run", "--rm", "committed:1")) == "made\n"
+    assert soute(root, "run", "--rm", "committed:1", "ls", "/bin/vi").returncode != 0
+    history = ok(soute(root, "history", "--no-trunc", "committed:1")).splitlines()
+    assert "sh -c echo made > /made.txt; rm /bin/vi" in history[1]
+    assert "add made.txt" in history[1]
+    out = tmp_path / "fs.tar"
+    ok(soute(root, "export", "-o", str(out), "changer"))
+    names = subprocess.run(["tar", "-tf", str(out)], capture_output=True, text=True).stdout
+    assert "made.txt" in names and "bin/sh" in names and "bin/vi\n" not in names
+    ok(soute(root, "rm", "changer"))
+    ok(soute(root, "rmi", "committed:1"))
+
+
+def test_rmi_refuses_an_image_a_container_uses(root: Path) -> None:
+    ok(soute(root, "tag", "busybox", "inuse:1"))
+    ok(soute(root, "run", "--name", "user", "inuse:1", "true"))
+    ok(soute(root, "rmi", "busybox"))  # another tag remains: untag only
+    ok(soute(root, "tag", "inuse:1", "busybox"))
+    p = soute(root, "rmi", "inuse:1")
+    assert p.returncode != 0 or "Untagged" in p.stdout
+    image_id = json.loads(ok(soute(root, "inspect", "--type", "image", "busybox")))[0]["Id"]
+    p = soute(root, "rmi", image_id)
+    assert p.returncode != 0 and "being used by stopped container" in p.stderr
+    ok(soute(root, "rm", "user"))
+    ok(soute(root, "tag", "busybox", "inuse:1"))
+    ok(soute(root, "rmi", "inuse:1"))
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["no-such-image"], "No such image"),
+    (["-u", "nobody-here", "busybox", "true"], "unable to find user nobody-here"),
+    (["--network", "nope", "busybox"], "invalid choice"),
+    (["-p", "80:abc", "busybox", "true"], "invalid publish spec"),
+])
+def test_bad_input_is_one_line_and_125(root: Path, args: list[str], message: str) -> None:
+    before = ok(soute(root, "ps", "-a", "-q"))
+    p = soute(root, "run", "--rm", *args)
+    assert p.returncode in (125, 2) if "invalid choice" in message else p.returncode == 125
+    assert message in p.stderr
+    assert "Traceback" not in p.stderr
+    assert ok(soute(root, "ps", "-a", "-q")) == before
+
+
+def test_not_found_command_is_127(root: Path) -> None:
+    p = soute(root, "run", "--rm", "busybox", "no-such-command")
+    assert p.returncode == 127
+    assert 'exec: "no-such-command": executable file not found in $PATH' in p.stderr
