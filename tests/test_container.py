@@ -411,3 +411,43 @@ def test_not_found_command_is_127(root: Path) -> None:
     p = soute(root, "run", "--rm", "busybox", "no-such-command")
     assert p.returncode == 127
     assert 'exec: "no-such-command": executable file not found in $PATH' in p.stderr
+
+
+def test_sigkill_of_the_foreground_cli_leaves_the_truth(root: Path) -> None:
+    cli = subprocess.Popen([sys.executable, "-m", "soute.cli.main", "--root", str(root), "run",
+                            "--name", "fg", "busybox", "sleep", "300"])
+    try:
+        wait_for(lambda: soute(root, "inspect", "fg").returncode == 0
+                 and state(root, "fg")["Running"])
+        pid = state(root, "fg")["Pid"]
+        cli.kill()
+        cli.wait()
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"))  # it died with its monitor
+        st = state(root, "fg")
+        assert (st["Status"], st["ExitCode"]) == ("exited", 137)
+        assert "0 problem(s)" in ok(soute(root, "fsck", "--quick"))
+    finally:
+        cli.kill()
+        soute(root, "rm", "-f", "fg")
+
+
+def test_restart_rename_and_prune(root: Path) -> None:
+    ok(soute(root, "run", "-d", "--name", "again", "box"))
+    first = state(root, "again")["Pid"]
+    ok(soute(root, "restart", "-t", "5", "again"))
+    st = state(root, "again")
+    assert st["Running"] and st["Pid"] != first
+    ok(soute(root, "rename", "again", "renamed"))
+    assert state(root, "renamed")["Running"]
+    assert soute(root, "inspect", "again").returncode != 0
+    ok(soute(root, "run", "--name", "done1", "busybox", "true"))
+    pruned = ok(soute(root, "container", "prune", "-f"))
+    assert state_id_gone(root, "done1") and "Deleted Containers" in pruned
+    assert state(root, "renamed")["Running"]  # a running container is kept
+    ok(soute(root, "rm", "-f", "-v", "renamed"))
+    ok(soute(root, "volume", "prune", "-f"))
+    assert ok(soute(root, "volume", "ls", "-q")) == ""
+
+
+def state_id_gone(root: Path, name: str) -> bool:
+    return soute(root, "inspect", "--type", "container", name).returncode != 0
