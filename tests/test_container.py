@@ -451,3 +451,20 @@ def test_restart_rename_and_prune(root: Path) -> None:
 
 def state_id_gone(root: Path, name: str) -> bool:
     return soute(root, "inspect", "--type", "container", name).returncode != 0
+
+
+def test_system_prune_and_df_know_containers(root: Path) -> None:
+    ok(soute(root, "tag", "busybox", "kept-by-container:1"))
+    ok(soute(root, "run", "--name", "stopped1", "kept-by-container:1", "sh", "-c",
+             "head -c 100000 /dev/zero > /blob"))
+    ok(soute(root, "rmi", "-f", "kept-by-container:1"))  # untags; the container keeps it
+    df = ok(soute(root, "system", "df"))
+    containers_row = next(line for line in df.splitlines() if line.startswith("Containers"))
+    assert containers_row.split()[1:3] == ["1", "0"]
+    ok(soute(root, "image", "prune", "-f"))  # the dangling image is the container's
+    assert state(root, "stopped1")["Status"] == "exited"
+    assert ok(soute(root, "start", "stopped1")) == "stopped1\n"
+    ok(soute(root, "wait", "stopped1"))
+    out = ok(soute(root, "system", "prune", "-f"))
+    assert "Deleted Containers:" in out
+    assert soute(root, "inspect", "--type", "container", "stopped1").returncode != 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from soute.cli.table import print_table
@@ -42,11 +45,10 @@ def run_df(ctx: Context, args: argparse.Namespace) -> int:
     reclaimable = sum(s for d, s in layer_sizes.items() if d not in tagged_layers)
     active = sum(1 for i in images if i.tags)
     pct = f" ({reclaimable * 100 // total}%)" if total else ""
-    print_table(
-        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
-        [["Images", str(len(images)), str(active), human_size(total),
-          human_size(reclaimable) + pct]],
-    )
+    rows = [["Images", str(len(images)), str(active), human_size(total),
+             human_size(reclaimable) + pct]]
+    rows += _container_and_volume_rows(ctx)
+    print_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
     if args.verbose:
         from soute.image.digest import short_id
         from soute.store.names import familiar
@@ -58,6 +60,45 @@ def run_df(ctx: Context, args: argparse.Namespace) -> int:
             for i in images for t in (i.tags or ("",))
         ])
     return 0
+
+
+def _container_and_volume_rows(ctx: Context) -> list[list[str]]:
+    """docker's Containers (writable layers) and Local Volumes rows."""
+    from soute.container.control import volumes_in_use
+    from soute.container.record import Containers
+    from soute.container.volumes import Volumes
+    from soute.image.inspect import human_size
+
+    store = ctx.store()
+    containers = Containers(store).all()
+    sizes = {c.id: _tree_size(c.upper) for c in containers}
+    running = {c.id for c in containers if c.state().running}
+    stopped = sum(size for cid, size in sizes.items() if cid not in running)
+    total = sum(sizes.values())
+    volumes = Volumes(store.root).list()
+    used = volumes_in_use(store)
+    volume_sizes = {v.name: _tree_size(v.mountpoint) for v in volumes}
+    unused = sum(size for name, size in volume_sizes.items() if name not in used)
+    volume_total = sum(volume_sizes.values())
+
+    def pct(part: int, whole: int) -> str:
+        return f" ({part * 100 // whole}%)" if whole else ""
+
+    return [
+        ["Containers", str(len(containers)), str(len(running)), human_size(total),
+         human_size(stopped) + pct(stopped, total)],
+        ["Local Volumes", str(len(volumes)), str(sum(1 for v in volumes if v.name in used)),
+         human_size(volume_total), human_size(unused) + pct(unused, volume_total)],
+    ]
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+    return total
 
 
 def _confirm(warning: str, force: bool) -> bool:
@@ -93,6 +134,8 @@ def _prune_images(ctx: Context, *, everything: bool) -> None:
     for image in store.images():
         if image.tags and not everything:
             continue
+        if store.meta.containers_using(image.id):
+            continue  # a container's image stays while the container exists
         removed += [f"untagged: {familiar(t)}" for t in image.tags]
         store.forget_image(image.id)
         removed.append(f"deleted: {image.id}")
@@ -111,9 +154,17 @@ def configure_system_prune(p: argparse.ArgumentParser) -> None:
 def run_system_prune(ctx: Context, args: argparse.Namespace) -> int:
     images = "all images without at least one container associated to them" if args.all \
         else "all dangling images"
-    warning = f"WARNING! This will remove:\n  - {images}\n  - unused blobs and snapshots"
+    warning = ("WARNING! This will remove:\n  - all stopped containers\n"
+               f"  - {images}\n  - unused blobs and snapshots")
     if not _confirm(warning, args.force):
         return 0
+    from soute.container.control import prune
+
+    containers = prune(ctx.store())
+    if containers:
+        print("Deleted Containers:")
+        print("\n".join(containers))
+        print()
     _prune_images(ctx, everything=args.all)
     return 0
 
