@@ -468,3 +468,15 @@ def test_system_prune_and_df_know_containers(root: Path) -> None:
     out = ok(soute(root, "system", "prune", "-f"))
     assert "Deleted Containers:" in out
     assert soute(root, "inspect", "--type", "container", "stopped1").returncode != 0
+
+
+def test_logs_follow_tail_and_timestamps(root: Path) -> None:
+    ok(soute(root, "run", "-d", "--name", "talker", "busybox", "sh", "-c",
+             "for i in 1 2 3; do echo line$i; sleep 0.3; done; echo oops >&2"))
+    follow = subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root), "logs",
+                             "-f", "talker"], capture_output=True, text=True, timeout=30)
+    assert follow.stdout == "line1\nline2\nline3\n" and follow.stderr == "oops\n"
+    assert ok(soute(root, "logs", "--tail", "2", "talker")) == "line3\n"
+    stamped = ok(soute(root, "logs", "-t", "talker")).splitlines()
+    assert stamped[0].endswith("Z line1") and stamped[0].startswith("20")
+    ok(soute(root, "rm", "talker"))
