@@ -480,3 +480,18 @@ def test_logs_follow_tail_and_timestamps(root: Path) -> None:
     stamped = ok(soute(root, "logs", "-t", "talker")).splitlines()
     assert stamped[0].endswith("Z line1") and stamped[0].startswith("20")
     ok(soute(root, "rm", "talker"))
+
+
+def test_cgroup_limits(root: Path) -> None:
+    p = soute(root, "run", "--name", "hog", "-m", "16m", "busybox", "sh", "-c",
+              'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo survived')
+    assert p.returncode == 137 and "survived" not in p.stdout
+    st = state(root, "hog")
+    assert st["OOMKilled"] and st["ExitCode"] == 137
+    ok(soute(root, "rm", "hog"))
+    p = soute(root, "run", "--rm", "--pids-limit", "8", "busybox", "sh", "-c",
+              "for i in $(seq 20); do sleep 1 & done; wait")
+    assert "can't fork" in p.stderr
+    assert ok(soute(root, "run", "--rm", "-m", "64m", "busybox", "echo", "fits")) == "fits\n"
+    p = soute(root, "run", "--rm", "-m", "1k", "busybox", "true")
+    assert p.returncode == 125 and "minimum memory limit" in p.stderr

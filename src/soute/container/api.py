@@ -168,7 +168,7 @@ def inspect_dict(c: Container) -> dict[str, Any]:
             "Running": state.running,
             "Paused": False,
             "Restarting": False,
-            "OOMKilled": False,
+            "OOMKilled": state.oom_killed,
             "Dead": False,
             "Pid": state.pid if state.running else 0,
             "ExitCode": state.exit_code,

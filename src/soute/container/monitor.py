@@ -125,7 +125,7 @@ class Monitor:
         if previous.running:
             raise ContainerError(f"container {container.short_id} is already running")
         self.state = replace(previous, status="created", error="", pid=0, pid_start=0,
-                             health=None, monitor_pid=os.getpid(),
+                             oom_killed=False, health=None, monitor_pid=os.getpid(),
                              monitor_start=process_start_time(os.getpid()) or 0)
         lowers = self.store.snapshots(self.store.image(spec.image).diff_ids)
         layers = Layers(lowers, container.upper, container.work)
@@ -134,6 +134,7 @@ class Monitor:
         proxy = PortProxy([PortBinding(p.host_ip, p.host_port, p.container_port, p.proto)
                            for p in spec.ports])
         slirp = None
+        cgroup: Any = None
         health_stop = threading.Event()
         log = LogWriter(container.log_path)
         pumps: list[threading.Thread] = []
@@ -150,6 +151,9 @@ class Monitor:
             stdio = self._stdio(log, pumps, close_after_start, stdin_keep)
 
             def created(pid: int) -> None:
+                nonlocal cgroup
+                if spec.resources:
+                    cgroup = self._cgroup(pid)
                 if slirp is not None:
                     slirp.start(pid)
                 if spec.ports:
@@ -169,12 +173,13 @@ class Monitor:
 
             session = (terminal_session(self._master) if self._master is not None
                        else contextlib.nullcontext())
+            hook = created if slirp is not None or spec.ports or spec.resources else None
             try:
                 with session:
                     code = run(run_spec, layers,
                                stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
                                runtime=spec.runtime, state_dir=container.dir,
-                               on_created=created if slirp is not None or spec.ports else None,
+                               on_created=hook,
                                on_start=started)
             except SouteError as exc:
                 code = exit_code_of(exc)
@@ -184,10 +189,14 @@ class Monitor:
                              finished_at=Timestamp.now().format())
                 raise StartError(message, code) from None
             self._update(status="exited", exit_code=code, pid=0, pid_start=0,
+                         oom_killed=cgroup is not None and cgroup.oom_killed(),
                          finished_at=Timestamp.now().format())
             return code
         finally:
             health_stop.set()
+            if cgroup is not None:
+                with contextlib.suppress(SouteError):
+                    cgroup.remove()
             for fd in close_after_start + stdin_keep:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -206,6 +215,24 @@ class Monitor:
             top = os.stat(lowers[-1])
             os.chmod(upper, top.st_mode & 0o7777)
             os.chown(upper, top.st_uid, top.st_gid)
+
+    def _cgroup(self, pid: int) -> Any:
+        """The container's cgroup with its limits, the init moved in before it execs."""
+        from soute.runtime.cgroups import Cgroup, Limits
+
+        r = self.container.spec.resources
+        memory = r.get("memory")
+        # docker's default: as much swap as memory (a total of twice the memory).
+        limits = Limits(memory=memory, memory_swap=2 * memory if memory else None,
+                        cpu_quota=r.get("cpu_quota"), cpu_period=r.get("cpu_period"),
+                        pids=r.get("pids"))
+        cgroup = Cgroup.create(self.container.id, limits)
+        try:
+            cgroup.add(pid)
+        except BaseException:
+            cgroup.remove()
+            raise
+        return cgroup
 
     def _slirp(self) -> Any:
         if self.container.spec.network != "private" or self.container.spec.runtime != "soute":
@@ -259,13 +286,6 @@ class Monitor:
         namespaces = set(BUILD_NAMESPACES)
         if not host_network:
             namespaces.add("network")
-        resources = None
-        if spec.resources:
-            from soute.runtime import Resources
-
-            r = spec.resources
-            resources = Resources(memory=r.get("memory"), cpu_quota=r.get("cpu_quota"),
-                                  cpu_period=r.get("cpu_period"), pids_limit=r.get("pids"))
         return Spec(
             process=Process(args=args, env=runtime_env(spec), cwd=spec.workdir, user=spec.user,
                             terminal=spec.tty, no_new_privileges=True,
@@ -275,7 +295,6 @@ class Monitor:
             mounts=mounts,
             files=tuple(files),
             readonly_rootfs=spec.read_only,
-            resources=resources,
         )
 
     # ------------------------------------------------------------------ streams

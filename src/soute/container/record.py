@@ -126,6 +126,7 @@ class ContainerState:
     monitor_pid: int = 0
     monitor_start: int = 0
     exit_code: int = 0
+    oom_killed: bool = False
     error: str = ""
     started_at: str = "0001-01-01T00:00:00Z"
     finished_at: str = "0001-01-01T00:00:00Z"
