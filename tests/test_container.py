@@ -495,3 +495,18 @@ def test_cgroup_limits(root: Path) -> None:
     assert ok(soute(root, "run", "--rm", "-m", "64m", "busybox", "echo", "fits")) == "fits\n"
     p = soute(root, "run", "--rm", "-m", "1k", "busybox", "true")
     assert p.returncode == 125 and "minimum memory limit" in p.stderr
+
+
+def test_commit_of_a_running_container_pauses_it(root: Path) -> None:
+    ok(soute(root, "run", "-d", "--name", "live", "busybox", "sh", "-c",
+             "echo state > /state.txt; while true; do sleep 0.05; done"))
+    try:
+        wait_for(lambda: ok(soute(root, "exec", "live", "cat", "/state.txt")) == "state\n")
+        ok(soute(root, "commit", "live", "live-snap:1"))
+        status = [line for line in ok(soute(root, "exec", "live", "cat", "/proc/1/status"))
+                  .splitlines() if line.startswith("State:")]
+        assert "S (sleeping)" in status[0] or "R (running)" in status[0]  # resumed
+        assert ok(soute(root, "run", "--rm", "live-snap:1", "cat", "/state.txt")) == "state\n"
+    finally:
+        ok(soute(root, "rm", "-f", "live"))
+    ok(soute(root, "rmi", "live-snap:1"))

@@ -430,7 +430,8 @@ def configure_commit(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--change", action="append", default=[],
                    help="apply a Dockerfile instruction to the image (repeatable)")
     p.add_argument("-m", "--message", default="")
-    p.add_argument("-p", "--pause", default=True, help="accepted for docker's sake")
+    p.add_argument("-p", "--pause", default="true", choices=("true", "false"),
+                   help="stop the container's processes while committing (default true)")
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]")
 
@@ -442,7 +443,7 @@ def run_commit(ctx: Context, args: argparse.Namespace) -> int:
     store = ctx.store()
     container = Containers(store).get(args.container)
     image = commit(store, container, tag=args.reference, changes=tuple(args.change),
-                   message=args.message, author=args.author)
+                   message=args.message, author=args.author, pause=args.pause == "true")
     print(image.id)
     return 0
 

@@ -18,6 +18,8 @@ from soute.container.record import Container, ContainerError, Containers, alive
 from soute.errors import SouteError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from soute.store.store import Image, Store
 
 DEFAULT_STOP_TIMEOUT = 10
@@ -166,6 +168,26 @@ def volumes_in_use(store: Store) -> set[str]:
             if m.kind == "volume"}
 
 
+@contextlib.contextmanager
+def _paused(container: Container) -> Iterator[None]:
+    """Stop every process of a running container while its layer is read (docker pauses
+    with the freezer; SIGSTOP reaches a namespace's init from outside all the same)."""
+    from soute.container.top import container_pids
+
+    state = container.state()
+    pids: list[int] = []
+    if state.running and alive(state.pid, state.pid_start):
+        with contextlib.suppress(SouteError):
+            pids = container_pids(state.pid)
+    for pid in pids:
+        _signal(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
+
+
 def commit(
     store: Store,
     container: Container,
@@ -174,6 +196,7 @@ def commit(
     changes: tuple[str, ...] = (),
     message: str = "",
     author: str = "",
+    pause: bool = True,
 ) -> Image:
     """``soute commit``: the container's changes as a new layer on its image, with its
     config (command, env, user...) and ``changes`` applied; ``history`` shows the command."""
@@ -198,7 +221,8 @@ def commit(
         if spec.stop_signal != "SIGTERM" or cfg.stop_signal:
             cfg.stop_signal = spec.stop_signal
         apply_changes(config, changes)
-        with store.blobs.writer() as w:
+        with _paused(container) if pause else contextlib.nullcontext(), \
+                store.blobs.writer() as w:
             layer = write_layer(container.upper, w, overlay=True)  # type: ignore[arg-type]
             diff_id = w.commit()
         now = Timestamp.now()
