@@ -510,3 +510,14 @@ def test_commit_of_a_running_container_pauses_it(root: Path) -> None:
     finally:
         ok(soute(root, "rm", "-f", "live"))
     ok(soute(root, "rmi", "live-snap:1"))
+
+
+def test_exec_joins_the_container_cgroup(root: Path) -> None:
+    ok(soute(root, "run", "-d", "--name", "limited", "-m", "32m", "busybox", "sleep", "60"))
+    try:
+        init = ok(soute(root, "exec", "limited", "cat", "/proc/1/cgroup"))
+        mine = ok(soute(root, "exec", "limited", "cat", "/proc/self/cgroup"))
+        memory = [line for line in init.splitlines() if ":memory:" in line or line[:3] == "0::"]
+        assert memory and all(line in mine.splitlines() for line in memory)
+    finally:
+        ok(soute(root, "rm", "-f", "limited"))

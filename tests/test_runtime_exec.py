@@ -15,6 +15,7 @@ import sys
 import tempfile
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,11 @@ def test_terminal_interrupt_reaches_the_foreground(layers: Layers) -> None:
         def interrupt(pid: int) -> None:
             def press() -> None:
                 assert pty.wait_for(b"ready")
+                # ^C before sleep runs would only reach the shell: wait for its child.
+                children = Path(f"/proc/{pid}/task/{pid}/children")
+                deadline = time.monotonic() + 10
+                while not children.read_text().strip() and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 os.write(pty.master, b"\x03")
             threading.Thread(target=press).start()
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from soute.container.create import RunOptions, create
 from soute.container.record import Container, ContainerError, ContainerState
+from soute.errors import SouteError
 
 if TYPE_CHECKING:
     from soute.store.store import Store
@@ -43,8 +44,7 @@ def exec_command(container: Container, argv: list[str], *, interactive: bool = F
                  env: list[str] | None = None, detach: bool = False) -> int:
     """``soute exec``: ``argv`` in the running container, attached to our streams."""
     from soute.container.attach import fd_writer, feed, open_pty, pump, terminal_session
-    from soute.container.monitor import StartError, exec_process, exit_code_of
-    from soute.errors import SouteError
+    from soute.container.monitor import StartError, cgroup_procs, exec_process, exit_code_of
     from soute.runtime import exec_in
 
     state = container.state()
@@ -52,6 +52,7 @@ def exec_command(container: Container, argv: list[str], *, interactive: bool = F
         raise ContainerError(f"container {container.short_id} is not running",
                              f"start it with 'soute start {container.name}'")
     process = exec_process(container, argv, user=user, workdir=workdir, env=env, tty=tty)
+    join = cgroup_procs(container, state.pid)
     try:
         if detach:
             if os.fork() == 0:  # pragma: no cover - the detached exec's own process
@@ -59,18 +60,20 @@ def exec_command(container: Container, argv: list[str], *, interactive: bool = F
                 null = os.open(os.devnull, os.O_RDWR)
                 code = 1
                 with contextlib.suppress(BaseException):
-                    code = exec_in(state.pid, process, stdin=null, stdout=null, stderr=null)
+                    code = exec_in(state.pid, process, stdin=null, stdout=null, stderr=null,
+                                   cgroup_procs=join)
                 os._exit(code)
             return 0
         if not tty:
-            return exec_in(state.pid, process, stdin=0 if interactive else None)
+            return exec_in(state.pid, process, stdin=0 if interactive else None, cgroup_procs=join)
         master, slave = open_pty()
         output = pump(master, [fd_writer(1)])
         if interactive:
             feed(0, os.dup(master))
         with terminal_session(master):
             try:
-                code = exec_in(state.pid, process, stdin=slave, stdout=slave, stderr=slave)
+                code = exec_in(state.pid, process, stdin=slave, stdout=slave, stderr=slave,
+                               cgroup_procs=join)
             finally:
                 os.close(slave)
                 output.join(timeout=5)

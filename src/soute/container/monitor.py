@@ -387,7 +387,7 @@ def exec_probe(container: Container, pid: int, argv: list[str], timeout: float
     timer.start()
     try:
         code = exec_in(pid, exec_process(container, argv), stdout=write_end, stderr=write_end,
-                       on_start=child.append)
+                       on_start=child.append, cgroup_procs=cgroup_procs(container, pid))
     except SouteError as exc:
         code, chunks = 126, [str(exc).encode()]
     finally:
@@ -397,6 +397,20 @@ def exec_probe(container: Container, pid: int, argv: list[str], timeout: float
     if timed_out.is_set():
         return -1, f"Health check exceeded timeout ({timeout:g}s)".encode()
     return code, b"".join(chunks)
+
+
+def cgroup_procs(container: Container, init_pid: int) -> list[Path]:
+    """The ``cgroup.procs`` files an exec'd process enters: the container's limits hold for
+    it too."""
+    if not container.spec.resources:
+        return []
+    from soute.runtime.cgroups import Cgroup
+
+    try:
+        cgroup = Cgroup.open(container.id, pid=init_pid)
+    except SouteError:
+        return []
+    return [d / "cgroup.procs" for d in cgroup.directories]
 
 
 def _kill(pid: int) -> None:

@@ -42,7 +42,7 @@ import signal
 import stat
 import sys
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -209,6 +209,7 @@ def exec_in(
     stderr: Stdio = None,
     namespaces: set[str] | None = None,
     on_start: Callable[[int], None] | None = None,
+    cgroup_procs: Sequence[str | os.PathLike[str]] = (),
 ) -> int:
     """Run ``process`` inside the running container whose init has host pid ``pid``
     (``docker exec``), and return its exit code (128+N when killed by signal N).
@@ -218,7 +219,9 @@ def exec_in(
     into it and the mount namespace last, which puts it at the container's root. The user
     is resolved in the container; the working directory must exist there. Stdio, terminal,
     ``on_start`` and signals are as for :func:`run`; the process dies with its caller.
-    Raises :class:`SouteError` when it cannot start.
+    ``cgroup_procs``: ``cgroup.procs`` files the process enters before anything else, so the
+    container's limits hold from its first instruction. Raises :class:`SouteError` when it
+    cannot start.
     """
     process.validate()
     wanted = NAMESPACES if namespaces is None else frozenset(namespaces)
@@ -227,7 +230,13 @@ def exec_in(
         raise SouteError(f"unsupported namespace: {', '.join(sorted(unknown))}")
     joined: dict[str, int] = {}
     root_fd = -1
+    procs: list[int] = []
     try:
+        for path in cgroup_procs:
+            try:
+                procs.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            except OSError as exc:
+                raise SouteError(f"cannot join cgroup {path}: {_strerror(exc)}") from None
         for name in sorted(wanted):
             fd = _open_namespace(pid, name)
             if fd is not None:
@@ -245,11 +254,11 @@ def exec_in(
                 raise SouteError(f"cannot exec in the container: {exc}") from None
 
         setns = {name: fd for name, fd in joined.items() if name != "pid"}  # pid: by fork
-        main = functools.partial(_exec_child, process, setns, root_fd)
+        main = functools.partial(_exec_child, process, setns, root_fd, procs)
         return _supervise(main, (stdin, stdout, stderr), fork=fork, killer=_sigkill,
                           records=[], on_start=on_start)
     finally:
-        for fd in (*joined.values(), root_fd):
+        for fd in (*joined.values(), root_fd, *procs):
             if fd >= 0:
                 os.close(fd)
 
@@ -724,10 +733,15 @@ def _init_container(
 
 
 def _exec_child(
-    process: Process, joined: dict[str, int], root_fd: int,
+    process: Process, joined: dict[str, int], root_fd: int, procs: list[int],
     report: int, fds: list[int | None], resume: int,
 ) -> NoReturn:
     """The process of :func:`exec_in`, already in the container's PID namespace."""
+    for fd in procs:
+        try:
+            os.write(fd, b"0")  # "0": the writing process itself
+        except OSError as exc:
+            raise _step("joining the container's cgroup", exc) from None
     _common_setup(fds, terminal=process.terminal)
     _join_namespaces(joined, root_fd)
     _become(process)
