@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("build", "build", "Build an image from a Dockerfile"),
     "lint": ("lint", "lint", "Check a Dockerfile for good practices"),
+    "analyze": ("analyze", "analyze", "Show where an image's bytes go and how many are wasted"),
     "parse": ("parse", "parse", "Parse a Dockerfile and print its instructions"),
     "version": ("version", "version", "Show the soute version"),
     "images": ("images", "images", "List images"),
@@ -67,7 +68,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 GROUPS: dict[str, dict[str, str]] = {
     "image": {
         "build": "build", "ls": "images", "list": "images", "rm": "rmi", "remove": "rmi",
-        "history": "history",
+        "history": "history", "analyze": "analyze",
         "inspect": "inspect", "tag": "tag", "save": "save", "load": "load", "import": "import",
         "prune": "image prune",
     },
