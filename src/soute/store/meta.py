@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -65,6 +65,15 @@ CREATE TABLE IF NOT EXISTS snapshots (
     parent TEXT,                    -- chain ID below it, NULL for a base layer
     diff_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blob_locations (
+    digest TEXT NOT NULL,           -- a blob as a registry holds it (compressed layer, config)
+    repository TEXT NOT NULL,       -- where it was pulled from or pushed to: HOST/PATH
+    diff_id TEXT NOT NULL,          -- its uncompressed content (a config: its own digest)
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (digest, repository)
+);
+CREATE INDEX IF NOT EXISTS blob_locations_diff_id ON blob_locations(diff_id);
 """
 
 

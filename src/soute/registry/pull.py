@@ -1,0 +1,446 @@
+"""``soute pull``: an image from a registry into the store (distribution-spec "Pull").
+
+1. The manifest, by tag or digest, with every manifest type we read in ``Accept`` (registry
+   2.8 hides OCI manifests from clients that do not list them). Indexes and manifest lists
+   are resolved for the platform (the host's by default), as docker pulls. Every manifest's
+   bytes are checked against the digest that named it.
+2. The config, checked against its digest: its ``diff_ids`` tell which layers the store has
+   already (not downloaded again, whatever their compression in this registry).
+3. The missing layers, several at once, each streamed from the socket through its digest,
+   the decompressor (gzip, zstd or plain tar, recognised from the bytes) and the DiffID hash
+   into an uncommitted blob file in the store's ``tmp/``. A connection that drops is resumed
+   where it stopped with ``Range``.
+4. Only when every layer matched both its blob digest and its DiffID are the layers committed
+   and the image, its tag and its repo digest (``NAME@sha256:...``, the digest of what the
+   tag named: the index for multi-platform images, as docker records) recorded. Until then
+   nothing is visible: a failed pull leaves the store as it was.
+
+Docker Hub references (``docker.io/...``) go to the mirrors of :mod:`.config` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from soute.errors import SouteError
+from soute.image import mediatypes as mt
+from soute.image.digest import ALGORITHMS, parse_digest, short_id
+from soute.image.manifest import Descriptor, Index, Manifest, parse_manifest
+from soute.image.platforms import Platform
+from soute.image.reference import Reference, parse_reference
+from soute.registry import locations
+from soute.registry.auth import repository_scope
+from soute.registry.client import CONNECTION_ERRORS, MAX_DOCUMENT, Registry, Response
+from soute.registry.config import HUB_DOMAIN, RegistrySettings
+from soute.registry.errors import RegistryError, Unauthorized, Unreachable
+from soute.registry.locations import Location
+from soute.registry.progress import Progress
+from soute.store.blobs import BlobWriter
+from soute.store.names import resolve
+from soute.store.store import Image, ImageNotFound, Store
+
+WORKERS = 3  # layers downloaded at once (docker's default)
+RESUMES = 5  # dropped connections survived per layer
+MAX_INDEX_DEPTH = 4
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PullResult:
+    image: Image
+    reference: str  # what was pulled, fully qualified: NAME:TAG or NAME@DIGEST
+    digest: str  # of the manifest (or index) the reference named
+    downloaded: bool  # False when the store had the image already
+
+
+def ensure_image(store: Store, name: str, *, platform: str | None = None,
+                 out: TextIO | None = sys.stderr,
+                 settings: RegistrySettings | None = None) -> Image:
+    """The image ``name`` names in the store, pulled first when the store lacks it (as
+    ``docker run`` and ``FROM`` do). Progress goes to ``out``."""
+    try:
+        return resolve(store, name)
+    except ImageNotFound:
+        if name.startswith("sha256:"):
+            raise  # an image ID: nothing a registry could give
+    if out is not None:
+        out.write(f"Unable to find image '{name}' locally\n")
+    return pull(store, name, platform=platform, out=out, err=out, settings=settings).image
+
+
+def pull(store: Store, name: str, *, platform: str | None = None,
+         out: TextIO | None = sys.stdout, err: TextIO | None = sys.stderr,
+         settings: RegistrySettings | None = None) -> PullResult:
+    """Pull ``name`` (``NAME[:TAG]`` or ``NAME@DIGEST``) for ``platform`` (``os/arch``;
+    default the host's). Raises :class:`SouteError` with one line; the store is then
+    unchanged."""
+    ref = parse_reference(name).docker_ref()
+    want = Platform.parse(platform) if platform else None
+    settings = settings or RegistrySettings.load()
+    endpoints: list[tuple[str | None, str]] = []
+    if ref.domain == HUB_DOMAIN:
+        endpoints += settings.hub_mirrors()
+    endpoints.append((None, ref.domain))
+    printer = Progress(out)
+    errors: list[RegistryError] = []
+    with store.session():
+        for i, (scheme, domain) in enumerate(endpoints):
+            with Registry(domain, settings=settings, scheme=scheme) as registry:
+                puller = _Puller(store, registry, ref, want, printer, Progress(err))
+                try:
+                    top = puller.resolve()
+                except RegistryError as e:
+                    if i + 1 < len(endpoints):  # a mirror that lacks it or is down
+                        errors.append(e)
+                        continue
+                    # A mirror's "not found" says more than the hub being unreachable here.
+                    if isinstance(e, Unreachable) and errors:
+                        raise errors[0] from None
+                    raise
+                return puller.fetch(top)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _Resolved:
+    digest: str  # what the reference names
+    manifest: Manifest
+    manifest_digest: str
+
+
+@dataclass
+class _Download:
+    desc: Descriptor
+    diff_id: str
+    writer: BlobWriter | None = None
+
+
+class _Puller:
+    def __init__(self, store: Store, registry: Registry, ref: Reference,
+                 platform: Platform | None, printer: Progress, progress: Progress) -> None:
+        self.store = store
+        self.registry = registry
+        self.ref = ref
+        self.platform = platform
+        self.printer = printer
+        self.progress = progress
+        self.path = ref.path
+        self.scopes = (repository_scope(ref.path, "pull"),)
+        self.repository = f"{registry.domain}/{ref.path}"
+        self.cancelled = threading.Event()
+
+    # ------------------------------------------------------------------ manifests
+
+    def resolve(self) -> _Resolved:
+        target = self.ref.digest or self.ref.tag or "latest"
+        data, media_type, digest = self._manifest(target, self.ref.digest)
+        top = digest
+        doc = _parse(data, media_type, str(self.ref))
+        depth = 0
+        while isinstance(doc, Index):
+            depth += 1
+            if depth > MAX_INDEX_DEPTH:
+                raise RegistryError(f"{self.ref}: indexes nest too deep")
+            child = doc.select(self.platform)
+            data, media_type, digest = self._manifest(child.digest, child.digest)
+            doc = _parse(data, media_type, f"{self.ref} ({child.digest})")
+        if not doc.is_image:
+            raise SouteError(f"{self.ref} is not a container image (its config is "
+                             f"{doc.config.media_type})", "it is an artifact; nothing to run")
+        return _Resolved(top, doc, digest)
+
+    def _manifest(self, target: str, expected: str | None) -> tuple[bytes, str, str]:
+        resp = self._get(f"/v2/{self.path}/manifests/{urllib.parse.quote(target)}",
+                         {"Accept": mt.ACCEPT_MANIFESTS}, what="manifest")
+        data = resp.read_document()
+        media_type = (resp.header("Content-Type") or "").split(";")[0].strip()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if expected is not None:
+            if _digest_of(data, expected) != expected:
+                raise RegistryError(f"manifest {expected} from {self.registry.domain} does "
+                                    "not match its digest", "the registry sent damaged content")
+            digest = expected
+        else:
+            said = resp.header("Docker-Content-Digest")
+            if said and said.startswith("sha256:") and said != digest:
+                raise RegistryError(f"manifest for {self.ref} does not match the digest the "
+                                    f"registry gave ({said})")
+        return data, media_type, digest
+
+    def _get(self, path: str, headers: dict[str, str], *, what: str,
+             stream: bool = False) -> Response:
+        try:
+            return self.registry.request("GET", path, scopes=self.scopes, headers=headers,
+                                         ok=(200, 206), stream=stream)
+        except Unauthorized as e:
+            raise RegistryError(f"pull access denied for {self.ref.familiar_name}, repository "
+                                f"does not exist or may require 'soute login': {e.message}",
+                                status=e.status, codes=e.codes) from None
+        except RegistryError as e:
+            if e.status == 404 and what == "manifest":
+                raise RegistryError(f"manifest for {self.ref} not found: {e.message}",
+                                    status=404, codes=e.codes) from None
+            if e.status in (0, 404):
+                raise
+            raise RegistryError(f"{what} {self.ref}: {e.message}", status=e.status,
+                                codes=e.codes) from None
+
+    # ------------------------------------------------------------------ the image
+
+    def fetch(self, top: _Resolved) -> PullResult:
+        ref = self.ref
+        self.printer.line(f"{ref.tag or ref.digest}: Pulling from {ref.path}")
+        manifest = top.manifest
+        config = self._config(manifest.config)
+        diff_ids = _diff_ids(config, manifest.config.digest)
+        if len(diff_ids) != len(manifest.layers):
+            raise RegistryError(f"{ref}: the manifest lists {len(manifest.layers)} layers but "
+                                f"the config has {len(diff_ids)}")
+        if self.platform is not None:
+            self._check_platform(config)
+
+        downloads: dict[str, _Download] = {}
+        found: list[Location] = []
+        for desc, diff_id in zip(manifest.layers, diff_ids, strict=True):
+            if desc.media_type not in mt.LAYER_TYPES:
+                raise RegistryError(f"{ref}: layer {short_id(desc.digest)} has media type "
+                                    f"{desc.media_type}, not a layer")
+            found.append(Location(desc.digest, self.repository, diff_id, desc.media_type,
+                                  desc.size))
+            if diff_id in downloads:
+                continue
+            if self.store.blobs.has(diff_id):
+                self.progress.item(short_id(desc.digest), "Already exists")
+                continue
+            downloads[diff_id] = _Download(desc, diff_id)
+            self.progress.item(short_id(desc.digest), "Pulling fs layer")
+
+        with ExitStack() as cleanup:
+            if downloads:
+                workers = max(1, min(WORKERS, len(downloads)))
+                for d in downloads.values():
+                    d.writer = cleanup.enter_context(self.store.blobs.writer())
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
+                    futures = [pool.submit(self._layer, d) for d in downloads.values()]
+                    try:
+                        for f in futures:
+                            f.result()
+                    except BaseException:
+                        # One failed (or ^C): the others stop at their next read.
+                        self.cancelled.set()
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
+            # Everything is verified: publish the layers, then the image.
+            for d in downloads.values():
+                assert d.writer is not None
+                d.writer.commit()
+                self.progress.item(short_id(d.desc.digest), "Pull complete")
+        sizes = [(d, self.store.blobs.size(d)) for d in diff_ids]
+        full = str(ref)
+        before = self.store.meta.tag_target(full) if ref.tag else \
+            self.store.meta.repo_digest_target(ref.name, top.digest)
+        image = self.store.add_image(config, sizes, tags=[full] if ref.tag else [],
+                                     manifest_annotations=manifest.annotations or None)
+        self.store.meta.add_repo_digest(ref.name, top.digest, image.id)
+        locations.record(self.store, [*found, Location(
+            manifest.config.digest, self.repository, manifest.config.digest,
+            manifest.config.media_type, manifest.config.size)])
+        fresh = before != image.id or bool(downloads)
+        self.printer.line(f"Digest: {top.digest}")
+        self.printer.line(f"Status: {'Downloaded newer image' if fresh else 'Image is up to date'}"
+                          f" for {ref.familiar()}")
+        self.printer.line(full)
+        return PullResult(self.store.image(image.id), full, top.digest, fresh)
+
+    def _check_platform(self, config: bytes) -> None:
+        assert self.platform is not None
+        doc = json.loads(config)
+        have = Platform(os=str(doc.get("os") or ""), architecture=str(
+            doc.get("architecture") or ""), variant=str(doc.get("variant") or ""))
+        if not self.platform.matches(have):
+            raise SouteError(f"image with reference {self.ref} was found but does not match "
+                             f"the specified platform: wanted {self.platform}, actual: {have}")
+
+    def _config(self, desc: Descriptor) -> bytes:
+        if desc.size > MAX_DOCUMENT:
+            raise RegistryError(f"{self.ref}: its config is larger than "
+                                f"{MAX_DOCUMENT >> 20} MiB")
+        resp = self._get(f"/v2/{self.path}/blobs/{desc.digest}", {}, what="config")
+        data = resp.read_document()
+        if len(data) != desc.size or _digest_of(data, desc.digest) != desc.digest:
+            raise RegistryError(f"config {short_id(desc.digest)} of {self.ref} does not match "
+                                "its digest", "the registry sent damaged content")
+        return data
+
+    def _layer(self, download: _Download) -> None:
+        from soute.layer import open_decompressed
+
+        desc = download.desc
+        short = short_id(desc.digest)
+        source = _BlobStream(self, desc)
+        writer = download.writer
+        assert writer is not None
+        plain = hashlib.sha256()
+        problem = None
+        try:
+            raw = io.BufferedReader(source, _CHUNK)
+            with open_decompressed(raw) as layer:  # type: ignore[arg-type]
+                while chunk := layer.read(_CHUNK):
+                    plain.update(chunk)
+                    writer.write(chunk)
+        except RegistryError:
+            raise
+        except SouteError as e:
+            problem = e.message  # reported below, unless the digest explains it
+        source.drain()
+        if source.offset != desc.size or source.digest() != desc.digest:
+            raise RegistryError(f"layer {short} of {self.ref} does not match its digest "
+                                f"{desc.digest}", "the registry sent damaged content; nothing "
+                                "was stored")
+        if problem is not None:
+            raise RegistryError(f"layer {short} of {self.ref} cannot be read: {problem}")
+        got = "sha256:" + plain.hexdigest()
+        if got != download.diff_id:
+            raise RegistryError(f"layer {short} of {self.ref} does not match the image config: "
+                                f"its content is {got}, the config expects {download.diff_id}")
+        self.progress.item(short, "Download complete")
+
+
+class _BlobStream(io.RawIOBase):
+    """A blob's bytes from the registry, hashed on the way; a dropped connection is resumed
+    with ``Range`` where it stopped (a registry ignoring Range: the known part is skipped)."""
+
+    def __init__(self, puller: _Puller, desc: Descriptor) -> None:
+        self._puller = puller
+        self._desc = desc
+        alg = desc.digest.partition(":")[0]
+        if alg not in ALGORITHMS:
+            raise RegistryError(f"layer {desc.digest}: unsupported digest algorithm {alg}")
+        self._hash = hashlib.new(alg)
+        self._resp: Response | None = None
+        self.offset = 0
+        self._drops = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            if self._puller.cancelled.is_set():
+                raise _Cancelled("cancelled")
+            if self.offset > self._desc.size:
+                raise RegistryError(f"layer {short_id(self._desc.digest)}: the registry sent "
+                                    f"more than its {self._desc.size} bytes")
+            if self._resp is None:
+                if self.offset == self._desc.size and self.offset > 0:
+                    return 0
+                self._open()
+            assert self._resp is not None
+            try:
+                data = self._resp.read(min(len(buffer), _CHUNK))
+            except CONNECTION_ERRORS as e:
+                self._dropped(e)
+                continue
+            if not data:
+                self._resp.close()
+                self._resp = None
+                if self.offset < self._desc.size:
+                    self._dropped(None)  # cut short: resume
+                    continue
+                return 0
+            n = len(data)
+            buffer[:n] = data
+            self._hash.update(data)
+            self.offset += n
+            return n
+
+    def _open(self) -> None:
+        headers = {"Range": f"bytes={self.offset}-"} if self.offset else {}
+        try:
+            resp = self._puller._get(f"/v2/{self._puller.path}/blobs/{self._desc.digest}",
+                                     headers, what="layer", stream=True)
+        except Unreachable as e:
+            if self.offset == 0:
+                raise
+            self._dropped(e)
+            return
+        if self.offset and resp.status == 200:
+            skip = self.offset  # no Range support: read past what we have
+            while skip:
+                chunk = resp.read(min(skip, _CHUNK))
+                if not chunk:
+                    break
+                skip -= len(chunk)
+        elif resp.status == 206:
+            got = (resp.header("Content-Range") or "").removeprefix("bytes ")
+            if not got.startswith(f"{self.offset}-"):
+                resp.close()
+                raise RegistryError(f"layer {short_id(self._desc.digest)}: the registry "
+                                    f"resumed at {got!r}, not at byte {self.offset}")
+        self._resp = resp
+
+    def _dropped(self, error: BaseException | None) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+        self._drops += 1
+        if self._drops > RESUMES:
+            reason = f": {error}" if error else ""
+            raise RegistryError(f"layer {short_id(self._desc.digest)}: the download broke off "
+                                f"{self._drops} times{reason}")
+        time.sleep(min(0.2 * 2 ** (self._drops - 1), 3.0))
+
+    def drain(self) -> None:
+        """Read what the decompressor left (trailing bytes count in the digest)."""
+        buffer = bytearray(_CHUNK)
+        while self.offset < self._desc.size and self.readinto(buffer):
+            pass
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    def digest(self) -> str:
+        return f"{self._desc.digest.partition(':')[0]}:{self._hash.hexdigest()}"
+
+
+class _Cancelled(RegistryError):
+    """Another layer failed: this one stops (its error is not the one reported)."""
+
+
+def _parse(data: bytes, media_type: str, where: str) -> Manifest | Index:
+    try:
+        return parse_manifest(data, media_type)
+    except SouteError as e:
+        raise SouteError(f"{where}: {e.message}", e.hint) from None
+
+
+def _digest_of(data: bytes, like: str) -> str:
+    alg = parse_digest(like).partition(":")[0]
+    return f"{alg}:{hashlib.new(alg, data).hexdigest()}"
+
+
+def _diff_ids(config: bytes, digest: str) -> list[str]:
+    try:
+        doc = json.loads(config)
+    except ValueError:
+        raise RegistryError(f"config {short_id(digest)} is not JSON") from None
+    rootfs = doc.get("rootfs") if isinstance(doc, dict) else None
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" \
+            or not isinstance(ids, list | None):
+        raise RegistryError(f"config {short_id(digest)} has no rootfs of type layers")
+    for d in ids or []:
+        if not (isinstance(d, str) and d.startswith("sha256:") and len(d) == 71):
+            raise RegistryError(f"config {short_id(digest)} has an invalid DiffID {d!r}")
+    return list(ids or [])
+

@@ -1,0 +1,600 @@
+"""login, push and pull against Debian's docker-registry (distribution 2.8), started here on
+127.0.0.1 in three set-ups: (a) no auth over HTTP, (b) htpasswd Basic auth over TLS with a
+test CA, (c) token auth with the token server of ``registry_fixtures``. Round trips go through
+skopeo and a private dockerd; misbehaving proxies cut, corrupt and refuse.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dockerd import DOCKER, running_dockerd, short_workdir, tool_env
+from registry_fixtures import (
+    CertAuthority,
+    Proxy,
+    RunningRegistry,
+    TokenServer,
+    add_layer,
+    free_port,
+    global_ipv4,
+    htpasswd_file,
+    make_ca,
+    registry_get,
+    registry_put,
+    run,
+    running_registry,
+    self_signed,
+    sha256,
+    soute_cli,
+    store_state,
+    which_or_fail,
+    write_helper,
+)
+from soute.image import mediatypes as mt
+from soute.registry import push as push_module
+from soute.store.importer import bootstrap_busybox
+from soute.store.store import Store
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="soute run and dockerd need root")
+
+HELLO = b"hello from soute\n"
+BIG = os.urandom(3 << 20)  # incompressible: a layer big enough for chunked uploads
+ALICE = ("alice", "wonderland")
+
+Docker = Callable[..., str]
+
+
+@pytest.fixture(scope="module")
+def work() -> Iterator[Path]:
+    with short_workdir("soute-reg-") as path:
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No docker config, registries settings or CA files but the test's own."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    monkeypatch.setenv("SOUTE_REGISTRIES_CONFIG", str(tmp_path / "no-registries.json"))
+    monkeypatch.setenv("SOUTE_CERTS_D", str(tmp_path / "certs.d"))
+    for name in ("SOUTE_INSECURE_REGISTRIES", "SOUTE_REGISTRY_MIRROR", "DOCKER_AUTH_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def plain(work: Path) -> Iterator[RunningRegistry]:
+    with running_registry(work / "reg-plain") as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def ca(work: Path) -> CertAuthority:
+    return make_ca(work / "ca")
+
+
+@pytest.fixture(scope="module")
+def basic(work: Path, ca: CertAuthority) -> Iterator[RunningRegistry]:
+    users = htpasswd_file(work / "htpasswd", dict([ALICE]))
+    with running_registry(work / "reg-basic", htpasswd=users, tls=ca) as reg:
+        yield reg
+
+
+def _policy(user: str | None, repository: str) -> set[str]:
+    if repository.startswith("locked/"):
+        return set()
+    if user == "alice":
+        return {"pull", "push"}
+    return {"pull"} if repository.startswith("public/") else set()
+
+
+@pytest.fixture(scope="module")
+def token(work: Path) -> Iterator[tuple[RunningRegistry, TokenServer]]:
+    cert, key = self_signed(work / "token")
+    with TokenServer(cert, key, dict([ALICE]), _policy) as server, \
+            running_registry(work / "reg-token", token=(server.realm, cert)) as reg:
+        yield reg, server
+
+
+@pytest.fixture(scope="module")
+def source(work: Path) -> Path:
+    """A store with busybox (``base``) and ``app``: busybox plus a layer with /hello.txt and a
+    3 MiB random file, running ``cat /hello.txt``."""
+    root = work / "source"
+    with Store(root) as store:
+        base = bootstrap_busybox(store, tags=["docker.io/library/base:latest"])
+        add_layer(store, base, {"hello.txt": HELLO, "big.bin": BIG}, cmd=["cat", "/hello.txt"],
+                  tags=["docker.io/library/app:latest"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def docker(work: Path) -> Iterator[Docker]:
+    env = tool_env(work, buildkit=False)
+    with running_dockerd(work / "dockerd", env) as sock:
+
+        def client(*args: str | Path, input: bytes | None = None) -> str:
+            return run(DOCKER, "-H", sock, *args, input=input, env=env)
+
+        yield client
+
+
+def image_id(root: Path, name: str) -> str:
+    return str(json.loads(soute_cli(root, "inspect", name).ok())[0]["Id"])
+
+
+def soute_run(root: Path, *args: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root), "run",
+                        "--rm", "--network", "none", *args], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    return p.stdout
+
+
+def skopeo(*args: str) -> str:
+    tool = which_or_fail("skopeo", "skopeo")
+    return run(tool, "--insecure-policy", *args)
+
+
+def push_as(root: Path, name: str, *options: str, source_name: str = "app") -> str:
+    soute_cli(root, "tag", source_name, name).ok()
+    result = soute_cli(root, "push", *options, name)
+    assert result.code == 0, (result.out, result.err)
+    return result.err + result.out
+
+
+# ---------------------------------------------------------------------------- (a) plain HTTP
+
+
+def test_push_then_skopeo_and_docker_pull(plain: RunningRegistry, source: Path,
+                                          docker: Docker) -> None:
+    name = f"{plain.host}/it/app:v1"
+    soute_cli(source, "tag", "app", name).ok()
+    result = soute_cli(source, "push", name)
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"The push refers to repository [{plain.host}/it/app]\n")
+    last = result.out.strip().splitlines()[-1]
+    assert last.startswith("v1: digest: sha256:") and " size: " in last
+    assert result.err.count(": Pushed") == 2  # the two layers
+    manifest = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name}"))
+    assert manifest["mediaType"] == mt.OCI_MANIFEST
+    assert manifest["config"]["digest"] == image_id(source, "app")
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {mt.OCI_LAYER_GZIP}
+    assert last.split()[2] == sha256(registry_get(
+        f"{plain.url}/v2/it/app/manifests/v1", accept=mt.OCI_MANIFEST))
+    # The push recorded the repo digest, as docker does.
+    inspect = json.loads(soute_cli(source, "inspect", name).ok())
+    assert f"{plain.host}/it/app@{last.split()[2]}" in inspect[0]["RepoDigests"]
+
+    docker("pull", "-q", name)
+    assert docker("run", "--rm", "--network", "none", name) == HELLO.decode()
+
+    # Docker schema2 on request: the same blobs, Docker's media types.
+    name2 = f"{plain.host}/it/app-docker:v1"
+    out = push_as(source, name2, "--format", "docker")
+    assert "Layer already exists" not in out  # another repository: mounted, not re-sent
+    assert "Mounted from it/app" in out
+    manifest = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name2}"))
+    assert manifest["mediaType"] == mt.DOCKER_MANIFEST
+    assert manifest["config"]["mediaType"] == mt.DOCKER_CONFIG
+    docker("pull", "-q", name2)
+    assert docker("run", "--rm", "--network", "none", name2) == HELLO.decode()
+
+
+def test_docker_push_then_soute_pull_and_run(plain: RunningRegistry, source: Path,
+                                             docker: Docker, tmp_path: Path) -> None:
+    from soute.store.archive import save
+
+    archive = tmp_path / "base.tar"
+    with Store(source) as store, open(archive, "wb") as f:
+        base = store.image(store.meta.tag_target("docker.io/library/base:latest") or "")
+        save(store, [(base, ["docker.io/library/soute-reg-base:latest"])], f)
+    docker("load", "-i", archive)
+    name = f"{plain.host}/it/from-docker:v1"
+    docker("build", "--network", "none", "-q", "-t", name, "-",
+           input=b"FROM soute-reg-base\nRUN echo from-docker > /msg\nCMD [\"cat\", \"/msg\"]\n")
+    docker("push", name)
+
+    root = tmp_path / "store"
+    result = soute_cli(root, "pull", name)
+    assert result.code == 0, result.err
+    lines = result.out.strip().splitlines()
+    assert lines[0] == "v1: Pulling from it/from-docker"
+    assert lines[-2] == f"Status: Downloaded newer image for {name}"
+    assert lines[-1] == name
+    assert "Pull complete" in result.err
+    assert image_id(root, name) == docker("image", "inspect", "-f", "{{.Id}}", name).strip()
+    assert soute_run(root, name) == "from-docker\n"
+    again = soute_cli(root, "pull", name)
+    assert f"Status: Image is up to date for {name}" in again.ok()
+    assert "Pull complete" not in again.err
+    assert "0 problem(s)" in soute_cli(root, "fsck").ok()
+
+
+def test_skopeo_zstd_push_then_pull_skips_layers_we_have(plain: RunningRegistry, source: Path,
+                                                         tmp_path: Path) -> None:
+    from soute.store.archive import save
+
+    archive = tmp_path / "app.tar"
+    with Store(source) as store, open(archive, "wb") as f:
+        app = store.image(store.meta.tag_target("docker.io/library/app:latest") or "")
+        save(store, [(app, ["docker.io/library/app:latest"])], f, format="oci")
+    name = f"{plain.host}/it/zstd:v1"
+    skopeo("copy", "-q", "--dest-tls-verify=false", "--dest-compress-format", "zstd",
+           "--dest-compress", f"oci-archive:{archive}:app:latest", f"docker://{name}")
+    manifest = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name}"))
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {mt.OCI_LAYER_ZSTD}
+
+    # A store that has the base already downloads only the top layer.
+    root = tmp_path / "store"
+    with Store(root) as store:
+        bootstrap_busybox(store)
+    result = soute_cli(root, "pull", name)
+    assert result.code == 0, result.err
+    assert result.err.count("Already exists") == 1
+    assert result.err.count("Pull complete") == 1
+    assert image_id(root, name) == app.id
+    assert soute_run(root, name) == HELLO.decode()
+
+
+def test_zstd_push_all_tags_and_plain_layers(plain: RunningRegistry, source: Path,
+                                            tmp_path: Path) -> None:
+    app = image_id(source, "app")
+    for tag in ("v1", "v2"):
+        soute_cli(source, "tag", "app", f"{plain.host}/it/zstd-all:{tag}").ok()
+    result = soute_cli(source, "push", "--all-tags", "--compression", "zstd",
+                       f"{plain.host}/it/zstd-all")
+    assert result.code == 0, result.err
+    assert [line.split(":")[0] for line in result.out.splitlines()[1:]] == ["v1", "v2"]
+    for tag in ("v1", "v2"):
+        raw = skopeo("inspect", "--raw", "--tls-verify=false",
+                     f"docker://{plain.host}/it/zstd-all:{tag}")
+        assert {layer["mediaType"] for layer in json.loads(raw)["layers"]} == \
+            {mt.OCI_LAYER_ZSTD}
+    # Plain tar layers (skopeo would substitute the compressed blobs it saw): the store's own
+    # manifest and blobs, uploaded as they are.
+    with Store(source) as store:
+        image = store.image(app)
+        for digest in [image.id, *image.diff_ids]:
+            upload_blob(f"{plain.url}/v2/it/plain", store.blobs.read(digest))
+        registry_put(f"{plain.url}/v2/it/plain/manifests/v1", store.blobs.read(image.manifest),
+                     mt.OCI_MANIFEST)
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{plain.host}/it/plain:v1")
+    assert {layer["mediaType"] for layer in json.loads(raw)["layers"]} == {mt.OCI_LAYER}
+    for repo in ("zstd-all:v2", "plain:v1"):
+        root = tmp_path / repo.replace(":", "-")
+        soute_cli(root, "pull", f"{plain.host}/it/{repo}").ok()
+        assert image_id(root, f"{plain.host}/it/{repo}") == app
+    error = soute_cli(source, "push", "-a", f"{plain.host}/it/zstd-all:v1").one_line_error()
+    assert "tag can't be used with --all-tags" in error
+
+
+def upload_blob(api: str, data: bytes) -> None:
+    with urllib.request.urlopen(urllib.request.Request(f"{api}/blobs/uploads/",
+                                                       method="POST")) as resp:
+        location = resp.headers["Location"]
+    registry_put(f"{location}&digest={sha256(data)}", data, "application/octet-stream")
+
+
+def test_index_picks_the_platform(plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    push_as(source, f"{plain.host}/it/multi:amd64")
+    api = f"{plain.url}/v2/it/multi"
+    amd64 = registry_get(f"{api}/manifests/amd64", accept=mt.OCI_MANIFEST)
+    manifest = json.loads(amd64)
+    config = json.loads(registry_get(f"{api}/blobs/{manifest['config']['digest']}"))
+    config["architecture"], config["variant"] = "arm64", "v8"
+    arm_config = json.dumps(config).encode()
+    upload_blob(api, arm_config)
+    manifest["config"] = {"mediaType": mt.OCI_CONFIG, "digest": sha256(arm_config),
+                          "size": len(arm_config)}
+    arm64 = json.dumps(manifest).encode()
+    registry_put(f"{api}/manifests/{sha256(arm64)}", arm64, mt.OCI_MANIFEST)
+    index = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
+        {"mediaType": mt.OCI_MANIFEST, "digest": sha256(arm64), "size": len(arm64),
+         "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+        {"mediaType": mt.OCI_MANIFEST, "digest": sha256(amd64), "size": len(amd64),
+         "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+    registry_put(f"{api}/manifests/v1", index, mt.OCI_INDEX)
+
+    root = tmp_path / "store"
+    name = f"{plain.host}/it/multi:v1"
+    result = soute_cli(root, "pull", name)
+    assert f"Digest: {sha256(index)}" in result.ok()  # the tag names the index
+    assert image_id(root, name) == image_id(source, "app")
+    arm = soute_cli(root, "pull", "--platform", "linux/arm64", name)
+    assert arm.code == 0, arm.err
+    assert image_id(root, name) == sha256(arm_config)
+    assert "Already exists" in arm.err  # same layers
+    # By digest: the index, resolved again for this host.
+    by_digest = soute_cli(root, "pull", f"{plain.host}/it/multi@{sha256(index)}")
+    assert by_digest.out.strip().splitlines()[-1] == f"{plain.host}/it/multi@{sha256(index)}"
+    error = soute_cli(root, "pull", "--platform", "linux/s390x", name).one_line_error()
+    assert "no matching manifest for linux/s390x" in error
+
+
+def test_push_mounts_blobs_from_another_repository(plain: RunningRegistry, source: Path,
+                                                   tmp_path: Path) -> None:
+    with Proxy(plain.host) as proxy:
+        push_as(source, f"{proxy.host}/mount/a:v1")
+        proxy.log.clear()
+        out = push_as(source, f"{proxy.host}/mount/b:v1")
+        assert out.count("Mounted from mount/a") == 2
+        assert [s for s in proxy.log if s.method in ("PATCH", "PUT") and "/blobs/" in s.path] \
+            == []
+        assert len(proxy.requests("POST", "mount=")) == 3  # two layers and the config
+
+        # Locations learnt by a pull serve too: pulled from a, pushed to c.
+        root = tmp_path / "store"
+        soute_cli(root, "pull", f"{proxy.host}/mount/a:v1").ok()
+        proxy.log.clear()
+        out = push_as(root, f"{proxy.host}/mount/c:v1", source_name=f"{proxy.host}/mount/a:v1")
+        assert out.count("Mounted from mount/a") == 2
+        assert not proxy.requests("PATCH")
+        # Pushing again: HEAD finds everything, nothing is compressed or sent.
+        proxy.log.clear()
+        out = push_as(root, f"{proxy.host}/mount/c:v1", source_name=f"{proxy.host}/mount/a:v1")
+        assert out.count("Layer already exists") == 2
+        assert not proxy.requests("POST") and not proxy.requests("PATCH")
+
+
+def test_dropped_upload_resumes(plain: RunningRegistry, source: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(push_module, "MONOLITHIC_MAX", 256 << 10)
+    monkeypatch.setattr(push_module, "CHUNK_SIZE", 1 << 20)
+    with Proxy(plain.host, cut_patch_over=64 << 10) as proxy:
+        push_as(source, f"{proxy.host}/resume/chunked:v1")
+        assert proxy.cut_patch_over is None  # the cut happened
+        cut = next(i for i, s in enumerate(proxy.log) if s.method == "PATCH"
+                   and s.length > 64 << 10)
+        # After the cut: the upload's status asked, and the upload carried on.
+        after = proxy.log[cut + 1:]
+        assert any(s.method == "GET" and "/blobs/uploads/" in s.path for s in after)
+        assert any(s.method == "PUT" and "digest=" in s.path for s in after)
+    # A monolithic PUT cut short starts again.
+    monkeypatch.setattr(push_module, "MONOLITHIC_MAX", 8 << 20)
+    with Proxy(plain.host, cut_put_over=64 << 10) as proxy:
+        push_as(source, f"{proxy.host}/resume/whole:v1")
+        assert proxy.cut_put_over is None
+    for repo in ("chunked", "whole"):
+        root = tmp_path / repo
+        soute_cli(root, "pull", f"{plain.host}/resume/{repo}:v1").ok()
+        assert image_id(root, f"{plain.host}/resume/{repo}:v1") == image_id(source, "app")
+        assert "0 problem(s)" in soute_cli(root, "fsck").ok()
+
+
+def test_dropped_download_resumes_with_range(plain: RunningRegistry, source: Path,
+                                             tmp_path: Path) -> None:
+    push_as(source, f"{plain.host}/it/download:v1")
+    with Proxy(plain.host, cut_download_over=1 << 20) as proxy:
+        root = tmp_path / "store"
+        soute_cli(root, "pull", f"{proxy.host}/it/download:v1").ok()
+        assert proxy.cut_download_over is None
+        assert any("Range" in s.headers for s in proxy.requests("GET", "/blobs/sha256:"))
+        assert image_id(root, f"{proxy.host}/it/download:v1") == image_id(source, "app")
+        assert "0 problem(s)" in soute_cli(root, "fsck").ok()
+
+
+def test_redirected_download_drops_credentials(plain: RunningRegistry, source: Path,
+                                               tmp_path: Path) -> None:
+    push_as(source, f"{plain.host}/it/redirect:v1")
+    with Proxy(plain.host, basic=("bob", "builder")) as proxy:
+        # Blob downloads go to "another host": the same proxy, named localhost.
+        proxy.redirect_blobs = proxy.host.replace("127.0.0.1", "localhost")
+        root = tmp_path / "store"
+        soute_cli(root, "login", "-u", "bob", "--password-stdin", proxy.host,
+                  stdin="builder\n").ok()
+        soute_cli(root, "pull", f"{proxy.host}/it/redirect:v1").ok()
+        assert len(proxy.redirected_auth) == 3  # config and two layers
+        assert proxy.redirected_auth == [None, None, None]
+        assert image_id(root, f"{proxy.host}/it/redirect:v1") == image_id(source, "app")
+
+
+def test_corrupt_blob_is_refused_and_the_store_untouched(plain: RunningRegistry, source: Path,
+                                                         tmp_path: Path) -> None:
+    push_as(source, f"{plain.host}/it/corrupt:v1")
+    root = tmp_path / "store"
+    with Store(root) as store:
+        bootstrap_busybox(store, tags=["docker.io/library/busybox:latest"])
+    before = store_state(root)
+    with Proxy(plain.host, corrupt_blobs=True) as proxy:
+        error = soute_cli(root, "pull", f"{proxy.host}/it/corrupt:v1").final_error()
+    assert "does not match its digest" in error
+    assert store_state(root) == before
+    fsck = soute_cli(root, "fsck").ok()
+    assert "0 problem(s)" in fsck
+
+
+def test_registry_refusing_oci_gets_docker_schema2(plain: RunningRegistry, source: Path) -> None:
+    with Proxy(plain.host, refuse_oci=True) as proxy:
+        out = push_as(source, f"{proxy.host}/it/fallback:v1")
+        assert out.strip().splitlines()[-1].startswith("v1: digest: ")
+        puts = proxy.requests("PUT", "/manifests/")
+        assert [p.headers["Content-Type"] for p in puts] == [mt.OCI_MANIFEST, mt.DOCKER_MANIFEST]
+        soute_cli(source, "tag", "app", f"{proxy.host}/it/fallback:v2").ok()
+        error = soute_cli(source, "push", "--format", "oci",
+                          f"{proxy.host}/it/fallback:v2").final_error()
+        assert "manifest invalid" in error
+    manifest = json.loads(registry_get(f"{plain.url}/v2/it/fallback/manifests/v1",
+                                       accept=mt.DOCKER_MANIFEST))
+    assert manifest["mediaType"] == mt.DOCKER_MANIFEST
+
+
+def test_busy_registry_is_retried(plain: RunningRegistry, source: Path) -> None:
+    with Proxy(plain.host, fail_first=3) as proxy:
+        push_as(source, f"{proxy.host}/it/retried:v1")
+        assert proxy.fail_first == 0
+
+
+def test_bad_input_is_one_line(plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    cases = [
+        (("pull", "Not A Ref"), "invalid reference format"),
+        (("pull", f"{plain.host}/it/app:nope"), "not found: manifest unknown"),
+        (("pull", f"{plain.host}/it/never-pushed"), "not found"),
+        (("pull", f"127.0.0.1:{free_port()}/x:v1"), "connection refused"),
+        (("pull", "--platform", "linux/*", f"{plain.host}/it/app:v1"), "invalid platform"),
+        (("push", f"{plain.host}/it/not-local:v1"), "does not exist locally"),
+        (("push", f"{plain.host}/it/app@sha256:{'0' * 64}"), "cannot push"),
+        (("push", "--format", "docker", "--compression", "zstd", f"{plain.host}/x:v1"),
+         "zstd"),
+    ]
+    for args, expected in cases:
+        assert expected in soute_cli(root, *args).one_line_error(), args
+    push = soute_cli(source, "push", f"127.0.0.1:{free_port()}/x:latest")
+    assert push.code == 1 and "does not exist locally" in push.err
+    soute_cli(source, "tag", "app", f"127.0.0.1:{free_port()}/x:latest").ok()
+    assert store_state(root) == ([], [])
+
+
+def test_mirror_serves_docker_hub_names(plain: RunningRegistry, source: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from soute.registry.pull import ensure_image
+
+    push_as(source, f"{plain.host}/library/soute-mirrored:v1")
+    monkeypatch.setenv("SOUTE_REGISTRY_MIRROR", plain.host)
+    with Store(tmp_path / "store") as store:
+        out = io.StringIO()
+        image = ensure_image(store, "soute-mirrored:v1", out=out)
+        assert "Unable to find image 'soute-mirrored:v1' locally" in out.getvalue()
+        assert image.tags == ("docker.io/library/soute-mirrored:v1",)
+        out = io.StringIO()
+        assert ensure_image(store, "soute-mirrored:v1", out=out).id == image.id
+        assert out.getvalue() == ""
+    # Missing from the mirror: its "not found", not Docker Hub being out of reach.
+    error = soute_cli(tmp_path / "store", "pull", "soute-not-mirrored").one_line_error()
+    assert "manifest unknown" in error
+
+
+def test_plain_http_only_where_allowed(work: Path, source: Path, tmp_path: Path,
+                                      isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ip = global_ipv4()
+    assert ip is not None, "the machine needs an address besides loopback for this test"
+    with running_registry(work / "reg-lan", ip=ip) as lan:
+        soute_cli(source, "tag", "app", f"{lan.host}/it/app:v1").ok()
+        error = soute_cli(source, "push", f"{lan.host}/it/app:v1").final_error()
+        assert "answers in plain HTTP" in error and "SOUTE_INSECURE_REGISTRIES" in error
+        # Listed as insecure (here by network, in the settings file): HTTP is allowed.
+        settings = isolated / "registries.json"
+        settings.write_text(json.dumps({"insecure-registries": [f"{ip}/32"]}))
+        monkeypatch.setenv("SOUTE_REGISTRIES_CONFIG", str(settings))
+        push_as(source, f"{lan.host}/it/app:v1")
+        monkeypatch.delenv("SOUTE_REGISTRIES_CONFIG")
+        monkeypatch.setenv("SOUTE_INSECURE_REGISTRIES", f"other:5000,{lan.host}")
+        soute_cli(tmp_path / "store", "pull", f"{lan.host}/it/app:v1").ok()
+
+
+# ---------------------------------------------------------------------------- (b) Basic + TLS
+
+
+def _trust(isolated: Path, reg: RunningRegistry, ca: CertAuthority) -> None:
+    directory = isolated / "certs.d" / reg.host
+    directory.mkdir(parents=True)
+    (directory / "ca.crt").write_bytes(ca.ca_cert.read_bytes())
+
+
+def test_basic_auth_over_tls(basic: RunningRegistry, ca: CertAuthority, source: Path,
+                             isolated: Path, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "store"
+    config = isolated / "docker" / "config.json"
+    login = ("login", "-u", ALICE[0], "--password-stdin", basic.host)
+    # The test CA is not trusted yet.
+    error = soute_cli(root, *login, stdin=ALICE[1]).one_line_error()
+    assert "certificate" in error and "certs.d" in error
+    # An insecure registry is spoken to over TLS without checking its certificate.
+    monkeypatch.setenv("SOUTE_INSECURE_REGISTRIES", basic.host)
+    soute_cli(root, *login, stdin=ALICE[1]).ok()
+    soute_cli(root, "logout", basic.host).ok()
+    monkeypatch.delenv("SOUTE_INSECURE_REGISTRIES")
+    _trust(isolated, basic, ca)
+    error = soute_cli(root, *login, stdin="not-the-password\n").one_line_error()
+    assert error.startswith("soute: unauthorized:")
+    assert json.loads(config.read_text())["auths"] == {}
+
+    result = soute_cli(root, *login, stdin=ALICE[1] + "\n")
+    assert result.out == "Login Succeeded\n"
+    assert ALICE[1] not in result.out + result.err
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    auth = json.loads(config.read_text())["auths"][basic.host]["auth"]
+    assert base64.b64decode(auth).decode() == f"{ALICE[0]}:{ALICE[1]}"
+
+    name = f"{basic.host}/it/app:v1"
+    push_as(source, name)
+    soute_cli(root, "pull", name).ok()
+    assert soute_run(root, name) == HELLO.decode()
+
+    assert soute_cli(root, "logout", basic.host).ok() == \
+        f"Removing login credentials for {basic.host}\n"
+    assert basic.host not in json.loads(config.read_text())["auths"]
+    assert soute_cli(root, "logout", basic.host).ok() == f"Not logged in to {basic.host}\n"
+    error = soute_cli(root, "pull", name).one_line_error()
+    assert "unauthorized" in error
+
+
+def test_credential_helper(basic: RunningRegistry, ca: CertAuthority, source: Path, isolated: Path,
+                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _trust(isolated, basic, ca)
+    state = tmp_path / "helper-state.json"
+    write_helper(tmp_path / "bin", "soutetest", state)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    config = isolated / "docker" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({"credsStore": "soutetest", "keep": "me"}))
+    root = tmp_path / "store"
+    result = soute_cli(root, "login", "-u", ALICE[0], "--password-stdin", basic.host,
+                       stdin=ALICE[1])
+    assert result.out == "Login Succeeded\n" and "unencrypted" not in result.err
+    doc = json.loads(config.read_text())
+    assert doc["auths"] == {basic.host: {}} and doc["keep"] == "me"
+    assert json.loads(state.read_text()) == {basic.host: list(ALICE)}
+    push_as(source, f"{basic.host}/it/helper:v1")
+    soute_cli(root, "logout", basic.host).ok()
+    assert json.loads(state.read_text()) == {}
+
+
+# ---------------------------------------------------------------------------- (c) tokens
+
+
+def test_token_auth(token: tuple[RunningRegistry, TokenServer], source: Path, isolated: Path,
+                    tmp_path: Path) -> None:
+    reg, server = token
+    root = tmp_path / "store"
+    config = isolated / "docker" / "config.json"
+    login = ("login", "-u", ALICE[0], "--password-stdin", reg.host)
+    error = soute_cli(root, *login, stdin="wrong").one_line_error()
+    assert error == "soute: unauthorized: incorrect username or password"
+    soute_cli(root, *login, stdin=ALICE[1]).ok()
+    # As docker: a refresh token is kept, not the password.
+    entry = json.loads(config.read_text())["auths"][reg.host]
+    assert entry["identitytoken"].startswith("refresh-alice-")
+    assert base64.b64decode(entry["auth"]).decode() == "alice:"
+
+    server.requests.clear()
+    push_as(source, f"{reg.host}/public/app:v1")
+    push_as(source, f"{reg.host}/private/app:v1")
+    assert {(r.method, r.grant, r.user) for r in server.requests} == {
+        ("POST", "refresh_token", "alice")}
+    # Tokens are reused per scope: one for each repository, and one more for the mounts.
+    assert len(server.requests) <= 3, server.requests
+    soute_cli(source, "tag", "app", f"{reg.host}/locked/app:v1").ok()
+    error = soute_cli(source, "push", f"{reg.host}/locked/app:v1").one_line_error()
+    assert "denied: requested access to the resource is denied" in error
+
+    soute_cli(root, "logout", reg.host).ok()
+    server.requests.clear()
+    soute_cli(root, "pull", f"{reg.host}/public/app:v1").ok()  # an anonymous token will do
+    assert {r.grant for r in server.requests} == {"anonymous"}
+    error = soute_cli(root, "pull", f"{reg.host}/private/app:v1").one_line_error()
+    assert "pull access denied for" in error and "denied" in error
+    assert soute_run(root, f"{reg.host}/public/app:v1") == HELLO.decode()
