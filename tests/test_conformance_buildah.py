@@ -56,9 +56,6 @@ CASES = load_cases()
 
 # Soute features the case needs that are not there yet: the test must fail until they land.
 SOUTE_GAPS: dict[str, str] = {
-    "add": "ADD of URLs is not implemented (and github.com is not reachable here)",
-    "multistage-copyback": "RUN --mount=type=bind,from=STAGE is not implemented",
-    "mount-targets-mount": "RUN --mount=type=bind,from=STAGE is not implemented",
     # .dockerignore exceptions: docker 20.10's fsutil walker skips an excluded directory
     # unless an exception starts with "dir/", and sends that directory even when empty.
     # Current BuildKit (fsutil filter.go) walks into it when an exception has a wildcard and
@@ -74,6 +71,7 @@ SOUTE_GAPS: dict[str, str] = {
 # Cases that need images or hosts this machine does not have: both builders must fail at
 # this line.
 OFFLINE: dict[str, tuple[int, str]] = {
+    "add": (2, "ADD https://github.com/... needs the internet"),
     "header-builtin": (2, "FROM quay.io/libpod/busybox@sha256:... (TARGETARCH is set) and "
                           "quay.io/fedora/python-311 can only be pulled"),
 }
@@ -89,10 +87,15 @@ DOCKER_2010: dict[str, tuple[bool, str]] = {
 }
 
 # Empty directories docker 20.10 leaves in a RUN layer: runc's mount points (/dev, /proc,
-# /sys, /etc for hosts and resolv.conf) on a scratch rootfs. Later BuildKit removes them.
+# /sys, /etc for hosts and resolv.conf) on a scratch rootfs, and those of RUN --mount
+# targets. Later BuildKit removes them (MountStubsCleaner, recursive for Dockerfiles).
 IGNORE_DOCKER: dict[str, tuple[str, ...]] = {
-    name: ("/dev", "/etc", "/proc", "/sys") for name in ("mount-targets-new",
-                                                        "mount-targets-old")}
+    **{name: ("/dev", "/etc", "/proc", "/sys") for name in ("mount-targets-new",
+                                                           "mount-targets-old")},
+    "mount-targets-mount": ("/dev", "/etc", "/proc", "/sys", "/tmp", "/subdirectory",
+                            "/subdirectory/other", "/subdirectory/target"),
+    "multistage-copyback": ("/base",),
+}
 
 # Docker 20.10's Dockerfile frontend has no heredocs: what BuildKit documents instead.
 # RUN <<EOF runs the body with the shell (quoted or not, the shell expands it);

@@ -106,6 +106,8 @@ class Source:
 
     path: str
     tree: SourceTree
+    literal: bool = False  # no wildcards: a downloaded file's name is taken as it is
+    unpack: bool | None = None  # None: as copy_into's unpack says
 
 
 @dataclass(frozen=True)
@@ -669,13 +671,14 @@ class _Copier:
     # -- one source
 
     def copy_source(
-        self, tree: SourceTree, path: str, dest: str, *, parents: bool, unpack: bool
+        self, tree: SourceTree, path: str, dest: str, *, parents: bool, unpack: bool,
+        literal: bool = False,
     ) -> None:
         src, include_patterns, required = _split_source(path, parents)
         for req in required:
             if tree.resolve(req) is None:
                 raise NotFoundError(req, tree.name)
-        if contains_wildcards(src):
+        if contains_wildcards(src) and not literal:
             matches = _resolve_wildcards(tree, src)
         else:
             if tree.resolve(src) is None:
@@ -1310,7 +1313,11 @@ def copy_into(
             if isinstance(source, InlineSource):
                 _copy_inline(copier, source, target)
             else:
-                copier.copy_source(source.tree, source.path, target, parents=parents, unpack=unpack)
+                copier.copy_source(
+                    source.tree, source.path, target, parents=parents,
+                    unpack=unpack if source.unpack is None else source.unpack,
+                    literal=source.literal,
+                )
     except OSError as err:
         where = f" {os.fsdecode(err.filename)}" if err.filename else ""
         raise SouteError(f"copy to {target} failed:{where}: {err.strerror or err}") from err

@@ -32,30 +32,44 @@ def copy_step(
     layers: list[tuple[str, int]],
     key: str,
 ) -> tuple[str, tuple[str, int] | None]:
+    from soute.build import remote
     from soute.build.engine import _key
 
     file = builder.opts.dockerfile_name
-    if isinstance(instr, ins.Add) and any(
-        "://" in s or s.startswith("git@") for s in instr.sources
-    ):
-        raise LocatedError(
-            "ADD of URLs and git repositories is not supported by soute yet",
-            file=file,
-            line=instr.line,
-            hint="download it in a RUN, or into the context first",
-        )
+
+    def located(e: SouteError) -> LocatedError:
+        return LocatedError(e.message, file=file, line=instr.line, hint=e.hint)
+
+    kinds = [remote.source_kind(s) for s in instr.sources]
+    checksum = _pinned_checksum(instr, kinds, file)
     workdir = config.config.working_dir or "/"
     from_ = instr.from_ if isinstance(instr, ins.Copy) else ""
     source_layers, source_key = _source_layers(builder, instr, from_)
-    try:
-        sums = [_checksum(builder, p, source_layers, instr) for p in instr.sources]
-    except SouteError as e:
-        raise LocatedError(
-            f"failed to calculate checksum: {e.message}",
-            file=file,
-            line=instr.line,
-            hint=e.hint or "check the path in the context",
-        ) from None
+    # Downloads are made before the cache lookup, as BuildKit keys them on their content;
+    # a --checksum download only when the step is not cached.
+    downloads: dict[int, remote.Download] = {}
+    sums: list[object] = []
+    http_cache = builder.store.root / "cache" / "http"
+    for i, (path, kind) in enumerate(zip(instr.sources, kinds, strict=True)):
+        if kind == "http" and checksum:
+            sums.append(remote.checksum_key(remote.url_file_name(path), checksum))
+        elif kind == "http":
+            try:
+                downloads[i] = remote.fetch(http_cache, path)
+            except SouteError as e:  # BuildKit's wording: the key needs the download
+                raise LocatedError(f"failed to load cache key: {e.message}", file=file,
+                                   line=instr.line, hint=e.hint) from None
+            sums.append(downloads[i].cache_key())
+        else:
+            try:
+                sums.append(_checksum(builder, path, source_layers, instr))
+            except SouteError as e:
+                raise LocatedError(
+                    _checksum_error(e),
+                    file=file,
+                    line=instr.line,
+                    hint=e.hint or "check the path in the context",
+                ) from None
     contents = [(c.path, c.data) for c in instr.contents]
     unpack = isinstance(instr, ins.Add) and instr.unpack is not False
     step_key = _key(
@@ -75,10 +89,24 @@ def copy_step(
     )
 
     def make(upper: Path, lowers: list[Path]) -> None:
+        sources: list[dict[str, object]] = []
+        for i, (path, kind) in enumerate(zip(instr.sources, kinds, strict=True)):
+            if kind != "http":
+                sources.append({"path": path})
+                continue
+            if i not in downloads:
+                try:
+                    downloads[i] = remote.fetch(http_cache, path, checksum=checksum)
+                except SouteError as e:
+                    raise located(e) from None
+            got = downloads[i]
+            # Remote files are not unpacked unless --unpack=true (BuildKit's AttemptUnpack).
+            sources.append({"path": got.name, "url": str(got.directory),
+                            "unpack": isinstance(instr, ins.Add) and instr.unpack is True})
         job = {
             "lowers": [str(p) for p in lowers],
             "upper": str(upper),
-            "sources": list(instr.sources),
+            "sources": sources,
             "contents": [[n, d] for n, d in contents],
             "context": str(builder.opts.context) if builder.opts.context else None,
             "dockerfile": str(builder.opts.dockerfile_path or ""),
@@ -97,6 +125,38 @@ def copy_step(
             raise LocatedError(error, file=file, line=instr.line)
 
     return builder._layer_step(config, layers, step_key, _created_by(instr), make)
+
+
+def _pinned_checksum(instr: ins.Copy | ins.Add, kinds: list[str], file: str) -> str:
+    """Check the sources as BuildKit's dispatchCopy does; ADD --checksum's digest or ""."""
+
+    def error(message: str, hint: str) -> LocatedError:
+        return LocatedError(message, file=file, line=instr.line, hint=hint)
+
+    checksum = instr.checksum if isinstance(instr, ins.Add) else ""
+    if checksum:
+        if len(instr.sources) != 1:
+            raise error("checksum can't be specified for multiple sources",
+                        "one ADD --checksum per download")
+        if kinds[0] == "local":
+            raise error("checksum requires HTTP(S) or Git sources",
+                        "--checksum pins a download; drop it for files of the context")
+    for kind in kinds:
+        if kind == "git" and isinstance(instr, ins.Copy):
+            raise error("source can't be a git ref for COPY", "use ADD for git sources")
+        if kind == "git":
+            raise error("ADD of git repositories is not supported by soute yet",
+                        "clone it in a RUN, or into the context first")
+        if kind == "http" and isinstance(instr, ins.Copy):
+            raise error("source can't be a URL for COPY", "use ADD to download a file")
+    if checksum:
+        from soute.image.digest import parse_digest
+
+        try:
+            parse_digest(checksum)
+        except SouteError as e:
+            raise error(e.message, e.hint or "e.g. --checksum=sha256:<64 hex digits>") from None
+    return checksum
 
 
 def _source_layers(
@@ -138,6 +198,13 @@ def _checksum(
     return source_checksum(
         Source(path, tree), parents=getattr(instr, "parents", False), excludes=list(instr.excludes)
     )
+
+
+def _checksum_error(e: SouteError) -> str:
+    """BuildKit's message for a source it cannot hash (the not-found one is complete)."""
+    if e.message.startswith("failed to compute cache key"):
+        return e.message
+    return f"failed to calculate checksum: {e.message}"
 
 
 def _created_by(instr: ins.Copy | ins.Add) -> str:
@@ -219,7 +286,13 @@ def _copy_in_namespace(job: dict[str, Any]) -> None:
     else:
         (scratch / "empty").mkdir()
         tree = SourceTree(scratch / "empty", name="context")
-    sources: list[Source | InlineSource] = [Source(p, tree) for p in job["sources"]]
+    sources: list[Source | InlineSource] = []
+    for src in job["sources"]:
+        if "url" in src:
+            sources.append(Source(src["path"], SourceTree(Path(src["url"]), name="url"),
+                                  literal=True, unpack=src["unpack"]))
+        else:
+            sources.append(Source(src["path"], tree))
     sources += [InlineSource(n, d.encode("utf-8", "surrogateescape"))
                 for n, d in job["contents"]]
     copy_into(sources, job["dest"], target_root=target, write_root=target,

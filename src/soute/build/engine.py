@@ -30,6 +30,7 @@ from soute.errors import LocatedError, SouteError
 
 if TYPE_CHECKING:
     from soute.build.context import BuildContext
+    from soute.build.run import MountSource
     from soute.dockerfile.instructions import Dockerfile, Stage
     from soute.dockerfile.stages import BuildScope, StageScope
     from soute.image.config import ImageConfig
@@ -386,6 +387,7 @@ class Builder:
         env_list = [f"{k}={v}" for k, v in env.items()]
         cwd = cfg.working_dir or "/"
         network = instr.network if instr.network != "default" else self.opts.network
+        sources, mount_keys = self._mount_sources(instr)
         step_key = _key(
             key,
             "run",
@@ -396,6 +398,9 @@ class Builder:
             network,
             list(instr.mount_specs),
             instr.security,
+            # What the mounts read (a stage, an image, context files) keys the step too;
+            # left out when there is none, so that plain RUN keys stay as they were.
+            *([mount_keys] if any(mount_keys) else []),
         )
         created_by = "RUN " + sscope.run_history(argv)
 
@@ -417,9 +422,75 @@ class Builder:
                 pipe_file=script.pipe_file,
                 context=self.opts.context,
                 secrets=self.opts.secrets,
+                sources=sources,
             )
 
         return self._layer_step(config, layers, step_key, created_by, make)
+
+    def _mount_sources(self, instr: ins.Run) -> tuple[list[MountSource | None], list[str]]:
+        """For each ``--mount``: the tree its ``from=`` names (a stage built earlier, an
+        image in the store, or scratch), and what it adds to the step's cache key (that
+        tree's key, or the content digest of a bind's source in the context)."""
+        from soute.build.run import MountSource
+        from soute.dockerfile.instructions import Stage
+
+        sources: list[MountSource | None] = []
+        keys: list[str] = []
+        for m in instr.mounts:
+            source = None
+            if m.type in ("bind", "cache") and m.from_:
+                assert self.scope is not None
+                ref = self.scope.mount_ref(m.from_)
+                if isinstance(ref, Stage):
+                    result = self.results[ref.index]
+                    lowers = self.store.snapshots([d for d, _ in result.layers])
+                    source = MountSource(m.from_, tuple(map(str, lowers)), result.key)
+                elif ref == "scratch" and m.type == "cache":
+                    keys.append("")  # the plain cache of that id, as without from=
+                    sources.append(None)
+                    continue
+                elif ref == "scratch":
+                    source = MountSource(m.from_, (), _key("scratch"))
+                else:
+                    image = self._mount_image(ref, instr)
+                    lowers = self.store.snapshots(image.diff_ids)
+                    source = MountSource(m.from_, tuple(map(str, lowers)), image.id)
+                keys.append(source.key)
+            elif m.type == "bind" and self.opts.context is not None:
+                keys.append(self._context_digest(m.source, instr))
+            else:
+                keys.append("")
+            sources.append(source)
+        return sources, keys
+
+    def _mount_image(self, name: str, instr: ins.Run) -> Image:
+        from soute.store.names import resolve
+
+        try:
+            return resolve(self.store, name)
+        except SouteError as e:
+            raise LocatedError(
+                e.message,
+                file=self.opts.dockerfile_name,
+                line=instr.line,
+                hint="RUN --mount from= names a stage of this file or an image in the store",
+            ) from None
+
+    def _context_digest(self, source: str, instr: ins.Run) -> str:
+        """BuildKit keys a RUN on the content of the context files it binds."""
+        from soute.build.contenthash import go_join
+
+        try:
+            return self.context().checksum(go_join("/", source), follow_links=True)
+        except SouteError as e:
+            from soute.build.copystep import _checksum_error
+
+            raise LocatedError(
+                _checksum_error(e),
+                file=self.opts.dockerfile_name,
+                line=instr.line,
+                hint=e.hint or "check the mount's source path in the context",
+            ) from None
 
     # ------------------------------------------------------------------ COPY / ADD
 
