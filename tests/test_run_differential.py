@@ -210,17 +210,7 @@ ENV_CASES: dict[str, tuple[list[str], str, list[str]]] = {
 }
 
 
-# docker's order: PATH, HOSTNAME, the -e variables in their order, the image's variables
-# that -e did not set, HOME last when nobody set it. soute keeps the image's order (a -e
-# value replacing the image's in place) and appends the new -e variables.
-ENV_ORDER_BUG = pytest.mark.xfail(
-    strict=True, reason="soute orders -e variables after the image's ENV; docker puts them "
-    "before the image's variables they do not override")
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=ENV_ORDER_BUG) if case == "e-flag-image-env" else case
-    for case in ENV_CASES])
+@pytest.mark.parametrize("case", list(ENV_CASES))
 def test_environment(peers: Peers, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     options, image, args = ENV_CASES[case]
     # -e NAME takes the value from the client's environment (docker's and soute's).
@@ -333,12 +323,9 @@ BASICS: dict[str, tuple[list[str], str, list[str]]] = {
 # so that a fix shows up as XPASS and the mark goes.
 DIFFERENCES: dict[str, str] = {
     "etc-mtab": "docker's init layer adds /etc/mtab -> /proc/mounts; soute does not",
-    "etc-hosts": "soute writes BuildKit's RUN /etc/hosts (the hostname on 127.0.0.1, no "
-                 "ip6-localnet/mcastprefix/allnodes/allrouters lines); docker run's differs",
-    "no-new-privileges-off": "soute sets no_new_privs on every process; docker only with "
-                             "--security-opt no-new-privileges (setuid programs work)",
-    "tmpfs-over-image-dir": "runc gives a tmpfs the mode of the directory it covers (755 "
-                            "here); soute's is always 1777",
+    "no-new-privileges-off": "deliberate (issue #5, docs/differences.md): soute sets "
+                             "no_new_privs on every process; docker only with --security-opt "
+                             "no-new-privileges",
 }
 
 

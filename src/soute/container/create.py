@@ -82,17 +82,20 @@ def command_of(config: ContainerConfig, opts: RunOptions) -> tuple[list[str], li
 
 
 def container_env(config: ContainerConfig, opts: RunOptions) -> list[str]:
-    """The container's ``Config.Env``: the image's ENV, then ``--env-file`` and ``-e``, each
-    replacing a variable of the same name in place."""
-    env: dict[str, str] = {}
-    for entry in config.env:
-        key, _, value = entry.partition("=")
-        env[key] = value
+    """The container's ``Config.Env`` as docker merges it: ``--env-file`` and ``-e`` first, in
+    their order (a later value of a name replacing the earlier one in place), then the
+    image's variables they do not set."""
+    user: dict[str, str] = {}
     for path in opts.env_files:
         for entry in _read_env_file(path):
-            _set_user_env(env, entry)
+            _set_user_env(user, entry)
     for entry in opts.env:
-        _set_user_env(env, entry)
+        _set_user_env(user, entry)
+    env = dict(user)
+    for entry in config.env:
+        key, _, value = entry.partition("=")
+        if key not in user:
+            env.setdefault(key, value)
     return [f"{k}={v}" for k, v in env.items()]
 
 

@@ -279,10 +279,16 @@ class Monitor:
                 mounts.append(Mount(m.target, "tmpfs", "tmpfs",
                                     ("nosuid", "nodev", "noexec", *m.options)))
         host_network = spec.network == "host"
-        files = list(default_files(spec.hostname, host_network=host_network))
-        if slirp:
-            files = [GeneratedFile(f.destination, resolv_conf_for_slirp(), readonly=False)
-                     if f.destination == "/etc/resolv.conf" else f for f in files]
+        files = []
+        for f in default_files(spec.hostname, host_network=host_network):
+            if f.destination == "/etc/resolv.conf" and slirp:
+                f = GeneratedFile(f.destination, resolv_conf_for_slirp(), readonly=False)
+            elif f.destination == "/etc/hosts":
+                f = GeneratedFile(f.destination, hosts_file(spec.hostname, spec.network,
+                                                            slirp), readonly=False)
+            else:
+                f = GeneratedFile(f.destination, f.content, readonly=False)
+            files.append(f)
         namespaces = set(BUILD_NAMESPACES)
         if not host_network:
             namespaces.add("network")
@@ -416,6 +422,24 @@ def cgroup_procs(container: Container, init_pid: int) -> list[Path]:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def hosts_file(hostname: str, network: str, slirp: bool) -> bytes:
+    """``/etc/hosts`` as docker run writes it: the host's with ``--network host``, else the
+    standard names, and the hostname on the container's address when it has one."""
+    from soute.container.network import SLIRP_GUEST_IP
+
+    if network == "host":
+        try:
+            return Path("/etc/hosts").read_bytes()
+        except OSError:
+            pass
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+             "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
+             "ff02::2\tip6-allrouters"]
+    if slirp:
+        lines.append(f"{SLIRP_GUEST_IP}\t{hostname}")
+    return ("\n".join(lines) + "\n").encode()
 
 
 def capabilities_of(spec: ContainerSpec) -> list[str]:

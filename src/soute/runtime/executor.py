@@ -43,6 +43,7 @@ import stat
 import sys
 import termios
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -645,9 +646,9 @@ def _strerror(exc: OSError) -> str:
     return text[:1].lower() + text[1:]  # Go's wording: "no such file or directory"
 
 
-def _mount_root(ctx: _Context, report: int) -> None:
+def _mount_root(ctx: _Context, report: int) -> set[str]:
     """Private mounts, the overlay at ctx.root, volume copy-ups, the stubs (reported) and
-    the cwd."""
+    the cwd. Returns the paths of the stubs ("/etc/hosts")."""
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
     try:
         mount_overlay(ctx.state / "layers", ctx.root)
@@ -676,6 +677,7 @@ def _mount_root(ctx: _Context, report: int) -> None:
             os.makedirs(cwd, 0o755)
         except OSError as exc:
             raise _step(f"creating working directory {ctx.spec.process.cwd}", exc) from None
+    return {"/" + path for r in records for path in r.created}
 
 
 def _init_container(
@@ -694,13 +696,13 @@ def _init_container(
         raise _step("creating the container's namespaces", exc) from None
     if resume >= 0:
         _wait_for_parent(report, resume)
-    _mount_root(ctx, report)
+    stubs = _mount_root(ctx, report)
 
     root = ctx.root
     has_dev = False
     for m in ctx.mounts:
         try:
-            _mount(root, m)
+            _mount(root, m, stubs)
         except OSError as exc:
             raise _step(f"mounting {m.destination}", exc) from None
         has_dev = has_dev or (m.destination.rstrip("/") == "/dev" and m.type == "tmpfs")
@@ -927,7 +929,7 @@ def _parse_options(options: tuple[str, ...]) -> tuple[int, str, list[int]]:
     return flags, ",".join(data), propagation
 
 
-def _mount(root: str, m: Mount) -> None:
+def _mount(root: str, m: Mount, stubs: AbstractSet[str] = frozenset()) -> None:
     flags, data, propagation = _parse_options(m.options)
     dest = scoped_path(root, m.destination)
     if m.type == "bind" or flags & _linux.MS_BIND:
@@ -937,6 +939,11 @@ def _mount(root: str, m: Mount) -> None:
         if rest:  # bind mounts take their flags from a remount
             _linux.mount(None, dest, None, rest | _linux.MS_BIND | _linux.MS_REMOUNT)
     else:
+        if (m.type == "tmpfs" and "mode=" not in data and os.path.isdir(dest)
+                and os.path.normpath(m.destination) not in stubs):
+            # runc's rule: a tmpfs over a directory of the image takes that directory's mode.
+            mode = f"mode={os.stat(dest).st_mode & 0o7777:o}"
+            data = f"{data},{mode}" if data else mode
         _ensure_mountpoint(dest, True)
         _linux.mount(m.source, dest, m.type, flags, data or None)
     for kind in propagation:
