@@ -598,3 +598,25 @@ def test_token_auth(token: tuple[RunningRegistry, TokenServer], source: Path, is
     error = soute_cli(root, "pull", f"{reg.host}/private/app:v1").one_line_error()
     assert "pull access denied for" in error and "denied" in error
     assert soute_run(root, f"{reg.host}/public/app:v1") == HELLO.decode()
+
+
+def test_run_and_build_pull_what_the_store_lacks(plain: RunningRegistry, source: Path,
+                                                 tmp_path: Path) -> None:
+    name = f"{plain.host}/it/auto:v1"
+    push_as(source, name)
+    empty = tmp_path / "fresh"
+    p = subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(empty), "run",
+                        "--rm", "--network", "none", name], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == HELLO.decode()
+    assert f"Unable to find image '{name}' locally" in p.stderr
+    other = tmp_path / "fresh2"
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {name}\nRUN cp /hello.txt /copy.txt\n")
+    soute_cli(other, "build", "-q", "-t", "built", str(context)).ok()
+    assert soute_run(other, "built", "cat", "/copy.txt") == HELLO.decode()
+    missing = soute_cli(empty, "run", "--rm", f"{plain.host}/it/nothing:v1")
+    assert missing.code == 125 and "No such image" in missing.err
+    assert len(missing.err.strip().splitlines()) <= 2  # "Unable to find..." and the error

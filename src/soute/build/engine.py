@@ -201,10 +201,10 @@ class Builder:
         return StageResult(config, layers, key)
 
     def _base_image(self, name: str, stage: Stage) -> Image:
-        from soute.store.names import resolve
+        from soute.registry.pull import ensure_image
 
-        try:
-            return resolve(self.store, name)
+        try:  # pulled when the store lacks it, as docker build does
+            return ensure_image(self.store, name, out=self.progress.out)
         except SouteError as e:
             raise LocatedError(
                 e.message,

@@ -254,12 +254,12 @@ def create(store: Store, image_name: str, opts: RunOptions) -> Container:
     """Check ``opts`` against the image and record the container (status created)."""
     from soute.image.config import ImageConfig
     from soute.image.timestamp import Timestamp
-    from soute.store.names import resolve
+    from soute.registry.pull import ensure_image
 
     if opts.network not in NETWORKS:
         raise ContainerError(f"network {opts.network} not found",
                              "use --network private, host or none")
-    image = resolve(store, image_name)
+    image = ensure_image(store, image_name)  # pulled when missing, as docker run does
     config = ImageConfig.from_json(store.blobs.read(image.id)).config
     entrypoint, cmd = command_of(config, opts)
     command = entrypoint + cmd

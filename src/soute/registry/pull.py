@@ -75,7 +75,13 @@ def ensure_image(store: Store, name: str, *, platform: str | None = None,
             raise  # an image ID: nothing a registry could give
     if out is not None:
         out.write(f"Unable to find image '{name}' locally\n")
-    return pull(store, name, platform=platform, out=out, err=out, settings=settings).image
+    try:
+        return pull(store, name, platform=platform, out=out, err=out, settings=settings).image
+    except SouteError as e:
+        raise ImageNotFound(
+            f"No such image: {name} (pulling it failed: {e.message})",
+            "make it with soute bootstrap, soute import or soute load, or pull it from a "
+            "registry you can reach") from None
 
 
 def pull(store: Store, name: str, *, platform: str | None = None,
