@@ -521,3 +521,28 @@ def test_exec_joins_the_container_cgroup(root: Path) -> None:
         assert memory and all(line in mine.splitlines() for line in memory)
     finally:
         ok(soute(root, "rm", "-f", "limited"))
+
+
+def test_ps_filters_and_format(root: Path) -> None:
+    ok(soute(root, "run", "--name", "ok0", "-l", "team=a", "busybox", "true"))
+    soute(root, "run", "--name", "bad3", "busybox", "sh", "-c", "exit 3")
+    ok(soute(root, "run", "-d", "--name", "up1", "box"))
+    try:
+        names = ok(soute(root, "ps", "-a", "--format", "{{.Names}}")).split()
+        assert names[:3] == ["up1", "bad3", "ok0"]  # newest first
+        assert ok(soute(root, "ps", "-a", "-f", "status=exited", "-f", "exited=3",
+                        "--format", "{{.Names}}")) == "bad3\n"
+        assert ok(soute(root, "ps", "-a", "-f", "label=team=a", "--format",
+                        "{{.Names}} {{.State}}")) == "ok0 exited\n"
+        assert ok(soute(root, "ps", "-f", "name=up", "--format", "{{.Names}}")) == "up1\n"
+        table = ok(soute(root, "ps", "--format", "table {{.Names}}\t{{.Status}}")).splitlines()
+        assert table[0].split() == ["NAMES", "STATUS"] and table[1].startswith("up1 ")
+        record = json.loads(ok(soute(root, "ps", "--format", "json")).splitlines()[0])
+        assert record["Names"] == "up1" and record["State"] == "running"
+        p = soute(root, "ps", "-f", "colour=red")
+        assert p.returncode == 1 and "invalid filter" in p.stderr
+        p = soute(root, "ps", "--format", "{{.Nope}}")
+        assert p.returncode == 1 and "can't evaluate field Nope" in p.stderr
+    finally:
+        for name in ("ok0", "bad3", "up1"):
+            soute(root, "rm", "-f", name)

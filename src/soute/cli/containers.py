@@ -275,26 +275,37 @@ def configure_ps(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only show IDs")
     p.add_argument("-l", "--latest", action="store_true", help="only the latest created")
     p.add_argument("-n", "--last", type=int, default=-1, help="the last N created")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="id, name, status, exited, ancestor, label, health (repeatable)")
+    p.add_argument("--format", help="a Go template: '{{.ID}} {{.Names}}', 'table ...', json")
     p.add_argument("--no-trunc", action="store_true")
 
 
+PS_COLUMNS = ("ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names")
+
+
 def run_ps(ctx: Context, args: argparse.Namespace) -> int:
-    from soute.cli.table import print_table
-    from soute.container.api import ps_rows
+    from soute.cli.table import print_table, render_template
+    from soute.container.api import ps_records
     from soute.container.record import Containers
 
     containers = Containers(ctx.store()).all()
     show_all = args.all or args.latest or args.last >= 0
     limit = 1 if args.latest else args.last
-    rows = ps_rows(containers, show_all=show_all, no_trunc=args.no_trunc)
+    records = ps_records(containers, show_all=show_all, no_trunc=args.no_trunc,
+                         filters=args.filter)
     if limit >= 0:
-        rows = rows[:limit]
+        records = records[:limit]
     if args.quiet:
-        for row in rows:
-            print(row[0])
-        return 0
-    print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
-                rows)
+        for record in records:
+            print(record["ID"])
+    elif args.format == "json":
+        sys.stdout.write(render_template("{{json .}}", records))
+    elif args.format:
+        sys.stdout.write(render_template(args.format, records))
+    else:
+        print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+                    [[r[k] for k in PS_COLUMNS] for r in records])
     return 0
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
+
+from soute.errors import SouteError
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -21,3 +24,44 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     sys.stdout.write(format_table(headers, rows))
+
+
+_FIELD = re.compile(r"\{\{\s*(?:json\s+)?\.([A-Za-z]*)\s*\}\}")
+
+
+def render_template(template: str, records: Sequence[dict[str, str]]) -> str:
+    """docker's ``--format``: a Go template reduced to what people write on the command line:
+    ``{{.Field}}`` and ``{{json .}}``, ``\\t``, and the ``table`` prefix (headers, aligned)."""
+    import json
+
+    text = template.replace("\\t", "\t").replace("\\n", "\n")
+    table = text.startswith("table")
+    if table:
+        text = text[5:].lstrip()
+    for name in _FIELD.findall(text):
+        if name and records and name not in records[0]:
+            raise SouteError(f"template: can't evaluate field {name}",
+                             f"fields: {', '.join(records[0])}")
+
+    def fill(record: dict[str, str]) -> str:
+        def field(match: re.Match[str]) -> str:
+            name = match[1]
+            if not name:
+                return json.dumps(record, separators=(",", ":"))
+            value = record.get(name, "")
+            return json.dumps(value) if match[0].replace(" ", "").startswith("{{json") else value
+        return _FIELD.sub(field, text)
+
+    if not table:
+        return "".join(fill(r) + "\n" for r in records)
+    headers = [_header(n) for n in _FIELD.findall(text)]
+    cells = [fill(r).split("\t") for r in records]
+    return format_table(headers, cells) if "\t" in text else "\n".join(
+        [" ".join(headers), *(fill(r) for r in records)]) + "\n"
+
+
+def _header(name: str) -> str:
+    """docker's column titles: ``ID`` → ``CONTAINER ID``, ``RunningFor`` → ``CREATED``..."""
+    special = {"ID": "CONTAINER ID", "RunningFor": "CREATED", "CreatedAt": "CREATED AT",
+               "Names": "NAMES"}
+    return special.get(name, re.sub(r"(?<!^)(?=[A-Z])", " ", name).upper())

@@ -107,32 +107,73 @@ def status_text(state: ContainerState, now: Any = None) -> str:
     return state.status.capitalize()
 
 
-def ps_rows(containers: list[Container], *, show_all: bool, no_trunc: bool = False
-            ) -> list[list[str]]:
+def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = False,
+               filters: list[str] | None = None) -> list[dict[str, str]]:
+    """``soute ps``'s rows, newest first, as docker's ``--format`` fields name them.
+    ``filters``: docker's ``-f KEY=VALUE`` (the same key twice: either; different keys: all)."""
     from soute.container.ports import PortBinding, format_ports
     from soute.image.inspect import ellipsis, human_duration_ago
     from soute.image.timestamp import Timestamp
 
+    wanted = _parse_filters(filters or [])
     now = Timestamp.now()
-    rows = []
+    records = []
     for c in containers:
         state = c.state()
-        if not state.running and not show_all:
+        if not state.running and not show_all and not wanted:
+            continue
+        if not all(any(_matches(c, state, key, value) for value in values)
+                   for key, values in wanted.items()):
             continue
         command = " ".join(c.spec.command)
-        command = f'"{command if no_trunc else ellipsis(command, 20)}"'
-        ports = format_ports([PortBinding(p.host_ip, p.host_port, p.container_port, p.proto)
-                              for p in state.ports]) if state.running else ""
-        rows.append([
-            c.id if no_trunc else c.short_id,
-            c.spec.image_name,
-            command,
-            human_duration_ago(Timestamp.parse(c.spec.created), now),
-            status_text(state, now),
-            ports,
-            c.name,
-        ])
-    return rows
+        created = Timestamp.parse(c.spec.created)
+        records.append({
+            "ID": c.id if no_trunc else c.short_id,
+            "Image": c.spec.image_name,
+            "Command": f'"{command if no_trunc else ellipsis(command, 20)}"',
+            "CreatedAt": created.to_datetime().strftime("%Y-%m-%d %H:%M:%S +0000 UTC"),
+            "RunningFor": human_duration_ago(created, now),
+            "Ports": format_ports([PortBinding(p.host_ip, p.host_port, p.container_port,
+                                               p.proto) for p in state.ports])
+            if state.running else "",
+            "State": state.status,
+            "Status": status_text(state, now),
+            "Names": c.name,
+            "Labels": ",".join(f"{k}={v}" for k, v in sorted(c.spec.labels.items())),
+        })
+    return records
+
+
+_FILTERS = ("id", "name", "status", "ancestor", "label", "exited", "health")
+
+
+def _parse_filters(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in _FILTERS:
+            raise SouteError(f"invalid filter {item!r}",
+                                 f"use KEY=VALUE with KEY one of {', '.join(_FILTERS)}")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _matches(c: Container, state: ContainerState, key: str, value: str) -> bool:
+    if key == "id":
+        return c.id.startswith(value)
+    if key == "name":
+        return value in c.name
+    if key == "status":
+        return state.status == value
+    if key == "exited":
+        return state.status == "exited" and str(state.exit_code) == value
+    if key == "ancestor":
+        return value in (c.spec.image_name, c.spec.image, c.spec.image[7:19])
+    if key == "health":
+        health = (state.health or {}).get("Status", "none") if state.running else "none"
+        return health == value
+    name, sep, wanted = value.partition("=")  # label
+    return name in c.spec.labels and (not sep or c.spec.labels[name] == wanted)
 
 
 # ---------------------------------------------------------------------------- inspect
