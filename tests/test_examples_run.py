@@ -224,3 +224,36 @@ def test_sqlite_default_command_is_the_version(root: Path) -> None:
     out = ok(soute(root, "run", "--rm", "sqlite"))
     assert re.fullmatch(r"3\.\d+\.\d+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [0-9a-f]+\S*\n", out), out
     assert ok(soute(root, "ps", "-a", "-q")) == ""
+
+
+def test_superalpine_one_layer_versus_two(root: Path, tmp_path: Path) -> None:
+    """The seeds' size lesson, measured by analyze: removing the tools in a later layer
+    (superalpine1) leaves their bytes in the image as waste; in the same layer
+    (superalpine2) nothing is wasted."""
+    import json
+    import shutil
+
+    # The rootfs tarball the examples ADD: the Debian base, exported from a container.
+    ok(soute(root, "create", "--name", "rootfs-src", "debian:bookworm", "true"))
+    try:
+        ok(soute(root, "export", "-o", str(tmp_path / "rootfs.tar"), "rootfs-src"))
+    finally:
+        soute(root, "rm", "rootfs-src")
+    subprocess.run(["xz", "-0", "-T2", str(tmp_path / "rootfs.tar")], check=True)
+    sizes, waste = {}, {}
+    for name in ("superalpine1", "superalpine2"):
+        context = tmp_path / name
+        context.mkdir()
+        shutil.copy(REPO / "examples" / name / "Dockerfile", context)
+        shutil.copy(tmp_path / "rootfs.tar.xz", context)
+        ok(soute(root, "build", "-q", "-t", name, str(context), timeout=600))
+        report = json.loads(ok(soute(root, "analyze", "--format", "json", name)))
+        sizes[name], waste[name] = report["size"], report["wasted"]["total"]
+    difference = sizes["superalpine1"] - sizes["superalpine2"]
+    assert difference > 50_000_000  # wget and git with their dependencies
+    assert waste["superalpine2"] == 0
+    # What the first image carries more is waste: the removed packages' files (tar headers
+    # and the purge layer's own package records aside).
+    assert waste["superalpine1"] >= 0.97 * difference
+    assert soute(root, "analyze", "--ci", "superalpine1").returncode == 1
+    assert soute(root, "analyze", "--ci", "superalpine2").returncode == 0

@@ -125,6 +125,10 @@ def text_report(a: Analysis, top: int, checks: list[Check], name: str) -> str:
                  for g in shown_groups],
             ))
 
+    if a.records:
+        size = sum(w.size for w in a.records)
+        out.append(f"\nPackage records rewritten (not waste: every install does it): "
+                   f"{human_size(size)} in {len(a.records)} files\n")
     out.append(f"\nEfficiency: {a.efficiency:.2%} (1 - wasted / total layer bytes)\n")
     if a.suggestions:
         out.append("\nSuggestions:\n")

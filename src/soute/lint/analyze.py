@@ -20,6 +20,9 @@ Definitions (the numbers ``soute analyze`` prints, and what ``--ci`` checks):
   attributed to the layer (instruction) that added it and the first later layer that hid it;
   it is counted once, by the layer that hid it first. A file still reachable through a hard
   link of its own layer is not wasted.
+- **package records** (``var/lib/dpkg/``, debconf's caches, ``ld.so.cache``...) that a later
+  layer rewrites are not wasted bytes: every install rewrites them and no Dockerfile change
+  on top avoids it. They are reported apart (``records_rewritten``); removed ones still count.
 - **total bytes**: the sum of the sizes of all layers, as ``soute history`` shows them (the
   uncompressed tars).
 - **efficiency**: ``1 - wasted / total`` (1.0 for an image without bytes). As in dive, 1.0
@@ -138,6 +141,8 @@ class Analysis:
     layers: list[LayerReport]
     wasted_files: list[WastedFile]  # largest first
     suggestions: list[Suggestion] = field(default_factory=list)
+    # Package managers' records (dpkg status...) that a later layer rewrote: not waste.
+    records: list[WastedFile] = field(default_factory=list)
 
     @property
     def total_size(self) -> int:
@@ -190,6 +195,8 @@ class Analysis:
                             "added_by": who(g.added_by), "hidden_by": who(g.hidden_by)}
                            for g in (groups[:top] if top > 0 else groups)],
             },
+            "records_rewritten": {"total": sum(w.size for w in self.records),
+                                  "files": len(self.records)},
             "efficiency": self.efficiency,
             "suggestions": [s.as_dict() for s in self.suggestions],
         }  # fmt: skip
@@ -361,10 +368,14 @@ def analyze_layers(
         with open_layer(diff_id) as stream:
             view.apply(i, read_layer(stream), report)
         reports.append(report)
-    wasted = sorted(view.wasted, key=lambda w: (-w.size, w.path, w.added_by))
+    ordered = sorted(view.wasted, key=lambda w: (-w.size, w.path, w.added_by))
+    # Package records rewritten by a later install: no Dockerfile change avoids them, so
+    # they are shown apart and do not count as waste.
+    records = [w for w in ordered if w.how == "shadowed" and _BOOKKEEPING.match(w.path[1:])]
+    wasted = [w for w in ordered if w not in records]
     for w in wasted:
         reports[w.added_by].wasted += w.size
-    result = Analysis(image, tuple(names), reports, wasted)
+    result = Analysis(image, tuple(names), reports, wasted, records=records)
     result.suggestions = suggest(result, view)
     return result
 
