@@ -223,8 +223,10 @@ def test_environment(peers: Peers, case: str, monkeypatch: pytest.MonkeyPatch) -
     # The same variables with the same values, whatever the order...
     assert (sorted(env_lines(soute)), soute.returncode) == (sorted(env_lines(docker)), 0), (
         f"docker stderr: {docker.stderr!r}\nsoute stderr: {soute.stderr!r}")
-    # ... and in the same order.
-    assert env_lines(soute) == env_lines(docker)
+    # ... and in the same order (docker 20.10 does not always keep the order of an empty
+    # `-e A=` among the others: seen once in CI, so only the values count there).
+    if case != "e-empty-and-equals":
+        assert env_lines(soute) == env_lines(docker)
 
 
 def test_env_file(peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
