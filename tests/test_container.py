@@ -546,3 +546,74 @@ def test_ps_filters_and_format(root: Path) -> None:
     finally:
         for name in ("ok0", "bad3", "up1"):
             soute(root, "rm", "-f", name)
+
+
+def test_capabilities_read_only_and_stop_signal_flags(root: Path) -> None:
+    out = ok(soute(root, "run", "--rm", "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE",
+                   "busybox", "grep", "CapEff", "/proc/self/status"))
+    assert out == "CapEff:\t0000000000000400\n"  # only CAP_NET_BIND_SERVICE (bit 10)
+    p = soute(root, "run", "--rm", "--cap-drop", "CHOWN", "busybox", "chown", "1:1", "/tmp")
+    assert p.returncode != 0 and "Operation not permitted" in p.stderr
+    p = soute(root, "run", "--rm", "--cap-add", "NOPE", "busybox", "true")
+    assert p.returncode == 125 and "unknown capability" in p.stderr
+    p = soute(root, "run", "--rm", "--read-only", "busybox", "touch", "/x")
+    assert p.returncode != 0 and "Read-only file system" in p.stderr
+    # The tmpfs and volumes of a read-only container stay writable.
+    ok(soute(root, "run", "--rm", "--read-only", "--tmpfs", "/scratch", "busybox", "touch",
+             "/scratch/x"))
+    ok(soute(root, "run", "-d", "--name", "sig", "--stop-signal", "SIGHUP", "busybox", "sh",
+             "-c", "trap 'echo hup; exit 0' HUP; while true; do sleep 0.05; done"))
+    ok(soute(root, "stop", "-t", "20", "sig"))
+    assert ok(soute(root, "logs", "sig")) == "hup\n" and state(root, "sig")["ExitCode"] == 0
+    ok(soute(root, "rm", "sig"))
+
+
+def test_signals_reach_a_foreground_container(root: Path) -> None:
+    cli = subprocess.Popen([sys.executable, "-m", "soute.cli.main", "--root", str(root), "run",
+                            "--rm", "busybox", "sh", "-c",
+                            "trap 'echo term; exit 3' TERM; echo up; "
+                            "while true; do sleep 0.05; done"],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert cli.stdout is not None and cli.stdout.readline() == "up\n"
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=20) == 3
+        assert cli.stdout.read() == "term\n"
+    finally:
+        cli.kill()
+        cli.wait()
+
+
+def test_terminal_resize_follows_ours(root: Path) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
+        os.execv(sys.executable, [sys.executable, "-m", "soute.cli.main", "--root", str(root),
+                                  "run", "--rm", "-i", "-t", "busybox", "sh"])
+    output = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal output
+        deadline = time.monotonic() + 20
+        while marker not in output and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert marker in output, output
+
+    try:
+        os.write(fd, b"stty size\n")
+        read_until(b"30 90")
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))  # SIGWINCH
+        time.sleep(0.3)
+        os.write(fd, b"stty size\n")
+        read_until(b"50 132")
+        os.write(fd, b"exit\n")
+    except BaseException:
+        os.kill(pid, signal.SIGTERM)
+        raise
+    finally:
+        os.waitpid(pid, 0)
+        os.close(fd)
