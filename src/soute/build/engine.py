@@ -18,18 +18,19 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from soute.build.changes import ConfigState, apply_instruction
+from soute.build.progress import Progress
 from soute.dockerfile import instructions as ins
 from soute.errors import LocatedError, SouteError
 
 if TYPE_CHECKING:
     from soute.build.context import BuildContext
+    from soute.build.remote_cache import CacheSpec, RemoteCache
     from soute.build.run import MountSource
     from soute.dockerfile.instructions import Dockerfile, Stage
     from soute.dockerfile.stages import BuildScope, StageScope
@@ -55,6 +56,8 @@ class BuildOptions:
     labels: dict[str, str] = field(default_factory=dict)
     quiet: bool = False
     secrets: dict[str, bytes] = field(default_factory=dict)  # RUN --mount=type=secret
+    cache_from: Sequence[CacheSpec] = ()  # registry caches to import (remote_cache)
+    cache_to: Sequence[CacheSpec] = ()  # and to export to
 
 
 @dataclass
@@ -63,34 +66,6 @@ class StageResult:
     layers: list[tuple[str, int]]  # (diff_id, size) base first
     key: str  # cache key of the last step
     image: Image | None = None
-
-
-class Progress:
-    """BuildKit's plain progress: ``#N [stage k/n] INSTRUCTION``, output, ``#N DONE 0.1s``."""
-
-    def __init__(self, out: TextIO | None) -> None:
-        self.out = out
-        self.n = 0
-        self.started = 0.0
-
-    def step(self, title: str) -> None:
-        self.n += 1
-        self.started = time.monotonic()
-        self.say(f"#{self.n} {title}")
-
-    def say(self, line: str) -> None:
-        if self.out is not None:
-            self.out.write(line + "\n")
-            self.out.flush()
-
-    def output(self, line: str) -> None:
-        self.say(f"#{self.n} {time.monotonic() - self.started:.3f} {line}")
-
-    def cached(self) -> None:
-        self.say(f"#{self.n} CACHED")
-
-    def done(self) -> None:
-        self.say(f"#{self.n} DONE {time.monotonic() - self.started:.1f}s")
 
 
 def _key(*parts: object) -> str:
@@ -116,6 +91,11 @@ class Builder:
         self._scopes: dict[int, StageScope] = {}
         self._context: BuildContext | None = None
         self.scope: BuildScope | None = None
+        self.remote: RemoteCache | None = None  # --cache-from / --cache-to
+        if opts.cache_from or opts.cache_to:
+            from soute.build.remote_cache import RemoteCache
+
+            self.remote = RemoteCache(store, opts.cache_from, opts.cache_to, progress)
 
     def context(self) -> BuildContext:
         """The build context, read once per build (content hashes keep a stat cache)."""
@@ -143,15 +123,22 @@ class Builder:
         self.scope = scope
         plan = scope.plan()
         with self.store.session():
+            if self.remote is not None:
+                self.remote.load()
             result: StageResult | None = None
             for stage in plan:
+                if self.remote is not None:
+                    self.remote.stage = stage.index
                 result = self._stage(df, scope, stage, len(plan))
                 self.results[stage.index] = result
             assert result is not None
             warning = scope.unused_build_args_warning()
             if warning:
                 self.progress.say(warning)
-            return self._export(result)
+            image = self._export(result)
+            if self.remote is not None:
+                self.remote.export(scope, plan[-1])
+            return image
 
     # ------------------------------------------------------------------ stages
 
@@ -308,8 +295,14 @@ class Builder:
 
         text = created_by + (" # buildkit" if suffix else "")
         hit = None if self.opts.no_cache else self.store.meta.cache_get(key)
-        if hit is not None and (hit[0] is None or self.store.blobs.has(hit[0])):
+        if hit is not None and hit[0] is not None and not self.store.blobs.has(hit[0]):
+            hit = None  # its layer is gone from the store
+        if hit is None and self.remote is not None and not self.opts.no_cache:
+            hit = self.remote.lookup(key, [d for d, _ in layers])  # --cache-from
+        if hit is not None:
             diff_id, size, _, created = hit
+            if self.remote is not None:
+                self.remote.record(key, diff_id, created)
             self.progress.cached()
             self._history(config, text, empty=diff_id is None, created=Timestamp.parse(created))
             if diff_id is None:
@@ -329,6 +322,8 @@ class Builder:
             if not any(os.scandir(upper)):
                 # Nothing changed on disk: docker records the step without a layer.
                 self.store.meta.cache_put(key, None, 0, None, created.format(), created.format())
+                if self.remote is not None:
+                    self.remote.record(key, None, created.format())
                 self._history(config, text, empty=True, created=created)
                 return key, None
             with self.store.blobs.writer() as w:
@@ -355,6 +350,8 @@ class Builder:
             self.store.meta.cache_put(
                 key, diff_id, layer.size, chain, created.format(), created.format()
             )
+            if self.remote is not None:
+                self.remote.record(key, diff_id, created.format())
             self._history(config, text, empty=False, created=created)
             self._add_layer(config, diff_id)
             return key, (diff_id, layer.size)

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
+    from soute.build.engine import BuildOptions
     from soute.cli.main import Context
+    from soute.store.store import Image, Store
 
 
 def configure_build(p: argparse.ArgumentParser) -> None:
@@ -26,10 +28,23 @@ def configure_build(p: argparse.ArgumentParser) -> None:
                    help="network for RUN (default: the host's)")
     p.add_argument("--label", action="append", default=[], metavar="K=V",
                    help="set metadata on the image")
-    p.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto")
+    p.add_argument("--progress", choices=("auto", "plain", "tty"), default="auto",
+                   help="tty: a live view of the steps; plain: one line per event; auto: tty "
+                   "on a terminal (default)")
+    p.add_argument("--check", action="store_true",
+                   help="check the Dockerfile first (the rules of 'soute lint') and show the "
+                   "findings; '# check=error=true' makes them fail the build")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="the platform to build for: only the host's (no emulation)")
     p.add_argument("--iidfile", help="write the image ID to this file")
     p.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]",
                    help="a secret for RUN --mount=type=secret")
+    p.add_argument("--cache-from", action="append", default=[],
+                   metavar="type=registry,ref=R",
+                   help="reuse the build cache exported to registry ref R (repeatable)")
+    p.add_argument("--cache-to", action="append", default=[],
+                   metavar="type=registry,ref=R[,mode=min|max]",
+                   help="export the build cache to registry ref R (mode=max: every stage)")
 
 
 def _pairs(values: list[str], what: str, *, from_env: bool) -> dict[str, str]:
@@ -57,7 +72,8 @@ def _is_tar(head: bytes) -> bool:
 
 
 def run_build(ctx: Context, args: argparse.Namespace) -> int:
-    from soute.build.engine import BuildOptions, build
+    from soute.build.engine import BuildOptions
+    from soute.build.remote_cache import parse_cache_spec
     from soute.errors import SouteError
     from soute.store.names import full_tag
 
@@ -107,9 +123,11 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
         target=args.target, no_cache=args.no_cache, network=args.network,
         labels=_pairs(args.label, "--label", from_env=False), quiet=args.quiet,
         secrets=_secrets(args.secret),
+        cache_from=[parse_cache_spec(v, export=False) for v in args.cache_from],
+        cache_to=[parse_cache_spec(v, export=True) for v in args.cache_to],
     )
     try:
-        image = build(store, opts)
+        image, summary = _build(store, opts, args)
     finally:
         if cleanup is not None:
             import shutil
@@ -125,7 +143,96 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
         print(f"writing image {image.id} done", file=sys.stderr)
         for tag in opts.tags:
             print(f"naming to {familiar(tag)} done", file=sys.stderr)
+    sys.stderr.write(summary)  # the check warnings, last, as docker lists them
     return 0
+
+
+def _build(store: Store, opts: BuildOptions, args: argparse.Namespace) -> tuple[Image, str]:
+    """Check the platform and the Dockerfile, then build with the view ``--progress`` asks
+    for. Returns the image and the check warnings' summary, to print after it; when the
+    build fails the summary is printed here, before the error, as docker does."""
+    from soute.build.engine import Builder
+    from soute.build.progress import TtyProgress, open_progress
+
+    _check_platforms(args.platform)
+    warnings = _check_dockerfile(opts, every_rule=args.check)
+    printer = open_progress(None if opts.quiet else sys.stderr, args.progress)
+    summary = "" if opts.quiet else _summary(warnings, color=isinstance(printer, TtyProgress))
+    if args.check:
+        for w in warnings:  # at the top, as BuildKit lists them under its first step
+            printer.say(f"WARN: {w}")
+    try:
+        image = Builder(store, opts, printer).build()
+    except BaseException as e:
+        printer.close(e)
+        sys.stderr.write(summary)
+        raise
+    printer.close()
+    return image, summary
+
+
+def _check_platforms(value: str | None) -> None:
+    """``--platform``: soute builds for the host platform only."""
+    if not value:
+        return
+    from soute.dockerfile.stages import host_platform, unsupported_platform
+    from soute.errors import SouteError
+    from soute.image.platforms import Platform
+
+    host = host_platform()
+    for spec in value.split(","):
+        why = unsupported_platform(Platform.parse(spec.strip()).normalized(), host)
+        if why:
+            raise SouteError(f"--platform {spec.strip()}: {why}",
+                             f"leave --platform out to build for {host}")
+
+
+def _check_dockerfile(opts: BuildOptions, *, every_rule: bool) -> list[str]:
+    """BuildKit's build checks: its rules on every build (all of soute lint's with
+    ``--check``), as ``RULE: message (line N)``. The ``check`` directive, or the
+    BUILDKIT_DOCKERFILE_CHECK build arg in its place, skips rules; with ``error=true`` any
+    finding fails the build before a step runs."""
+    from soute.dockerfile.instructions import parse_dockerfile
+    from soute.errors import LocatedError
+    from soute.lint import parse_check_directive
+    from soute.lint.checks import run_checks
+
+    df = parse_dockerfile(opts.dockerfile, file=opts.dockerfile_name)
+    directive = opts.build_args.get("BUILDKIT_DOCKERFILE_CHECK")
+    config = parse_check_directive(
+        directive if directive is not None else df.directives.get("check", "")
+    )
+    if config.skip_all:
+        return []
+    findings = [
+        f for f in run_checks(df, opts.context)
+        if (every_rule or f.rule.buildkit) and not config.skips(f.rule)
+    ]  # fmt: skip
+    if config.error and findings:
+        for f in findings:
+            print(f"{opts.dockerfile_name}:{f.line}: {f.rule.name}: {f.message}", file=sys.stderr)
+        rules = ", ".join(dict.fromkeys(f.rule.name for f in findings))
+        raise LocatedError(
+            f"lint violation found for rules: {rules}",
+            file=opts.dockerfile_name,
+            line=findings[0].line,
+            hint="'# check=error=true' makes check findings fail the build: fix them, or skip "
+            "their rules with '# check=skip=RULE,...'",
+        )
+    # BuildKit's LintFormatShort
+    return [f"{f.rule.name}: {f.message}" + (f" (line {f.line})" if f.line > 0 else "")
+            for f in findings]
+
+
+def _summary(warnings: list[str], *, color: bool) -> str:
+    """docker's list of the check warnings after a build (its header yellow on a terminal)."""
+    if not warnings:
+        return ""
+    n = len(warnings)
+    head = f"{n} warning{'' if n == 1 else 's'} found (use soute lint to expand):"
+    if color and not os.environ.get("NO_COLOR"):
+        head = "\x1b[33m" + head + "\x1b[0m"
+    return "\n " + head + "\n" + "".join(f" - {w}\n" for w in warnings)
 
 
 def _read(path: Path, name: str) -> str:

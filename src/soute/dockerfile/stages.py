@@ -81,6 +81,7 @@ __all__ = [
     "Dependency",
     "StageScope",
     "host_platform",
+    "unsupported_platform",
 ]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -104,6 +105,24 @@ InstrT = TypeVar("InstrT", bound=Instruction)
 def host_platform() -> Platform:
     """BuildKit's default build platform: the host's, normalised (arm64 has no variant)."""
     return Platform.host().normalized()
+
+
+def unsupported_platform(platform: Platform, host: Platform) -> str | None:
+    """Why soute cannot build for ``platform`` on ``host``, or None when it can.
+
+    soute builds for the host platform only: no emulation, and no base images or
+    ``TARGETPLATFORM`` of another platform even where the host could run it (linux/386).
+    """
+    if host.matches(platform, strict=True):
+        return None
+    if platform.os != host.os:
+        return f"building for {platform} needs a {platform.os} host: soute builds for {host}"
+    if host.matches(platform) or platform.architecture == host.architecture:
+        return (
+            f"building for {platform} is not supported (yet): soute builds for the host "
+            f"platform, {host}"
+        )
+    return f"building for {platform} needs emulation, which soute does not do (yet)"
 
 
 # ---------------------------------------------------------------------------- the build
@@ -356,7 +375,8 @@ class BuildScope:
         stages above it.
         """
         stages = self.dockerfile.stages
-        bases = [self.resolve_base(s).stage for s in stages]
+        refs = [self.resolve_base(s) for s in stages]
+        bases = [r.stage for r in refs]
         target = self.target
         deps = {s.index: self.dependencies(s) for s in stages}
         self._check_cycles(deps)
@@ -371,6 +391,13 @@ class BuildScope:
                 todo.append(base)
             todo.extend(d.stage for d in deps[stage.index])
         order = [s for s in stages if s.index in needed]
+        for stage in order:
+            platform = refs[stage.index].platform
+            why = platform and unsupported_platform(platform, self.build_platform)
+            if why:
+                raise self.error(
+                    stage.from_, why, "remove --platform, or use --platform=$BUILDPLATFORM"
+                )
         for stage in order:
             for d in deps[stage.index]:
                 if d.stage.index < stage.index:

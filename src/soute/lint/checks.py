@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from soute.dockerfile.goquote import go_quote
 from soute.dockerfile.instructions import (
     Add,
     Arg,
@@ -431,7 +432,7 @@ def check_instructions(ctx: Context) -> None:
         if isinstance(instr, Maintainer):
             ctx.add(
                 "MaintainerDeprecated", instr.line,
-                "MAINTAINER is deprecated, use a label to name the image's author",
+                "Maintainer instruction is deprecated in favor of using label",
                 f'LABEL org.opencontainers.image.authors="{instr.maintainer}"',
             )  # fmt: skip
         elif isinstance(instr, Add):
@@ -469,8 +470,8 @@ def check_instructions(ctx: Context) -> None:
                 if _SECRET.search(key) and not _SECRET_OK.search(key):
                     ctx.add(
                         "SecretsUsedInArgOrEnv", instr.line,
-                        f'Do not use {instr.NAME} instructions for sensitive data '
-                        f'({instr.NAME} "{key}")',
+                        "Do not use ARG or ENV instructions for sensitive data "
+                        f"({instr.NAME} {go_quote(key)})",
                     )  # fmt: skip
 
 
@@ -557,10 +558,14 @@ def check_from(ctx: Context) -> None:
                 ctx.add(
                     "ReservedStageName",
                     f.line,
-                    f"Stage name should not use the same name as reserved stage '{f.name}'",
+                    "Stage name should not use the same name as reserved stage "
+                    f"{go_quote(f.name)}",
                 )
             if f.name in stage_names:
-                ctx.add("DuplicateStageName", f.line, f"Duplicate stage name '{f.name}'")
+                ctx.add(
+                    "DuplicateStageName", f.line,
+                    f"Duplicate stage name {go_quote(f.name)}, stage names should be unique",
+                )  # fmt: skip
             stage_names.add(f.name)
         env = dict(_PLATFORM_ARGS)
         env.update(meta)
@@ -707,8 +712,8 @@ def check_stage_rules(ctx: Context) -> None:
                 if not absolute_workdir and not instr.path.startswith(("/", "$")):
                     ctx.add(
                         "WorkdirRelativePath", instr.line,
-                        f"Relative workdir '{instr.path}' can have unexpected results if the "
-                        "base image changes",
+                        f"Relative workdir {go_quote(instr.path)} can have unexpected results "
+                        "if the base image changes",
                         f"WORKDIR /{instr.path}",
                     )  # fmt: skip
                 absolute_workdir = True
@@ -965,8 +970,8 @@ def check_ignored_copy(ctx: Context) -> None:
             if clean not in (".", "") and matcher.matches(clean):
                 ctx.add(
                     "CopyIgnoredFile", instr.line,
-                    f"Attempting to {instr.NAME} file \"{src}\" that is excluded by "
-                    ".dockerignore",
+                    f"Attempting to {'Add' if isinstance(instr, Add) else 'Copy'} file "
+                    f"{go_quote(posixpath.normpath(src))} that is excluded by .dockerignore",
                 )  # fmt: skip
 
 

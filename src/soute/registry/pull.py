@@ -117,6 +117,40 @@ def pull(store: Store, name: str, *, platform: str | None = None,
     raise AssertionError("unreachable")
 
 
+def fetch_manifest(registry: Registry, ref: Reference) -> tuple[bytes, str, str]:
+    """The manifest (or index) ``ref`` names, as it came: ``(bytes, media type, digest)``,
+    checked against the digest that named it or the one the registry gave."""
+    return _quiet(registry, ref)._manifest(ref.digest or ref.tag or "latest", ref.digest)
+
+
+def fetch_document(registry: Registry, ref: Reference, desc: Descriptor) -> bytes:
+    """A small blob of ``ref``'s repository (a config), checked against ``desc``."""
+    return _quiet(registry, ref)._config(desc)
+
+
+def fetch_layer(store: Store, registry: Registry, ref: Reference, desc: Descriptor,
+                diff_id: str) -> None:
+    """Download the layer blob ``desc`` of ``ref``'s repository into the store as the
+    uncompressed layer ``diff_id``. Both digests are checked before the layer is stored;
+    on any error nothing is."""
+    if desc.media_type not in mt.LAYER_TYPES:
+        raise RegistryError(f"{ref}: blob {short_id(desc.digest)} has media type "
+                            f"{desc.media_type}, not a layer")
+    if store.blobs.has(diff_id):
+        return
+    puller = _quiet(registry, ref, store)
+    with store.blobs.writer() as writer:
+        puller._layer(_Download(desc, diff_id, writer))
+        writer.commit()
+    locations.record(store, [Location(desc.digest, puller.repository, diff_id,
+                                      desc.media_type, desc.size)])
+
+
+def _quiet(registry: Registry, ref: Reference, store: Store | None = None) -> _Puller:
+    # Manifests and documents never touch the store.
+    return _Puller(store, registry, ref, None, Progress(None), Progress(None))  # type: ignore[arg-type]
+
+
 @dataclass
 class _Resolved:
     digest: str  # what the reference names

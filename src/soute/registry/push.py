@@ -123,6 +123,32 @@ def _tags_to_push(store: Store, ref: Reference, all_tags: bool) -> list[str]:
     return [full]
 
 
+class ArtifactPusher:
+    """Layers of the store, small documents and a manifest naming them, to one repository:
+    what a build cache export sends (:mod:`soute.build.remote_cache`). Layers go as
+    :func:`push` sends them (known blobs HEADed or mounted, otherwise compressed and
+    uploaded); the manifest is always OCI."""
+
+    def __init__(self, store: Store, registry: Registry, ref: Reference, *,
+                 compression: Compression = "gzip", err: TextIO | None = None) -> None:
+        self._pusher = _Pusher(store, registry, ref, compression, "oci", Progress(err))
+
+    def layers(self, diff_ids: list[str]) -> dict[str, Descriptor]:
+        return self._pusher.layers(diff_ids)
+
+    def document(self, data: bytes, media_type: str) -> Descriptor:
+        """Upload ``data`` as a blob unless the repository has it."""
+        digest = sha256_digest(data)
+        if not self._pusher._exists(digest):
+            self._pusher._upload(_Blob(data=data), digest, len(data))
+        return Descriptor(media_type, digest, len(data))
+
+    def manifest(self, manifest: Manifest, tag: str) -> tuple[str, int]:
+        """PUT ``manifest`` under ``tag``: its digest and size."""
+        digest, size, _ = self._pusher._put(manifest, tag)
+        return digest, size
+
+
 class _Pusher:
     def __init__(self, store: Store, registry: Registry, ref: Reference,
                  compression: Compression, format: Format | None, progress: Progress) -> None:
@@ -141,10 +167,26 @@ class _Pusher:
     # ------------------------------------------------------------------ an image
 
     def image(self, image: Image, ref: Reference) -> PushResult:
-        todo = list(dict.fromkeys(image.diff_ids))
-        workers = max(1, min(WORKERS, len(todo)))
         # One request first: a denied repository is one line, before any progress.
         config_there = image.id in self._done or self._exists(image.id, self.repository)
+        configs: list[Descriptor] = []
+        layers = self.layers(image.diff_ids,
+                             meanwhile=lambda: configs.append(self._config(image, config_there)))
+        config = configs[0]
+        locations.record(self.store, [
+            Location(config.digest, self.repository, image.id, config.media_type, config.size)])
+        manifest = Manifest(config=config, layers=[layers[d] for d in image.diff_ids],
+                            annotations=self._annotations(image))
+        digest, size, media_type = self._put_manifest(manifest, ref.tag or "latest")
+        self.store.meta.add_repo_digest(ref.name, digest, image.id)
+        return PushResult(str(ref), digest, size, media_type)
+
+    def layers(self, diff_ids: list[str], *,
+               meanwhile: Callable[[], object] | None = None) -> dict[str, Descriptor]:
+        """Push the store's layers ``diff_ids``, several at once; ``meanwhile`` runs in this
+        thread while they go. Returns the blob pushed for each diff_id."""
+        todo = list(dict.fromkeys(diff_ids))
+        workers = max(1, min(WORKERS, len(todo)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="push") as pool:
             for diff_id in reversed(todo):  # docker lists the top layer first
                 if diff_id not in self._done:
@@ -153,7 +195,8 @@ class _Pusher:
             known = {d: locations.known(self.store, d, self.compression) for d in todo}
             futures = {d: pool.submit(self._layer_once, d, known[d]) for d in todo}
             try:
-                config = self._config(image, config_there)
+                if meanwhile is not None:
+                    meanwhile()
                 layers = {d: f.result() for d, f in futures.items()}
             except BaseException:
                 # One failed (or ^C): the others stop before their next request or chunk.
@@ -162,12 +205,8 @@ class _Pusher:
                 raise
         locations.record(self.store, [
             Location(desc.digest, self.repository, key, desc.media_type, desc.size)
-            for key, desc in [*layers.items(), (image.id, config)]])
-        manifest = Manifest(config=config, layers=[layers[d] for d in image.diff_ids],
-                            annotations=self._annotations(image))
-        digest, size, media_type = self._put_manifest(manifest, ref.tag or "latest")
-        self.store.meta.add_repo_digest(ref.name, digest, image.id)
-        return PushResult(str(ref), digest, size, media_type)
+            for key, desc in layers.items()])
+        return layers
 
     def _annotations(self, image: Image) -> dict[str, str]:
         try:
