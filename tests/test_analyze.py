@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ import pytest
 
 from soute.errors import SouteError
 from soute.lint.analyze import analyze_layers, parse_ratio, parse_size
+from soute_cli import busybox_store, ok, soute
 
 BIG = 3_000_000
 
@@ -51,23 +49,10 @@ RUN mkdir -p /var/lib/apt/lists/partial && head -c 20000 /dev/urandom \
 """
 
 
-def soute(root: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
-        input=input, capture_output=True, text=True, env={**os.environ},
-    )
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> str:
-    assert p.returncode == 0, p.stderr
-    return p.stdout
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store with busybox and the images above, shared by the tests of this file."""
-    path = tmp_path_factory.mktemp("store")
-    ok(soute(path, "bootstrap", "busybox"))
+    path = busybox_store(tmp_path_factory)
     for name, text in (("two-runs", TWO_RUNS), ("one-run", ONE_RUN), ("shadowed", SHADOWED),
                        ("opaque", OPAQUE), ("counts", COUNTS), ("apt-lists", APT_LISTS)):
         ok(soute(path, "build", "-q", "-t", name, "-", input=text))

@@ -10,27 +10,13 @@ from pathlib import Path
 
 import pytest
 
-
-def soute(root: Path, *args: str, input: str | None = None, cwd: Path | None = None,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
-        input=input, capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> str:
-    assert p.returncode == 0, p.stderr
-    return p.stdout
+from soute_cli import busybox_store, ok, soute
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store with a busybox base, shared by the tests of this file."""
-    path = tmp_path_factory.mktemp("store")
-    ok(soute(path, "bootstrap", "busybox"))
-    return path
+    return busybox_store(tmp_path_factory)
 
 
 def inspect(root: Path, name: str) -> dict:  # type: ignore[type-arg]

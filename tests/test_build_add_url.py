@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from soute.build import remote
+from soute_cli import busybox_store, ok, soute
 
 LAST_MODIFIED = "Thu, 04 Mar 2021 05:06:07 GMT"
 LAST_MODIFIED_UNIX = 1614834367
@@ -63,24 +63,13 @@ def server() -> Iterator[Server]:
         httpd.server_close()
 
 
-def soute(root: Path, *args: str, input: str | None = None,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
-        input=input, capture_output=True, text=True, env={**os.environ, **(env or {})},
-    )
 
 
-def ok(p: subprocess.CompletedProcess[str]) -> str:
-    assert p.returncode == 0, p.stderr
-    return p.stdout
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("store")
-    ok(soute(path, "bootstrap", "busybox"))
-    return path
+    return busybox_store(tmp_path_factory)
 
 
 def entry(root: Path, name: str, path: str) -> tuple[os.stat_result, bytes] | None:

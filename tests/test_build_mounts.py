@@ -5,29 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def soute(root: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
-        input=input, capture_output=True, text=True, env=dict(os.environ),
-    )
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> str:
-    assert p.returncode == 0, p.stderr
-    return p.stdout
+from soute_cli import busybox_store, ok, soute
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("store")
-    ok(soute(path, "bootstrap", "busybox"))
-    return path
+    return busybox_store(tmp_path_factory)
 
 
 def image_file(root: Path, name: str, path: str) -> str | None:

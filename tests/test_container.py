@@ -24,24 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from soute_cli import busybox_store, ok, soute
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
-
-
-def soute(root: Path, *args: str, input: str | None = None, timeout: float = 60,
-          cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
-                          capture_output=True, text=True, input=input, timeout=timeout, cwd=cwd)
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> str:
-    assert p.returncode == 0, (p.args, p.stdout, p.stderr)
-    return p.stdout
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("store")
-    ok(soute(path, "bootstrap", "busybox"))
+    path = busybox_store(tmp_path_factory)
     context = tmp_path_factory.mktemp("ctx")
     (context / "Dockerfile").write_text(
         "FROM busybox\n"
@@ -161,28 +151,35 @@ def test_network_modes(root: Path) -> None:
     assert Path("/proc/net/dev").read_text().count(":") == host.count(":")
 
 
+class Screen:
+    """What a terminal shows of the program on the other side of ``fd``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.output = b""
+
+    def read_until(self, marker: bytes, within: float = 20) -> None:
+        deadline = time.monotonic() + within
+        while marker not in self.output and time.monotonic() < deadline:
+            if select.select([self.fd], [], [], 0.5)[0]:
+                try:
+                    self.output += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        assert marker in self.output, self.output
+
+
 def test_terminal_with_t(root: Path) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # the child: soute under a terminal (40 rows, 100 columns), as a user types
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
         os.execv(sys.executable, [sys.executable, "-m", "soute.cli.main", "--root", str(root),
                                   "run", "--rm", "-i", "-t", "busybox", "sh"])
-    output = b""
-
-    def read_until(marker: bytes) -> None:
-        nonlocal output
-        deadline = time.monotonic() + 20
-        while marker not in output and time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.5)[0]:
-                try:
-                    output += os.read(fd, 4096)
-                except OSError:
-                    break
-        assert marker in output, output
+    screen = Screen(fd)
 
     try:
         os.write(fd, b"tty; echo $TERM; stty size\n")
-        read_until(b"40 100")
+        screen.read_until(b"40 100")
         os.write(fd, b"exit 5\n")
     except BaseException:
         os.kill(pid, signal.SIGTERM)
@@ -191,7 +188,7 @@ def test_terminal_with_t(root: Path) -> None:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     # The host's pty is the container's console, as runc does it (docker shows /dev/pts/0).
-    assert b"/dev/console\r\n" in output and b"xterm" in output
+    assert b"/dev/console\r\n" in screen.output and b"xterm" in screen.output
     assert os.waitstatus_to_exitcode(status) == 5
 
 
@@ -590,26 +587,15 @@ def test_terminal_resize_follows_ours(root: Path) -> None:
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
         os.execv(sys.executable, [sys.executable, "-m", "soute.cli.main", "--root", str(root),
                                   "run", "--rm", "-i", "-t", "busybox", "sh"])
-    output = b""
-
-    def read_until(marker: bytes) -> None:
-        nonlocal output
-        deadline = time.monotonic() + 20
-        while marker not in output and time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.5)[0]:
-                try:
-                    output += os.read(fd, 4096)
-                except OSError:
-                    break
-        assert marker in output, output
+    screen = Screen(fd)
 
     try:
         os.write(fd, b"stty size\n")
-        read_until(b"30 90")
+        screen.read_until(b"30 90")
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))  # SIGWINCH
         time.sleep(0.3)
         os.write(fd, b"stty size\n")
-        read_until(b"50 132")
+        screen.read_until(b"50 132")
         os.write(fd, b"exit\n")
     except BaseException:
         os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,36 @@
+"""The soute command as the tests run it: a subprocess on a given store, and a busybox
+store made once per test module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def soute(root: Path, *args: str, input: str | None = None, cwd: Path | None = None,
+          env: dict[str, str] | None = None, timeout: float = 900,
+          ) -> subprocess.CompletedProcess[str]:
+    """``soute --root ROOT ARGS...``, its output captured as text (a hang fails the test
+    rather than the whole run)."""
+    return subprocess.run(
+        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
+        input=input, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> str:
+    """The standard output of a command that must succeed."""
+    assert p.returncode == 0, (p.args, p.stdout, p.stderr)
+    return p.stdout
+
+
+def busybox_store(factory: pytest.TempPathFactory) -> Path:
+    """A new store holding ``busybox`` (``soute bootstrap busybox``)."""
+    path = factory.mktemp("store")
+    ok(soute(path, "bootstrap", "busybox"))
+    return path
