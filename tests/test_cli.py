@@ -103,3 +103,17 @@ def test_help_lists_commands() -> None:
     p = soute("--help")
     assert p.returncode == 0
     assert "parse" in p.stdout and "--root" in p.stdout
+
+
+def test_a_relative_root_works_from_its_directory(tmp_path: Path) -> None:
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "f.txt").write_text("copied\n")
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM busybox\nCOPY f.txt /f.txt\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", "store", *args],
+                              cwd=tmp_path, capture_output=True, text=True)
+
+    assert run("bootstrap", "busybox").returncode == 0
+    built = run("build", "-q", "-t", "rel", "ctx")
+    assert built.returncode == 0, built.stderr

@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         root = opts.get("root")
         from soute.store import default_root
 
-        ctx = Context(root=Path(str(root)) if root else default_root(), debug=debug)
+        # Absolute: the runtime's children change directory (a relative root would move).
+        ctx = Context(root=Path(os.path.abspath(str(root))) if root else default_root(),
+                      debug=debug)
         try:
             return int(getattr(module, f"run_{stem}")(ctx, ns) or 0)
         finally:

@@ -10,7 +10,7 @@ def default_root() -> Path:
     """Where the store lives: ``$SOUTE_ROOT``, else a system or per-user default like docker's."""
     env = os.environ.get("SOUTE_ROOT")
     if env:
-        return Path(env)
+        return Path(os.path.abspath(env))  # children chdir: a relative root would move
     if os.geteuid() == 0:
         return Path("/var/lib/soute")
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
