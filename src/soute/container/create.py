@@ -254,12 +254,18 @@ def create(store: Store, image_name: str, opts: RunOptions) -> Container:
     """Check ``opts`` against the image and record the container (status created)."""
     from soute.image.config import ImageConfig
     from soute.image.timestamp import Timestamp
-    from soute.registry.pull import ensure_image
+    from soute.store.names import resolve
+    from soute.store.store import ImageNotFound
 
     if opts.network not in NETWORKS:
         raise ContainerError(f"network {opts.network} not found",
                              "use --network private, host or none")
-    image = ensure_image(store, image_name)  # pulled when missing, as docker run does
+    try:
+        image = resolve(store, image_name)
+    except ImageNotFound:  # pulled when missing, as docker run does (the import is heavy)
+        from soute.registry.pull import ensure_image
+
+        image = ensure_image(store, image_name)
     config = ImageConfig.from_json(store.blobs.read(image.id)).config
     entrypoint, cmd = command_of(config, opts)
     command = entrypoint + cmd
