@@ -3,6 +3,12 @@
 The copy writes through an overlay mount of the parent snapshots with the step's upper dir,
 so the kernel turns replacements into whiteouts exactly as for RUN. The mount lives in a
 child process's own mount namespace: nothing stays mounted if the build is killed.
+
+When the destination's top-level directory is in no parent snapshot (``COPY . /app`` onto
+a base without ``/app``), the copy writes straight into the upper dir instead, reading the
+image through a read-only overlay of the parents: every entry is new, so the upper dir ends
+up the same as through the overlay (no copy-up, whiteout or opaque directory is possible),
+and a create there costs a plain ``openat`` instead of overlayfs' (about 25 times more).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from soute.errors import LocatedError, SouteError
 
 if TYPE_CHECKING:
     from soute.build.engine import Builder
+    from soute.build.git import Resolved
     from soute.dockerfile.stages import StageScope
     from soute.image.config import ImageConfig
 
@@ -32,7 +39,7 @@ def copy_step(
     layers: list[tuple[str, int]],
     key: str,
 ) -> tuple[str, tuple[str, int] | None]:
-    from soute.build import remote
+    from soute.build import git, remote
     from soute.build.engine import _key
 
     file = builder.opts.dockerfile_name
@@ -50,8 +57,12 @@ def copy_step(
     downloads: dict[int, remote.Download] = {}
     sums: list[object] = []
     http_cache = builder.store.root / "cache" / "http"
+    # Git sources are keyed on the commit their ref resolves to (git ls-remote).
+    resolved = _resolve_git(builder, instr, kinds, checksum, file)
     for i, (path, kind) in enumerate(zip(instr.sources, kinds, strict=True)):
-        if kind == "http" and checksum:
+        if kind == "git":
+            sums.append(resolved[i].cache_key())
+        elif kind == "http" and checksum:
             sums.append(remote.checksum_key(remote.url_file_name(path), checksum))
         elif kind == "http":
             try:
@@ -76,7 +87,8 @@ def copy_step(
         key,
         instr.NAME,
         source_key,
-        list(instr.sources),
+        # A git source's key is its commit, whatever the URL's spelling (as in BuildKit).
+        [s if k != "git" else "" for s, k in zip(instr.sources, kinds, strict=True)],
         sums,
         contents,
         instr.dest,
@@ -91,6 +103,14 @@ def copy_step(
     def make(upper: Path, lowers: list[Path]) -> None:
         sources: list[dict[str, object]] = []
         for i, (path, kind) in enumerate(zip(instr.sources, kinds, strict=True)):
+            if kind == "git":
+                try:
+                    tree = git.checkout(builder.store.root / "cache" / "git", resolved[i])
+                except SouteError as e:
+                    raise located(e) from None
+                # The checkout's root is copied onto dest, never unpacked.
+                sources.append({"path": "/", "url": str(tree), "unpack": False})
+                continue
             if kind != "http":
                 sources.append({"path": path})
                 continue
@@ -119,12 +139,24 @@ def copy_step(
             "excludes": list(instr.excludes),
             "unpack": unpack,
             "tmp": str(builder.store.tmp),
+            "direct": _dest_is_new(instr.dest, workdir, lowers),
         }
         error = _in_child(job)
         if error is not None:
             raise LocatedError(error, file=file, line=instr.line)
 
     return builder._layer_step(config, layers, step_key, _created_by(instr), make)
+
+
+def _dest_is_new(dest: str, workdir: str, lowers: Sequence[Path]) -> bool:
+    """Whether ``dest``'s top-level directory is in none of the parent snapshots (not even
+    as a whiteout): then the copy only creates entries, never replaces or hides one."""
+    from soute.build.copy import dest_path
+
+    top = dest_path(dest, workdir).lstrip("/").partition("/")[0]
+    if top in ("", ".", ".."):
+        return False
+    return not any(os.path.lexists(os.path.join(lower, top)) for lower in lowers)
 
 
 def _pinned_checksum(instr: ins.Copy | ins.Add, kinds: list[str], file: str) -> str:
@@ -144,12 +176,9 @@ def _pinned_checksum(instr: ins.Copy | ins.Add, kinds: list[str], file: str) -> 
     for kind in kinds:
         if kind == "git" and isinstance(instr, ins.Copy):
             raise error("source can't be a git ref for COPY", "use ADD for git sources")
-        if kind == "git":
-            raise error("ADD of git repositories is not supported by soute yet",
-                        "clone it in a RUN, or into the context first")
         if kind == "http" and isinstance(instr, ins.Copy):
             raise error("source can't be a URL for COPY", "use ADD to download a file")
-    if checksum:
+    if checksum and kinds[0] == "http":  # a git source's checksum is a commit SHA prefix
         from soute.image.digest import parse_digest
 
         try:
@@ -157,6 +186,30 @@ def _pinned_checksum(instr: ins.Copy | ins.Add, kinds: list[str], file: str) -> 
         except SouteError as e:
             raise error(e.message, e.hint or "e.g. --checksum=sha256:<64 hex digits>") from None
     return checksum
+
+
+def _resolve_git(
+    builder: Builder, instr: ins.Copy | ins.Add, kinds: list[str], checksum: str, file: str
+) -> dict[int, Resolved]:
+    """The git sources of ``instr`` (by index) with their commits resolved."""
+    from soute.build import git
+
+    resolved: dict[int, Resolved] = {}
+    for i, (path, kind) in enumerate(zip(instr.sources, kinds, strict=True)):
+        if kind != "git":
+            continue
+        keep = instr.keep_git_dir if isinstance(instr, ins.Add) else None
+        try:
+            source = git.with_auth(git.git_source(path, keep_git_dir=keep, checksum=checksum),
+                                   builder.opts.secrets)
+        except SouteError as e:
+            raise LocatedError(e.message, file=file, line=instr.line, hint=e.hint) from None
+        try:
+            resolved[i] = git.resolve(source)
+        except SouteError as e:  # BuildKit's wording: the key needs the commit
+            raise LocatedError(f"failed to load cache key: {e.message}", file=file,
+                               line=instr.line, hint=e.hint) from None
+    return resolved
 
 
 def _source_layers(
@@ -238,7 +291,9 @@ def _fork_copy(job: dict[str, Any]) -> str | None:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child; its effects are tested
-        os.close(read_fd)
+        from soute.build.engine import close_inherited_fds
+
+        close_inherited_fds(write_fd)  # another stage's pipes must not wait for this copy
         code = 0
         try:
             _copy_in_namespace(job)
@@ -268,17 +323,23 @@ def _copy_in_namespace(job: dict[str, Any]) -> None:
     _linux.unshare(_linux.CLONE_NEWNS)
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
     scratch = Path(job["scratch"])
-    work = scratch / "work"
-    work.mkdir()
     target = scratch / "root"
     target.mkdir()
-    link_layers(Layers(job["lowers"], job["upper"], work), scratch / "links")
-    mount_overlay(scratch / "links", str(target))
+    write = target
+    if job.get("direct", False):
+        # Every entry is new: write into the upper dir, read the image from the parents.
+        _mount_readonly(job["lowers"], scratch, target, links="links")
+        write = Path(job["upper"])
+    else:
+        work = scratch / "work"
+        work.mkdir()
+        link_layers(Layers(job["lowers"], job["upper"], work), scratch / "links")
+        mount_overlay(scratch / "links", str(target))
     tree: SourceTree
     if job["source_layers"] is not None:
         src_root = scratch / "src"
         src_root.mkdir()
-        _mount_readonly(job["source_layers"], scratch, src_root)
+        _mount_readonly(job["source_layers"], scratch, src_root, links="src-links")
         tree = SourceTree(src_root, name="stage")
     elif job["context"] is not None:
         tree = BuildContext(Path(job["context"]),
@@ -295,28 +356,34 @@ def _copy_in_namespace(job: dict[str, Any]) -> None:
             sources.append(Source(src["path"], tree))
     sources += [InlineSource(n, d.encode("utf-8", "surrogateescape"))
                 for n, d in job["contents"]]
-    copy_into(sources, job["dest"], target_root=target, write_root=target,
+    copy_into(sources, job["dest"], target_root=target, write_root=write,
               workdir=job["workdir"], chown=job["chown"], chmod=job["chmod"],
               parents=job["parents"], excludes=job["excludes"], unpack=job["unpack"])
 
 
-def _mount_readonly(lowers: Sequence[str], scratch: Path, target: Path) -> None:
-    """A read-only overlay of a stage's snapshots (or a bind of its only one)."""
+def _mount_readonly(
+    lowers: Sequence[str], scratch: Path, target: Path, *, links: str = "src-links"
+) -> None:
+    """A read-only overlay of a stage's snapshots (or a bind of its only one); ``links``
+    names the scratch directory of their short names."""
     from soute.runtime import _linux
 
     if not lowers:
         return  # a stage with no layer (FROM scratch, metadata only): an empty tree
     if len(lowers) == 1:
         _linux.mount(lowers[0], str(target), None, _linux.MS_BIND | _linux.MS_REC)
+        # A bind is writable until remounted: the snapshot must stay as it is.
+        _linux.mount(None, str(target), None,
+                     _linux.MS_BIND | _linux.MS_REMOUNT | _linux.MS_RDONLY)
         return
-    links = scratch / "src-links"
-    links.mkdir()
+    links_dir = scratch / links
+    links_dir.mkdir()
     names = []
     for i, path in enumerate(lowers):
-        os.symlink(path, links / str(i))
+        os.symlink(path, links_dir / str(i))
         names.append(str(i))
     saved = os.getcwd()
-    os.chdir(links)
+    os.chdir(links_dir)
     try:
         # Without an upper dir overlayfs is read-only; the top layer comes first.
         _linux.mount(

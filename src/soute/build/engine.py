@@ -8,17 +8,29 @@ the next snapshot, so nothing is copied or unpacked again.
 
 A step is reused when its cache key is known: the key chains the parent's key with what the
 step depends on (the command, the env and args it sees, the content of its sources).
+
+Stages that do not depend on each other are built at the same time, as BuildKit's solver
+does: each in a thread of its own once the stages it reads (FROM, ``COPY --from``,
+``RUN --mount from=``) are built, at most ``SOUTE_BUILD_JOBS`` (default: the number of CPUs)
+at once. A stage that nothing can run beside is built in the calling thread, exactly as a
+sequential build does. Nothing a stage computes depends on the others' timing, so cache keys,
+history and image IDs are those of a sequential build. The first failure (or an interrupt)
+cancels the other stages: their running commands are killed, and what they had not stored
+completely is thrown away.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -32,6 +44,7 @@ if TYPE_CHECKING:
     from soute.build.context import BuildContext
     from soute.build.remote_cache import CacheSpec, RemoteCache
     from soute.build.run import MountSource
+    from soute.build.ssh import SSHAgents
     from soute.dockerfile.instructions import Dockerfile, Stage
     from soute.dockerfile.stages import BuildScope, StageScope
     from soute.image.config import ImageConfig
@@ -56,8 +69,10 @@ class BuildOptions:
     labels: dict[str, str] = field(default_factory=dict)
     quiet: bool = False
     secrets: dict[str, bytes] = field(default_factory=dict)  # RUN --mount=type=secret
+    ssh: SSHAgents | None = None  # --ssh agents, for RUN --mount=type=ssh (the caller's)
     cache_from: Sequence[CacheSpec] = ()  # registry caches to import (remote_cache)
     cache_to: Sequence[CacheSpec] = ()  # and to export to
+    jobs: int | None = None  # stages built at once; None: SOUTE_BUILD_JOBS, else the CPUs
 
 
 @dataclass
@@ -77,6 +92,39 @@ def _key(*parts: object) -> str:
     )
 
 
+def build_jobs(value: str | None = None) -> int:
+    """How many stages a build runs at once: ``value`` (or ``SOUTE_BUILD_JOBS``) when set,
+    else the number of CPUs this process may use."""
+    if value is None:
+        value = os.environ.get("SOUTE_BUILD_JOBS", "")
+    if value.strip():
+        try:
+            jobs = int(value)
+        except ValueError:
+            jobs = 0
+        if jobs < 1:
+            raise SouteError(f"invalid SOUTE_BUILD_JOBS {value!r}",
+                             "give a number of stages to build at once, 1 or more")
+        return jobs
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class _Canceled(Exception):
+    """Raised in a stage's thread once the build is ending: another stage failed."""
+
+
+class _Results(dict[int, StageResult]):
+    """Built stages by index. A stage that reads one not built yet (a base image's ONBUILD
+    trigger may name a stage the plan could not see) waits for it."""
+
+    def __init__(self, builder: Builder) -> None:
+        super().__init__()
+        self._builder = builder
+
+    def __missing__(self, index: int) -> StageResult:
+        return self._builder._await_stage(index)
+
+
 def _go_list(items: Sequence[str]) -> str:
     """Go's %v of a []string: [a b c]."""
     return "[" + " ".join(items) + "]"
@@ -87,10 +135,19 @@ class Builder:
         self.store = store
         self.opts = opts
         self.progress = progress
-        self.results: dict[int, StageResult] = {}
+        self.results: dict[int, StageResult] = _Results(self)
         self._scopes: dict[int, StageScope] = {}
-        self._context: BuildContext | None = None
         self.scope: BuildScope | None = None
+        # Stages may be built in threads (_Scheduler): what they share is guarded.
+        self._lock = threading.Lock()
+        self._local = threading.local()  # the thread's stage index and build context
+        self._pull_lock = threading.Lock()  # one pull at a time: a base shared is pulled once
+        self._remote_lock = threading.Lock()  # RemoteCache is not thread-safe
+        self._step_locks: dict[str, threading.Lock] = {}  # one step per cache key at a time
+        # Each stage's results for --cache-to, replayed in the plan's order at the end.
+        self._records: dict[int, list[tuple[str, str | None, str]]] = {}
+        self._canceled = threading.Event()
+        self._scheduler: _Scheduler | None = None
         self.remote: RemoteCache | None = None  # --cache-from / --cache-to
         if opts.cache_from or opts.cache_to:
             from soute.build.remote_cache import RemoteCache
@@ -98,19 +155,22 @@ class Builder:
             self.remote = RemoteCache(store, opts.cache_from, opts.cache_to, progress)
 
     def context(self) -> BuildContext:
-        """The build context, read once per build (content hashes keep a stat cache)."""
-        if self._context is None:
+        """The build context, read once per build and thread (content hashes keep a stat
+        cache, whose SQLite connection is the thread's own)."""
+        context: BuildContext | None = getattr(self._local, "context", None)
+        if context is None:
             from soute.build.context import BuildContext
 
             assert self.opts.context is not None
             cache = self.store.root / "cache"
             cache.mkdir(exist_ok=True)
-            self._context = BuildContext(
+            context = BuildContext(
                 self.opts.context,
                 dockerfile=self.opts.dockerfile_path,
                 stat_cache=cache / "contenthash.db",
             )
-        return self._context
+            self._local.context = context
+        return context
 
     # ------------------------------------------------------------------ entry
 
@@ -125,22 +185,72 @@ class Builder:
         with self.store.session():
             if self.remote is not None:
                 self.remote.load()
-            result: StageResult | None = None
-            for stage in plan:
-                if self.remote is not None:
-                    self.remote.stage = stage.index
-                result = self._stage(df, scope, stage, len(plan))
-                self.results[stage.index] = result
-            assert result is not None
+            jobs = self.opts.jobs or build_jobs()
+            if jobs == 1 or len(plan) == 1:
+                for stage in plan:
+                    self.results[stage.index] = self._build_stage(df, scope, stage, len(plan))
+            else:
+                self._scheduler = _Scheduler(self, df, scope, plan, jobs)
+                self._scheduler.run()
+            result = self.results[plan[-1].index]  # the target: the plan ends with it
             warning = scope.unused_build_args_warning()
             if warning:
                 self.progress.say(warning)
             image = self._export(result)
             if self.remote is not None:
+                for stage in plan:  # in the plan's order, whatever order the stages ran in
+                    self.remote.stage = stage.index
+                    for record in self._records.get(stage.index, ()):
+                        self.remote.record(*record)
                 self.remote.export(scope, plan[-1])
             return image
 
     # ------------------------------------------------------------------ stages
+
+    def _build_stage(
+        self, df: Dockerfile, scope: BuildScope, stage: Stage, total: int
+    ) -> StageResult:
+        """Build one stage in the calling thread."""
+        self._local.stage = stage.index
+        try:
+            return self._stage(df, scope, stage, total)
+        finally:
+            self._local.stage = None
+
+    def _needs(self, scope: BuildScope, stage: Stage) -> set[int]:
+        """The stages ``stage`` reads: its FROM, ``COPY --from`` and ``RUN --mount from=``."""
+        base = scope.resolve_base(stage).stage
+        needs = {d.stage.index for d in scope.dependencies(stage)}
+        return needs | ({base.index} if base is not None else set())
+
+    def _await_stage(self, index: int) -> StageResult:
+        """The result of stage ``index`` once it is built (only stages built in threads
+        can wait for another; a sequential build has built it already, or never will)."""
+        if self._scheduler is None:
+            raise KeyError(index)
+        return self._scheduler.wait_for(index)
+
+    def _leave_thread(self) -> None:
+        """A stage's thread is over: close what it opened for itself."""
+        context: BuildContext | None = getattr(self._local, "context", None)
+        if context is not None:
+            self._local.context = None
+            context.close()
+        self.store.meta.release()
+
+    def _check_canceled(self) -> None:
+        if self._canceled.is_set():
+            raise _Canceled()
+
+    def _step_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._step_locks.setdefault(key, threading.Lock())
+
+    def _record(self, key: str, diff_id: str | None, created: str) -> None:
+        """A step's result, for --cache-to (sent in the plan's order at the end)."""
+        stage = getattr(self._local, "stage", None)
+        self._records.setdefault(-1 if stage is None else stage, []).append(
+            (key, diff_id, created))
 
     def _stage(self, df: Dockerfile, scope: BuildScope, stage: Stage, total: int) -> StageResult:
         from soute.image.config import ImageConfig
@@ -148,7 +258,7 @@ class Builder:
         base = scope.resolve_base(stage)
         stage_name = stage.display_name
         if base.stage is not None:
-            parent = self.results[base.stage.index]
+            parent = self.results[base.stage.index]  # built already (or waited for)
             config = ImageConfig.from_json(parent.config.to_json())
             layers = list(parent.layers)
             key = parent.key
@@ -179,6 +289,7 @@ class Builder:
         self.progress.step(f"[{stage_name} 1/{len(commands) + 1}] {stage.from_.original}")
         self.progress.done()
         for i, raw in enumerate(commands, start=2):
+            self._check_canceled()
             instr = sscope.step(raw)
             self.progress.step(f"[{stage_name} {i}/{len(commands) + 1}] {raw.original}")
             key, layer = self._dispatch(instr, sscope, config, layers, key, state)
@@ -191,7 +302,8 @@ class Builder:
         from soute.registry.pull import ensure_image
 
         try:  # pulled when the store lacks it, as docker build does
-            return ensure_image(self.store, name, out=self.progress.out)
+            with self._pull_lock:  # stages side by side on one base: one pull
+                return ensure_image(self.store, name, out=self.progress.out)
         except SouteError as e:
             raise LocatedError(
                 e.message,
@@ -288,7 +400,23 @@ class Builder:
         suffix: bool = True,
     ) -> tuple[str, tuple[str, int] | None]:
         """Reuse the cached result of ``key`` or run ``make(upper, lowers)`` and keep the
-        upper dir as the new layer."""
+        upper dir as the new layer.
+
+        Stages side by side may reach the same step (same cache key): the second waits for
+        the first and reuses its result, as BuildKit's solver merges equal vertices."""
+        with self._step_lock(key):
+            return self._layer_step_locked(config, layers, key, created_by, make, suffix=suffix)
+
+    def _layer_step_locked(
+        self,
+        config: ImageConfig,
+        layers: list[tuple[str, int]],
+        key: str,
+        created_by: str,
+        make: Callable[[Path, list[Path]], None],
+        *,
+        suffix: bool = True,
+    ) -> tuple[str, tuple[str, int] | None]:
         from soute.image.digest import chain_ids
         from soute.image.timestamp import Timestamp
         from soute.layer import write_layer
@@ -298,17 +426,19 @@ class Builder:
         if hit is not None and hit[0] is not None and not self.store.blobs.has(hit[0]):
             hit = None  # its layer is gone from the store
         if hit is None and self.remote is not None and not self.opts.no_cache:
-            hit = self.remote.lookup(key, [d for d, _ in layers])  # --cache-from
+            with self._remote_lock:
+                hit = self.remote.lookup(key, [d for d, _ in layers])  # --cache-from
         if hit is not None:
             diff_id, size, _, created = hit
             if self.remote is not None:
-                self.remote.record(key, diff_id, created)
+                self._record(key, diff_id, created)
             self.progress.cached()
             self._history(config, text, empty=diff_id is None, created=Timestamp.parse(created))
             if diff_id is None:
                 return key, None
             self._add_layer(config, diff_id)
             return key, (diff_id, size)
+        self._check_canceled()  # the build is ending: no new command
         lowers = self.store.snapshots([d for d, _ in layers])
         upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.store.tmp))
         # overlayfs shows the upper dir's own mode as the root's: give it the image's.
@@ -323,7 +453,7 @@ class Builder:
                 # Nothing changed on disk: docker records the step without a layer.
                 self.store.meta.cache_put(key, None, 0, None, created.format(), created.format())
                 if self.remote is not None:
-                    self.remote.record(key, None, created.format())
+                    self._record(key, None, created.format())
                 self._history(config, text, empty=True, created=created)
                 return key, None
             with self.store.blobs.writer() as w:
@@ -339,11 +469,13 @@ class Builder:
                 diff_id = w.commit()
             chain = chain_ids([*[d for d, _ in layers], diff_id])[-1]
             snapshot = self.store.snapshot_path(chain)
-            if snapshot.is_dir():
-                shutil.rmtree(upper)
-            else:
+            if not snapshot.is_dir():
                 os.chmod(upper, 0o755)
-                os.rename(upper, snapshot)  # the upper dir becomes the snapshot as it is
+                try:
+                    os.rename(upper, snapshot)  # the upper dir becomes the snapshot as it is
+                except OSError:
+                    if not snapshot.is_dir():
+                        raise  # else a stage beside this one made the same layer first
             self.store.meta.add_snapshot(
                 chain, chain_ids([d for d, _ in layers])[-1] if layers else None, diff_id
             )
@@ -351,7 +483,7 @@ class Builder:
                 key, diff_id, layer.size, chain, created.format(), created.format()
             )
             if self.remote is not None:
-                self.remote.record(key, diff_id, created.format())
+                self._record(key, diff_id, created.format())
             self._history(config, text, empty=False, created=created)
             self._add_layer(config, diff_id)
             return key, (diff_id, layer.size)
@@ -402,6 +534,11 @@ class Builder:
         created_by = "RUN " + sscope.run_history(argv)
 
         def make(upper: Path, lowers: list[Path]) -> None:
+            with self._cache_locks(instr):
+                self._check_canceled()  # it may have waited for a stage that failed
+                run(upper, lowers)
+
+        def run(upper: Path, lowers: list[Path]) -> None:
             from soute.build.run import run_step
 
             run_step(
@@ -414,15 +551,28 @@ class Builder:
                 upper,
                 lowers,
                 self.store,
-                self.progress,
+                self.progress.current(),  # the pump thread writes to this stage's lane
                 file=self.opts.dockerfile_name,
                 pipe_file=script.pipe_file,
                 context=self.opts.context,
                 secrets=self.opts.secrets,
                 sources=sources,
+                ssh=self.opts.ssh,
             )
 
         return self._layer_step(config, layers, step_key, created_by, make)
+
+    @contextlib.contextmanager
+    def _cache_locks(self, instr: ins.Run) -> Iterator[None]:
+        """Hold the cache mounts with ``sharing=locked`` (or ``private``) for the RUN: stages
+        side by side take turns on them, as the steps of a sequential build did."""
+        ids = sorted({m.cache_id for m in instr.mounts
+                      if m.type == "cache" and not m.from_
+                      and m.effective_sharing in ("locked", "private")})
+        with contextlib.ExitStack() as held:
+            for cache_id in ids:  # in one order: no two RUNs wait for each other
+                held.enter_context(self._step_lock("cache-mount:" + cache_id))
+            yield
 
     def _mount_sources(self, instr: ins.Run) -> tuple[list[MountSource | None], list[str]]:
         """For each ``--mount``: the tree its ``from=`` names (a stage built earlier, an
@@ -515,6 +665,217 @@ class Builder:
         times = [h.created for h in config.history if h.created is not None]
         config.created = times[-1] if times else self._now()
         return self.store.add_image(config.to_json(), result.layers, tags=list(self.opts.tags))
+
+
+class _Scheduler:
+    """Builds the planned stages, each once the stages it reads are built.
+
+    Up to ``jobs`` stages run at once, each in a thread of its own with its own progress
+    lane. When one stage alone can run and none is running, the calling thread builds it, as
+    a sequential build does (its RUN then gets the signals soute receives). The first failure,
+    or an interrupt (SIGINT, SIGTERM) while stages run in threads, cancels the others: no new
+    step starts, and the processes their threads forked (RUN containers, copy and mount
+    helpers) are killed until those threads are over. Then the failure is raised.
+    """
+
+    def __init__(
+        self, builder: Builder, df: Dockerfile, scope: BuildScope, plan: list[Stage], jobs: int
+    ) -> None:
+        self.builder = builder
+        self.df = df
+        self.scope = scope
+        self.plan = plan
+        self.jobs = jobs
+        self.planned = {s.index for s in plan}
+        self.needs = {s.index: builder._needs(scope, s) & self.planned for s in plan}
+        self.pending = list(plan)  # in the plan's order: ready stages start in that order
+        self.running: dict[int, threading.Thread] = {}
+        self.threads: list[threading.Thread] = []  # every one started: _cancel waits for them
+        self.awaited: list[int] = []  # stages running stages wait for (their slot is free)
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        self.owner = threading.get_ident()
+
+    def run(self) -> None:
+        _preload()
+        restore = _interrupt_on_sigterm()
+        try:
+            try:
+                while (stage := self._next()) is not None:
+                    result = self.builder._build_stage(self.df, self.scope, stage,
+                                                       len(self.plan))
+                    with self.cond:
+                        self.builder.results[stage.index] = result
+            except BaseException as e:
+                with self.cond:
+                    if self.error is None:
+                        self.error = e
+            if self.error is not None:
+                self._cancel()
+                raise self.error
+        finally:
+            restore()
+
+    def _next(self) -> Stage | None:
+        """Start the stages that can start; the one the calling thread builds itself, or
+        None when every stage is built (or the build is failing)."""
+        results = self.builder.results
+        with self.cond:
+            while self.error is None:
+                ready = [s for s in self.pending if all(i in results for i in self.needs[s.index])]
+                if len(ready) == 1 and not self.running:
+                    self.pending.remove(ready[0])
+                    return ready[0]
+                free = self.jobs - (len(self.running) - len(self.awaited))
+                if ready and free > 0:
+                    for stage in ready[:free]:
+                        self._start(stage)
+                    continue
+                if not self.pending and not self.running:
+                    return None
+                stuck = sum(1 for i in self.awaited if i not in results)
+                if not ready and len(self.running) == stuck:
+                    # Nothing runs and nothing can start: stages wait for each other.
+                    self.error = SouteError(
+                        "circular dependency between stages",
+                        "a stage's ONBUILD triggers read a stage that needs it")
+                    break
+                self.cond.wait()
+        return None
+
+    def _start(self, stage: Stage) -> None:
+        self.pending.remove(stage)
+        thread = threading.Thread(target=self._work, args=(stage,), daemon=True,
+                                  name=f"stage {stage.display_name}")
+        self.threads.append(thread)
+        self.running[stage.index] = thread
+        thread.start()
+
+    def _work(self, stage: Stage) -> None:
+        """A stage's thread: build it on a progress lane of its own."""
+        builder = self.builder
+        lane = builder.progress.lane()
+        result: StageResult | None = None
+        try:
+            with builder.progress.bound(lane):
+                result = builder._build_stage(self.df, self.scope, stage, len(self.plan))
+        except BaseException as e:
+            with self.cond:
+                first = self.error is None and not isinstance(e, _Canceled)
+                if first:
+                    self.error = e
+                    builder._canceled.set()  # the others start no new step
+            if first:
+                lane.fail()
+            else:
+                lane.cancel()  # killed, or stopped, because the build is ending
+        finally:
+            builder._leave_thread()
+            with self.cond:
+                if result is not None:
+                    builder.results[stage.index] = result
+                self.running.pop(stage.index, None)
+                self.cond.notify_all()
+
+    def wait_for(self, index: int) -> StageResult:
+        """Stage ``index``'s result, waiting for it (a stage in a thread reading one the plan
+        could not see it needs); meanwhile another stage may take this one's slot."""
+        results = self.builder.results
+        with self.cond:
+            if index not in self.planned or threading.get_ident() == self.owner:
+                raise KeyError(index)  # never built, or this thread is the one to build it
+            self.awaited.append(index)
+            self.cond.notify_all()
+            try:
+                while index not in results and self.error is None:
+                    self.cond.wait()
+            finally:
+                self.awaited.remove(index)
+            if index not in results:
+                raise _Canceled()
+            return dict.__getitem__(results, index)
+
+    def _cancel(self) -> None:
+        """Stop the stages still running and wait for their threads. Their processes are
+        killed again and again: a thread may fork one more before it sees the cancel."""
+        self.builder._canceled.set()
+        with self.cond:
+            self.cond.notify_all()  # stages waiting for another give up
+        interrupted = False
+        while True:
+            threads = [t for t in self.threads if t.is_alive()]
+            if not threads:
+                return
+            for thread in threads:
+                _kill_children(thread.native_id)
+            try:
+                threads[0].join(0.05)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise  # a second ^C: stop waiting (what runs dies with soute)
+                interrupted = True
+
+
+# What forked children that do not exec (copies, mount helpers) import: imported before the
+# threads start. A child forked while another thread is importing a module inherits that
+# module's import lock held by a thread it does not have, and would wait for it forever.
+_CHILD_MODULES = (
+    "soute.build.copy", "soute.build.copystep", "soute.build.context", "soute.build.run",
+    "soute.dockerfile.ignore", "soute.layer", "soute.layer.apply", "soute.layer.compress",
+    "soute.layer.write", "soute.runtime", "soute.runtime.executor", "soute.runtime.paths",
+    "soute.runtime.rootfs", "soute.runtime.spec", "soute.runtime._linux", "bz2", "lzma",
+    "isal.igzip", "isal.isal_zlib", "zstandard",
+)  # fmt: skip
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in _CHILD_MODULES:
+        with contextlib.suppress(ImportError):  # optional ones (compression) may be missing
+            importlib.import_module(name)
+
+
+def _kill_children(thread_id: int | None) -> None:
+    """SIGKILL the processes a thread forked. A RUN container under a mount helper dies with
+    it (its parent-death signal)."""
+    if thread_id is None:
+        return
+    try:
+        with open(f"/proc/self/task/{thread_id}/children") as f:
+            pids = f.read().split()
+    except OSError:  # the thread is gone
+        return
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def close_inherited_fds(*keep: int) -> None:
+    """In a forked child that does not exec (a copy, a mount helper): close every descriptor
+    but stdio and ``keep``. Stages build side by side, and their pipes (a RUN's output, a
+    child's report) would otherwise stay open in the child, so that their readers would wait
+    for its end before they see EOF."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= low):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """While stages run in threads, SIGTERM cancels the build as ^C does (a RUN in the
+    calling thread still gets it forwarded, as in a sequential build); how to undo that."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return lambda: None  # the caller handles it
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _mkdir_workdir(upper: Path, lowers: list[Path], wd: str) -> None:

@@ -6,6 +6,13 @@ then ``output(line)`` (from the thread that reads the command's output) while it
 message between steps; ``out`` for code that writes whole lines itself (pulls); and
 ``close(error)`` once the build is over.
 
+Stages built at the same time each get a *lane* (:meth:`Progress.lane`): the same interface,
+with a running step of its own, so that steps of several stages run side by side. A thread
+that works for a lane binds it (:meth:`Progress.bound`); the plain calls on the
+:class:`Progress` then go to that lane, and :meth:`Progress.current` is the object to hand
+to another thread (the one that reads a RUN's output). A lane's step ends with ``done()``,
+``fail()`` (its output is kept for the error report) or ``cancel()`` (another stage failed).
+
 :class:`Progress` itself is BuildKit's plain output (``#N [stage k/n] ...``, ``#N DONE 0.1s``).
 :class:`TtyProgress` is its live view (``--progress tty``): a ``[+] Building 3.2s (4/6)``
 header, one ``=> [stage k/n] ...  1.2s`` line per step, the last lines of the running step's
@@ -20,7 +27,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO, cast
 
@@ -43,36 +51,166 @@ _BLUE, _RED, _YELLOW, _FAINT = "\x1b[34m", "\x1b[31m", "\x1b[33m", "\x1b[2m"
 _CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
+class _Plain:
+    """A running step of the plain view: its number and when it began."""
+
+    __slots__ = ("n", "started")
+
+    def __init__(self, n: int, started: float) -> None:
+        self.n = n
+        self.started = started
+
+
 class Progress:
-    """BuildKit's plain progress: ``#N [stage k/n] INSTRUCTION``, output, ``#N DONE 0.1s``."""
+    """BuildKit's plain progress: ``#N [stage k/n] INSTRUCTION``, output, ``#N DONE 0.1s``.
+
+    Steps of stages that run at the same time interleave, each line prefixed by its step's
+    number, as in BuildKit's plain output; a step stopped because another one failed ends
+    with ``#N CANCELED``.
+    """
 
     def __init__(self, out: TextIO | None, *, clock: Clock = time.monotonic) -> None:
         self.out = out
-        self.n = 0
-        self.started = 0.0
+        self.n = 0  # steps started so far
         self._clock = clock
+        self._lock = threading.RLock()  # steps start and lines are written from many threads
+        self._local = threading.local()
+        self._main: _Lane | None = None
+
+    # -- lanes
+
+    def lane(self) -> _Lane:
+        """A new lane: the view of one stage built alongside others."""
+        return _Lane(self)
+
+    @contextmanager
+    def bound(self, lane: _Lane) -> Iterator[None]:
+        """Send this thread's plain calls (``step``, ``output``...) to ``lane``."""
+        saved = getattr(self._local, "lane", None)
+        self._local.lane = lane
+        try:
+            yield
+        finally:
+            self._local.lane = saved
+
+    def current(self) -> Progress:
+        """The lane this thread works for (the main one unless :meth:`bound`)."""
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        if lane is not None:
+            return lane
+        with self._lock:
+            if self._main is None:
+                self._main = _Lane(self)
+            return self._main
+
+    # -- the interface, for the calling thread's lane
 
     def step(self, title: str) -> None:
-        self.n += 1
-        self.started = self._clock()
-        self.say(f"#{self.n} {title}")
+        self.current().step(title)
+
+    def output(self, line: str) -> None:
+        self.current().output(line)
+
+    def cached(self) -> None:
+        self.current().cached()
+
+    def done(self) -> None:
+        self.current().done()
 
     def say(self, line: str) -> None:
         if self.out is not None:
-            self.out.write(line + "\n")
-            self.out.flush()
-
-    def output(self, line: str) -> None:
-        self.say(f"#{self.n} {self._clock() - self.started:.3f} {line}")
-
-    def cached(self) -> None:
-        self.say(f"#{self.n} CACHED")
-
-    def done(self) -> None:
-        self.say(f"#{self.n} DONE {self._clock() - self.started:.1f}s")
+            with self._lock:
+                self.out.write(line + "\n")
+                self.out.flush()
 
     def close(self, error: BaseException | None = None) -> None:
         """The build is over (``error``: why it failed). Plain lines need no ending."""
+
+    # -- what a lane asks of the view; the live view draws the same events its way
+
+    def _begin(self, title: str) -> object:
+        with self._lock:
+            self.n += 1
+            step = _Plain(self.n, self._clock())
+            self.say(f"#{step.n} {title}")
+            return step
+
+    def _log(self, step: object, line: str) -> None:
+        assert isinstance(step, _Plain)
+        self.say(f"#{step.n} {self._clock() - step.started:.3f} {line}")
+
+    def _mark_cached(self, step: object) -> None:
+        assert isinstance(step, _Plain)
+        self.say(f"#{step.n} CACHED")
+
+    def _end(self, step: object, outcome: str) -> None:
+        """``outcome``: done, failed (the error says it, after the build) or canceled."""
+        assert isinstance(step, _Plain)
+        if outcome == "done":
+            self.say(f"#{step.n} DONE {self._clock() - step.started:.1f}s")
+        elif outcome == "canceled":
+            self.say(f"#{step.n} CANCELED")
+
+
+class _Lane(Progress):
+    """One stage's view of a shared :class:`Progress`: its own running step."""
+
+    def __init__(self, root: Progress) -> None:  # no stream of its own: no super().__init__
+        self._root = root
+        self._step: object | None = None  # the running step
+        self._last: object | None = None  # the latest one: late output still goes there
+
+    @property  # type: ignore[override]
+    def out(self) -> TextIO | None:
+        return self._root.out
+
+    @property  # type: ignore[override]
+    def n(self) -> int:
+        return self._root.n
+
+    def lane(self) -> _Lane:
+        return self._root.lane()
+
+    def bound(self, lane: _Lane) -> AbstractContextManager[None]:
+        return self._root.bound(lane)
+
+    def current(self) -> Progress:
+        return self
+
+    def step(self, title: str) -> None:
+        self._step = self._last = self._root._begin(title)
+
+    def output(self, line: str) -> None:
+        step = self._step if self._step is not None else self._last
+        if step is not None:
+            self._root._log(step, line)
+
+    def cached(self) -> None:
+        if self._step is not None:
+            self._root._mark_cached(self._step)
+
+    def done(self) -> None:
+        self._finish("done")
+
+    def fail(self) -> None:
+        """The running step failed: the view keeps its output for the error report."""
+        self._finish("failed")
+
+    def cancel(self) -> None:
+        """The running step was stopped because the build is ending (another stage failed,
+        or an interrupt)."""
+        self._finish("canceled")
+
+    def _finish(self, outcome: str) -> None:
+        step, self._step = self._step, None
+        if step is not None:
+            self._root._end(step, outcome)
+
+    def say(self, line: str) -> None:
+        self._root.say(line)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Only the shared view is closed."""
 
 
 def open_progress(stream: TextIO | None, mode: str = "auto") -> Progress:
@@ -140,6 +278,9 @@ class _Above(io.TextIOBase):
 class TtyProgress(Progress):
     """BuildKit's live terminal view of the steps, redrawn in place.
 
+    Several steps may run at once (stages built side by side): each shows its last lines of
+    output under it.
+
     ``clock``, ``size`` (columns, lines) and ``ticker`` are for tests: without the ticker
     thread nothing is redrawn between events, so a test drives every frame itself.
     """
@@ -158,10 +299,9 @@ class TtyProgress(Progress):
         self.out = cast(TextIO, _Above(self))
         self._size = size or (lambda: _terminal_size(out))
         self._color = (not os.environ.get("NO_COLOR")) if color is None else color
-        self._lock = threading.RLock()
         self._t0 = clock()
         self._steps: list[_Step] = []
-        self._current: _Step | None = None  # the running step
+        self._running: list[_Step] = []  # in the order they started
         self._drawn = 0  # lines of the frame on the screen, the cursor just below them
         self._last_draw: float | None = None
         self._dirty = False
@@ -170,17 +310,19 @@ class TtyProgress(Progress):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # -- what the engine says
+    # -- what the lanes say
 
-    def step(self, title: str) -> None:
+    def _begin(self, title: str) -> object:
         with self._lock:
             self.n += 1
-            self._current = _Step(title, self._clock())
-            self._steps.append(self._current)
+            step = _Step(title, self._clock())
+            self._steps.append(step)
+            self._running.append(step)
             self._changed()
-        if self._ticker and self._thread is None:
-            self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
-            self._thread.start()
+            if self._ticker and self._thread is None:
+                self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
+                self._thread.start()
+        return step
 
     def say(self, line: str) -> None:
         with self._lock:
@@ -189,28 +331,33 @@ class TtyProgress(Progress):
             self._stream.flush()
             self._changed()  # the frame comes back below the message
 
-    def output(self, line: str) -> None:
+    def _log(self, step: object, line: str) -> None:
+        assert isinstance(step, _Step)
         with self._lock:
-            step = self._current
-            if step is None:
+            if step.ended is not None:
                 return
             step.logs.append((self._clock() - step.started, _printable(line)))
             self._changed()
 
-    def cached(self) -> None:
+    def _mark_cached(self, step: object) -> None:
+        assert isinstance(step, _Step)
         with self._lock:
-            if self._current is not None:
-                self._current.cached = True
-                self._changed()
+            step.cached = True
+            self._changed()
 
-    def done(self) -> None:
+    def _end(self, step: object, outcome: str) -> None:
+        assert isinstance(step, _Step)
         with self._lock:
-            step = self._current
-            if step is None:
+            if step.ended is not None:
                 return
             step.ended = self._clock()
-            step.logs = []  # a step that went well keeps no output
-            self._current = None
+            if outcome == "failed":
+                step.failed = True  # its whole output stays, for the error report
+            else:
+                step.canceled = outcome == "canceled"
+                step.logs = []  # a step that went well keeps no output
+            if step in self._running:
+                self._running.remove(step)
             self._changed()
 
     def close(self, error: BaseException | None = None) -> None:
@@ -221,23 +368,28 @@ class TtyProgress(Progress):
             if self._closed:
                 return
             self._closed = True
-            failed = self._current  # the step the error stopped, if any
-            if failed is not None:
-                failed.ended = self._clock()
+            # Steps the error stopped: the latest one failed unless a stage said which did;
+            # the others (and all of them on an interrupt) were canceled.
+            stopped, self._running = self._running, []
+            blamed = any(s.failed for s in self._steps)
+            for step in reversed(stopped):
+                step.ended = self._clock()
                 if isinstance(error, KeyboardInterrupt):
-                    failed.canceled = True
+                    step.canceled = True
+                elif error is not None and not blamed:
+                    step.failed = blamed = True
                 elif error is not None:
-                    failed.failed = True
-                self._current = None
+                    step.canceled = True
             if self._steps:
                 self._draw(final=True)
                 self._drawn = 0  # the final frame stays: later lines go below it
-            if failed is not None and failed.failed:
-                # BuildKit's error logs: the failing step's whole output, under its title.
-                lines = ["------", f" > {failed.title}:"]
-                lines += [f"{_stamp(t)} {text}" for t, text in failed.logs]
-                lines.append("------")
-                self._stream.write("".join(line + "\n" for line in lines))
+            for step in self._steps:
+                if step.failed:
+                    # BuildKit's error logs: the failing step's whole output, under its title.
+                    lines = ["------", f" > {step.title}:"]
+                    lines += [f"{_stamp(t)} {text}" for t, text in step.logs]
+                    lines.append("------")
+                    self._stream.write("".join(line + "\n" for line in lines))
             self._stream.flush()
 
     # -- drawing
@@ -256,7 +408,7 @@ class TtyProgress(Progress):
         while not self._stop.wait(INTERVAL):
             with self._lock:
                 # a running step's timer moves: redraw even when nothing else changed
-                if not self._closed and (self._dirty or self._current is not None):
+                if not self._closed and (self._dirty or self._running):
                     self._draw()
 
     def _erase(self) -> None:
@@ -294,21 +446,28 @@ class TtyProgress(Progress):
             header += " FINISHED"
         lines = [header[: width - 1]]
         steps = self._steps
-        logs: list[str] = []
+        logs: dict[int, list[str]] = {}  # id(step): the lines shown under a running step
         if not final:
             budget = max(height - 1, 1) - 1  # lines under the header
-            current = self._current
-            if current is not None:
-                shown = [text for _, text in current.logs if text.strip()]
-                room = max(0, budget - min(len(steps), 4))
-                logs = shown[-min(LOG_LINES, room):] if room else []
-            room = max(budget - len(logs), 0)
-            steps = steps[-room:] if room else []
+            room = max(0, budget - min(len(steps), 4))
+            # The running steps share the room for output (all of it for one step).
+            share = room // len(self._running) if self._running else 0
+            for step in self._running:
+                shown = [text for _, text in step.logs if text.strip()]
+                logs[id(step)] = shown[-min(LOG_LINES, share):] if share else []
+            kept: list[_Step] = []
+            used = 0
+            for step in reversed(steps):  # the newest steps first; the oldest give way
+                need = 1 + len(logs.get(id(step), ()))
+                if used + need > budget:
+                    break
+                kept.append(step)
+                used += need
+            steps = kept[::-1]
         for step in steps:
             lines.append(self._step_line(step, width, now))
-            if step is self._current:
-                for text in logs:
-                    lines.append(_FAINT + f" => => # {text}"[: width - 1] + _RESET)
+            for text in logs.get(id(step), ()):
+                lines.append(_FAINT + f" => => # {text}"[: width - 1] + _RESET)
         return lines
 
     def _failed(self) -> bool:

@@ -3,8 +3,9 @@ as BuildKit's http source makes them.
 
 - A source is **git** when BuildKit's ``dfgitutil.ParseGitRef`` accepts it: ``git@host:path``
   (scp style), ``ssh://`` and ``git://`` URLs, and ``http(s)://`` URLs whose path ends in
-  ``.git``. It is **http** when it starts with ``http://`` or ``https://`` and is not git.
-  Anything else is a path in the context.
+  ``.git`` (what happens to them is in :mod:`soute.build.git`). It is **http** when it
+  starts with ``http://`` or ``https://`` and is not git. Anything else is a path in the
+  context.
 - A download is one file named after the URL path's last element (``__unnamed__`` when
   there is none; the Content-Disposition header is not used, as the Dockerfile frontend
   names the file itself), mode 0600, owned by root, its mtime the Last-Modified header (the
@@ -41,6 +42,8 @@ UNNAMED = "__unnamed__"
 _PROTO = re.compile(r"^[a-zA-Z0-9]+://")
 _SCP = re.compile(r"^([a-zA-Z0-9-_]+)@([a-zA-Z0-9-.]+):(.*?)(?:\?(.*?))?(?:#(.*))?$")
 _GIT_PROTOS = ("http", "https", "ssh", "git")
+_BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
+_BAD_QUERY = re.compile(r"%(?![0-9a-fA-F]{2})|;")
 _CHUNK = 1 << 20
 _SPACES = " \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008" \
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"  # Go's unicode.IsSpace
@@ -60,17 +63,21 @@ def _is_git(src: str) -> bool:
         return False  # github.com/x/y is git only as a build context
     proto = _PROTO.match(src)
     if proto is None:
-        return _SCP.match(src) is not None
+        scp = _SCP.match(src)
+        # A query Go's url.ParseQuery refuses makes it no scp-style URL at all.
+        return scp is not None and not _BAD_QUERY.search(scp.group(4) or "")
     scheme = proto.group(0)[:-3].lower()
     if scheme not in _GIT_PROTOS:
         return False
-    if scheme in ("http", "https"):
-        try:
-            path = urllib.parse.unquote(urllib.parse.urlsplit(src).path, errors="strict")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return path.endswith(".git")
-    return True
+    try:  # what Go's url.Parse refuses is no git URL (then no URL at all)
+        parts = urllib.parse.urlsplit(src)
+        _ = parts.port
+        path = urllib.parse.unquote(parts.path, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if _BAD_ESCAPE.search(parts.path):
+        return False
+    return path.endswith(".git") if scheme in ("http", "https") else True
 
 
 def url_file_name(url: str) -> str:

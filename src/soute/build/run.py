@@ -24,6 +24,7 @@ from soute.errors import LocatedError, SouteError
 
 if TYPE_CHECKING:
     from soute.build.engine import Progress
+    from soute.build.ssh import AgentSocket, SSHAgents
     from soute.dockerfile.instructions import InlineFile, Run
     from soute.dockerfile.instructions import Mount as MountSpec
     from soute.runtime import Mount, Spec
@@ -68,10 +69,12 @@ def run_step(
     context: Path | None = None,
     secrets: dict[str, bytes] | None = None,
     sources: Sequence[MountSource | None] = (),
+    ssh: SSHAgents | None = None,
 ) -> None:
     """Run one RUN with its output streamed as BuildKit's plain progress shows it.
 
-    ``sources`` gives, mount by mount, the tree a ``from=`` names (None: no ``from=``).
+    ``sources`` gives, mount by mount, the tree a ``from=`` names (None: no ``from=``);
+    ``ssh`` the agents ``--ssh`` names, for ssh mounts.
     """
     from soute.runtime import Layers, Mount, Process, Spec, run
     from soute.runtime.spec import BUILD_NAMESPACES
@@ -82,9 +85,13 @@ def run_step(
     work = Path(tempfile.mkdtemp(prefix="work-", dir=store.tmp))
     state = Path(tempfile.mkdtemp(prefix="run-", dir=store.tmp))
     env = list(env)
+    agents: list[AgentSocket] = []  # this RUN's ssh agent sockets, closed when it ends
     try:
         mounts = _run_mounts(instr, store, state, env, cwd, context, secrets, sources)
+        mounts += _ssh_mounts(instr, ssh, env, agents)
     except SouteError as e:
+        for agent in agents:
+            agent.close()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
         raise LocatedError(e.message, file=file, line=instr.line, hint=e.hint) from None
@@ -116,12 +123,16 @@ def run_step(
             helper = _start_with_trees(
                 lambda resolved: run(spec(resolved), layers, stdout=write_fd, stderr=write_fd,
                                      state_dir=state),
-                mounts, state, read_fd,
+                mounts, state, read_fd, keep=(write_fd,),
             )
             pump.start()
+            for agent in agents:  # after the fork too: the child needs no relay of its own
+                agent.start()
             code = _wait_helper(*helper)
         else:
             pump.start()
+            for agent in agents:
+                agent.start()
             plain = [m for m in mounts if not isinstance(m, _FromMount)]
             code = run(spec(plain), layers, stdout=write_fd, stderr=write_fd, state_dir=state)
     except SouteError as e:
@@ -134,6 +145,8 @@ def run_step(
             pump.join()
         else:  # never started: the pump would have closed it
             os.close(read_fd)
+        for agent in agents:
+            agent.close()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
     if code != 0:
@@ -200,8 +213,7 @@ def _run_mounts(instr: Run, store: Store, state: Path, env: list[str], cwd: str,
             out.append(Mount(target, "bind", str(path), ("rbind", "ro")))
             continue
         if m.type == "ssh":
-            raise SouteError("RUN --mount=type=ssh is not supported by soute yet",
-                             "use secret, cache, tmpfs or bind mounts")
+            continue  # after every other mount: see _ssh_mounts
         target = mount_target(m, cwd)
         if m.type == "tmpfs":
             opts = ("nosuid", "nodev") + ((f"size={m.size}",) if m.size else ())
@@ -223,9 +235,13 @@ def _run_mounts(instr: Run, store: Store, state: Path, env: list[str], cwd: str,
             key = hashlib.sha256(m.cache_id.encode()).hexdigest()
             path = store.root / "cache" / "mounts" / key
             if not path.exists():
-                path.mkdir(parents=True)
-                os.chown(path, m.uid or 0, m.gid or 0)
-                os.chmod(path, m.file_mode())
+                try:
+                    path.mkdir(parents=True)
+                except FileExistsError:
+                    pass  # a RUN beside this one (another stage, another build) made it
+                else:
+                    os.chown(path, m.uid or 0, m.gid or 0)
+                    os.chmod(path, m.file_mode())
             out.append(Mount(target, "bind", str(path),
                              ("rbind", "ro" if m.readonly else "rw")))
         elif m.type == "bind" and source is not None:
@@ -251,6 +267,35 @@ def _run_mounts(instr: Run, store: Store, state: Path, env: list[str], cwd: str,
     return out
 
 
+def _ssh_mounts(instr: Run, ssh: SSHAgents | None, env: list[str],
+                agents: list[AgentSocket]) -> list[Mount]:
+    """The ssh mounts of a RUN, after its other mounts as BuildKit orders them: each a
+    socket of its own (appended to ``agents``, not yet started) bound at its target,
+    ``/run/buildkit/ssh_agent.N`` by default (N counts the RUN's ssh mounts). The first
+    one's target is ``SSH_AUTH_SOCK`` unless the environment has one, even when that mount
+    is skipped (BuildKit sets it when it writes the step, before knowing)."""
+    from soute.runtime import Mount
+
+    specs = [m for m in instr.mounts if m.type == "ssh"]
+    out: list[Mount] = []
+    for n, m in enumerate(specs):
+        target = m.target or f"/run/buildkit/ssh_agent.{n}"
+        if n == 0 and not any(e.startswith("SSH_AUTH_SOCK=") for e in env):
+            env.append(f"SSH_AUTH_SOCK={target}")
+        if ssh is None or m.ssh_id not in ssh:
+            if not m.required:
+                continue  # BuildKit skips an optional agent nobody forwarded
+            if not ssh:  # BuildKit's words when the client forwards no agent at all
+                message = f'no SSH key "{m.id}" forwarded from the client'
+            else:
+                message = f"unset ssh forward key {m.ssh_id}"
+            raise SouteError(message, f"pass it with --ssh {m.ssh_id}[=SOCKET|KEYFILE]")
+        agent = ssh.serve(m.ssh_id, m.uid or 0, m.gid or 0, m.file_mode() & 0o777)
+        agents.append(agent)
+        out.append(Mount(target, "bind", agent.path, ("rbind",)))
+    return out
+
+
 def _inside(root: Path, rel: str) -> Path:
     """``rel`` under ``root``, symlinks resolved without leaving it."""
     resolved = (root / rel.lstrip("/")).resolve()
@@ -266,14 +311,17 @@ def _inside(root: Path, rel: str) -> Path:
 
 
 def _start_with_trees(start: Callable[[list[Mount]], int], mounts: list[Mount | _FromMount],
-                      state: Path, output_fd: int) -> tuple[int, int]:
+                      state: Path, output_fd: int, keep: Sequence[int] = ()) -> tuple[int, int]:
     """Fork a child that mounts the ``from=`` trees in its own mount namespace and runs the
-    container there (``start(resolved_mounts)`` gives its exit code): (pid, report fd)."""
+    container there (``start(resolved_mounts)`` gives its exit code): (pid, report fd).
+    ``keep``: the descriptors ``start`` uses; the child closes the others it inherits."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child; its effects are tested
-        os.close(read_fd)
-        os.close(output_fd)  # only the parent's pump reads the output
+        from soute.build.engine import close_inherited_fds
+
+        # Only the parent's pump reads the output; other stages' pipes are theirs.
+        close_inherited_fds(write_fd, *keep)
         report: dict[str, object]
         try:
             report = {"code": start(_mount_trees(mounts, state))}

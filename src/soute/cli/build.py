@@ -39,6 +39,9 @@ def configure_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iidfile", help="write the image ID to this file")
     p.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]",
                    help="a secret for RUN --mount=type=secret")
+    p.add_argument("--ssh", action="append", default=[], metavar="default|ID[=SOCKET|KEY[,KEY]]",
+                   help="an SSH agent for RUN --mount=type=ssh: a socket (default: "
+                   "$SSH_AUTH_SOCK) or private key files")
     p.add_argument("--cache-from", action="append", default=[],
                    metavar="type=registry,ref=R",
                    help="reuse the build cache exported to registry ref R (repeatable)")
@@ -127,8 +130,15 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
         cache_to=[parse_cache_spec(v, export=True) for v in args.cache_to],
     )
     try:
+        if args.ssh:
+            from soute.build.ssh import SSHAgents, parse_ssh_specs
+
+            # Checked (key files loaded into an agent of the build's own) before any step.
+            opts.ssh = SSHAgents(parse_ssh_specs(args.ssh))
         image, summary = _build(store, opts, args)
     finally:
+        if opts.ssh is not None:
+            opts.ssh.close()
         if cleanup is not None:
             import shutil
 

@@ -8,6 +8,7 @@ tables as they were before or after it, never between.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,16 +88,14 @@ class ImageRow:
 
 
 class Meta:
+    """The tables, through one SQLite connection per thread (a build runs stages in
+    threads): each thread's reads and transactions are its own, as between processes."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        # isolation_level=None: we issue BEGIN ourselves, so each change is one transaction.
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA busy_timeout=60000")
-        mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode != "wal":
-            self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []  # every thread's, closed by close()
+        self._guard = threading.Lock()
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
             with self.transaction() as db:
@@ -106,8 +105,46 @@ class Meta:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The calling thread's connection, opened on first use."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            self._local.db = db
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN ourselves, so each change is one transaction.
+        # check_same_thread=False only lets close() end other threads' connections; each is
+        # used by its own thread.
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=60000")
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        with self._guard:
+            self._opened.append(db)
+        return db
+
+    def release(self) -> None:
+        """Close the calling thread's connection (a thread that is done with the store)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            with self._guard:
+                self._opened.remove(db)
+            db.close()
+
     def close(self) -> None:
-        self.db.close()
+        with self._guard:
+            opened, self._opened = self._opened, []
+        for db in opened:
+            db.close()
+        self._local = threading.local()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

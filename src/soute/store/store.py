@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class Store:
         self.blobs = BlobStore(self.layout / "blobs" / "sha256", self.tmp)
         self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._lock_depth = 0
+        self._depth_guard = threading.Lock()  # sessions nest, and come from several threads
         self.meta = Meta(self.root / "meta.db")
         if not (self.layout / "oci-layout").exists():
             write_atomic(self.layout / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
@@ -104,15 +106,17 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[None]:
         """Hold the shared lock: garbage collection waits until we are done."""
-        if self._lock_depth == 0:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
-        self._lock_depth += 1
+        with self._depth_guard:
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+            self._lock_depth += 1
         try:
             yield
         finally:
-            self._lock_depth -= 1
-            if self._lock_depth == 0:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            with self._depth_guard:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
