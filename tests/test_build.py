@@ -385,3 +385,15 @@ def test_context_as_a_tar_on_stdin(tmp_path: Path, root: Path, mode: str) -> Non
     assert p.returncode == 0, p.stderr.decode()
     hello = _snapshot_file(root, "fromtar", "hello.txt")
     assert hello is not None and hello.read_text() == "hi\n"
+
+
+def test_builder_prune_empties_cache_mounts(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    ok(soute(store, "bootstrap", "busybox"))
+    text = "FROM busybox\nRUN --mount=type=cache,target=/c echo kept > /c/f && cat /c/f\n"
+    ok(soute(store, "build", "-", input=text))
+    mounts = store / "cache" / "mounts"
+    assert any(mounts.iterdir())
+    out = ok(soute(store, "builder", "prune", "-f"))
+    assert "Deleted build cache objects: 2" in out  # the step and its cache mount
+    assert not mounts.exists()

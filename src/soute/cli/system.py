@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -182,6 +183,14 @@ def run_builder_prune(ctx: Context, args: argparse.Namespace) -> int:
     store = ctx.store()
     entries = store.meta.cache_prune()
     report = store.collect_garbage()
+    # RUN --mount=type=cache directories, kept downloads (ADD URL) and git checkouts.
+    with store.exclusive():
+        for name in ("mounts", "http", "git"):
+            path = store.root / "cache" / name
+            if path.is_dir():
+                entries += sum(1 for _ in path.iterdir())
+                report.bytes += _tree_size(path)
+                shutil.rmtree(path, ignore_errors=True)
     print(f"Deleted build cache objects: {entries}")
     print(f"Total:\t{human_size(report.bytes)}")
     return 0
