@@ -397,3 +397,11 @@ def test_builder_prune_empties_cache_mounts(tmp_path: Path) -> None:
     out = ok(soute(store, "builder", "prune", "-f"))
     assert "Deleted build cache objects: 2" in out  # the step and its cache mount
     assert not mounts.exists()
+
+
+def test_copy_chown_unknown_user_names_the_line(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nCOPY --chown=nosuchuser a.txt /a\n")
+    p = soute(root, "build", "--no-cache", str(tmp_path))
+    assert p.returncode == 1
+    assert "Dockerfile:2: --chown: unknown user 'nosuchuser'" in p.stderr

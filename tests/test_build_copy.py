@@ -673,8 +673,6 @@ def test_copy_chown_names(tmp_path: Path, mode: str) -> None:
         "daemon": (2, 2),
         "root": (0, 0),
         "root:lp": (0, 7),
-        "nosuchuser": (0, 0),  # BuildKit: an unknown name is not an error
-        "lp:nosuchgroup": (4, 7),
         ":mail": (0, 12),
         "lp:": (4, 0),
     }
@@ -692,9 +690,20 @@ def test_copy_chown_names(tmp_path: Path, mode: str) -> None:
     run_case(tmp_path, mode, Case("chown", context, steps, expect, image=image))
 
 
+def test_resolve_chown_unknown_names_are_errors(tmp_path: Path) -> None:
+    # The issue asks for an error where BuildKit silently gives root (docs/differences.md).
+    build(tmp_path, {"etc/passwd": "lp:x:4:7::/:/bin/sh\n", "etc/group": "adm:x:4:\n"})
+    with pytest.raises(SouteError, match="unknown user 'nosuchuser'"):
+        resolve_chown("nosuchuser", tmp_path)
+    with pytest.raises(SouteError, match="unknown group 'nosuchgroup'"):
+        resolve_chown("lp:nosuchgroup", tmp_path)
+    assert resolve_chown("lp:adm", tmp_path) == (4, 4)
+
+
 def test_resolve_chown_without_passwd(tmp_path: Path) -> None:
     tmp_path.joinpath("etc").mkdir()
-    assert resolve_chown("app:staff", tmp_path) == (0, 0)
+    with pytest.raises(SouteError, match="unknown user 'app'"):
+        resolve_chown("app:staff", tmp_path)
     assert resolve_chown("1000", tmp_path) == (1000, 1000)
     assert resolve_chown("+5:-1", tmp_path) == (5, 0xFFFFFFFF)
     tmp_path.joinpath("etc/passwd").mkdir()

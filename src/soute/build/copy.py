@@ -313,8 +313,7 @@ def resolve_chown(spec: str, target_root: Path, write_root: Path | None = None) 
 
     Numbers are ids (``root`` is 0); a lone user id is also the group id. A user name takes
     its uid and primary gid from ``/etc/passwd``, a group name its gid from ``/etc/group``.
-    Like BuildKit, an unknown name is not an error: an unknown user counts as 0:0, an
-    unknown group leaves the group as it was.
+    An unknown name is an error (BuildKit silently gives root: see docs/differences.md).
     """
     view = _View(target_root, write_root if write_root is not None else target_root)
     user, has_group, group = spec.partition(":")
@@ -327,6 +326,9 @@ def resolve_chown(spec: str, target_root: Path, write_root: Path | None = None) 
             if fields[0] == user:
                 uid, gid = _atoi(fields, 2), _atoi(fields, 3)
                 break
+        else:
+            raise SouteError(f"--chown: unknown user {user!r}: no such name in the image's "
+                             "/etc/passwd", "add the user first (RUN useradd ...) or give ids")
     if has_group:
         group_id = _parse_id(group)
         if group_id is not None:
@@ -336,6 +338,9 @@ def resolve_chown(spec: str, target_root: Path, write_root: Path | None = None) 
                 if fields[0] == group:
                     gid = _atoi(fields, 2)
                     break
+            else:
+                raise SouteError(f"--chown: unknown group {group!r}: no such name in the "
+                                 "image's /etc/group", "add the group first or give ids")
         else:
             gid = 0  # "user:" asks for group 0
     return uid, gid
