@@ -255,15 +255,11 @@ def configure_rename(p: argparse.ArgumentParser) -> None:
 
 
 def run_rename(ctx: Context, args: argparse.Namespace) -> int:
-    from soute.container.record import ContainerError, Containers
+    from soute.container.record import Containers
 
     store = ctx.store()
     container = Containers(store).get(args.container)
-    if not store.meta.rename_container(container.id, args.new_name):
-        raise ContainerError(f'Conflict. The container name "/{args.new_name}" is already in '
-                             "use")
-    container.spec.name = args.new_name
-    (container.dir / "config.json").write_text(container.spec.to_json())
+    container.rename(store, args.new_name)
     return 0
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from soute.store.store import Store
@@ -133,7 +133,18 @@ def _help() -> str:
 
 
 class UsageError(Exception):
-    pass
+    exit_code = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: docker's ``run``/``create`` exit 125 on them."""
+
+    def error(self, message: str) -> NoReturn:
+        error = UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        if self.prog in ("soute run", "soute create", "soute container run",
+                         "soute container create"):
+            error.exit_code = 125
+        raise error
 
 
 def _split_globals(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         command, called, args = _resolve(rest)
         module_name, stem, description = COMMANDS[command]
         module = importlib.import_module(f"soute.cli.{module_name}")
-        parser = argparse.ArgumentParser(prog=f"soute {called}", description=description)
+        parser = _Parser(prog=f"soute {called}", description=description)
         getattr(module, f"configure_{stem}")(parser)
         ns = parser.parse_args(args)
         root = opts.get("root")
@@ -215,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.close()
     except UsageError as e:
         print(f"soute: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     except KeyboardInterrupt:
         print("soute: interrupted", file=sys.stderr)
         return 130

@@ -42,6 +42,9 @@ def render_template(template: str, records: Sequence[dict[str, str]]) -> str:
         if name and records and name not in records[0]:
             raise SouteError(f"template: can't evaluate field {name}",
                              f"fields: {', '.join(records[0])}")
+    if "{{" in _FIELD.sub("", text):
+        raise SouteError(f"template: cannot parse {template!r}",
+                         "soute understands {{.Field}}, {{json .}}, \\t and a 'table' prefix")
 
     def fill(record: dict[str, str]) -> str:
         def field(match: re.Match[str]) -> str:
@@ -54,10 +57,11 @@ def render_template(template: str, records: Sequence[dict[str, str]]) -> str:
 
     if not table:
         return "".join(fill(r) + "\n" for r in records)
-    headers = [_header(n) for n in _FIELD.findall(text)]
-    cells = [fill(r).split("\t") for r in records]
-    return format_table(headers, cells) if "\t" in text else "\n".join(
-        [" ".join(headers), *(fill(r) for r in records)]) + "\n"
+    # The header row is the template with each field replaced by its column title.
+    header = _FIELD.sub(lambda m: _header(m[1]), text)
+    if "\t" not in text:
+        return "\n".join([header, *(fill(r) for r in records)]) + "\n"
+    return format_table(header.split("\t"), [fill(r).split("\t") for r in records])
 
 
 def _header(name: str) -> str:

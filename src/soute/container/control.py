@@ -19,6 +19,7 @@ from soute.errors import SouteError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from soute.store.store import Image, Store
 
@@ -39,8 +40,7 @@ def kill(container: Container, sig: int = signal.SIGKILL) -> None:
     if not state.running or not alive(state.pid, state.pid_start):
         raise ContainerError(f"cannot kill container: {container.name}: container "
                              f"{container.short_id} is not running")
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(state.pid, sig)
+    _signal(state.pid, sig)
 
 
 def wait(container: Container) -> int:
@@ -75,8 +75,12 @@ def stop(container: Container, timeout: int | None = None, signal_name: str | No
 
 
 def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:  # a signal number the kernel refuses
+        raise ContainerError(f"cannot send signal {sig}: {exc.strerror}") from None
 
 
 def remove(store: Store, container: Container, *, force: bool = False,
@@ -92,6 +96,7 @@ def remove(store: Store, container: Container, *, force: bool = False,
         if alive(state.pid, state.pid_start):
             _signal(state.pid, signal.SIGKILL)
     with container.lock():
+        container.remove_cgroup()
         Containers(store).forget(container)
     if volumes:
         from soute.container.volumes import Volumes
@@ -125,9 +130,11 @@ def export(store: Store, container: Container, output: str) -> None:
     """``soute export``: the container's whole root filesystem (image and changes) as a tar,
     read through an overlay mounted in a private mount namespace of a child process."""
     from soute.container.record import ContainerError as Error
-    from soute.layer import write_layer
-    from soute.runtime.rootfs import Layers, link_layers, mount_overlay
+    from soute.runtime.rootfs import Layers, link_layers
 
+    if os.path.isdir(output):
+        raise Error(f"cannot export {container.name} to {output}: it is a directory",
+                    "give a file name with -o")
     lowers = store.snapshots(store.image(container.spec.image).diff_ids)
     work = store.tmp / f"export-{container.id[:12]}-{os.getpid()}"
     # The container's upper dir joins the lowers: the view is read-only, its work dir untouched.
@@ -137,6 +144,24 @@ def export(store: Store, container: Container, output: str) -> None:
     link_layers(Layers([*lowers, container.upper], empty_upper, empty_work), work / "layers")
     (work / "root").mkdir()
     tmp_out = f"{output}.soute-tmp"
+    try:
+        with open(tmp_out, "wb") as out:  # here, so a bad path is one clear line
+            _export_in_child(work, out.fileno())
+        os.replace(tmp_out, output)
+    except OSError as exc:
+        raise Error(f"cannot export {container.name} to {output}: {exc.strerror}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(tmp_out)
+
+
+def _export_in_child(work: Path, out: int) -> None:
+    """Write the tar in a child that mounts the overlay in its own mount namespace."""
+    from soute.container.record import ContainerError as Error
+    from soute.layer import write_layer
+    from soute.runtime.rootfs import mount_overlay
+
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports by exit status
         code = 1
@@ -146,7 +171,7 @@ def export(store: Store, container: Container, output: str) -> None:
             _linux.unshare(_linux.CLONE_NEWNS)
             _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
             mount_overlay(work / "layers", str(work / "root"))
-            with open(tmp_out, "wb") as f:
+            with os.fdopen(out, "wb", closefd=False) as f:
                 write_layer(work / "root", f, overlay=False)
             code = 0
         except BaseException as exc:  # everything must end in _exit
@@ -154,13 +179,15 @@ def export(store: Store, container: Container, output: str) -> None:
                 os.write(2, f"soute: export: {exc}\n".encode())
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # ^C: the child goes too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     if os.waitstatus_to_exitcode(status) != 0:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_out)
-        raise Error(f"cannot export {container.name}")
-    os.replace(tmp_out, output)
+        raise Error("cannot export the container (see the message above)")
 
 
 def volumes_in_use(store: Store) -> set[str]:

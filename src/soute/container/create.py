@@ -20,6 +20,7 @@ from soute.container.record import (
     MountSpec,
     PortSpec,
     new_id,
+    valid_name,
 )
 
 if TYPE_CHECKING:
@@ -111,6 +112,15 @@ def runtime_env(spec: ContainerSpec) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
+def user_env(entries: list[str]) -> list[str]:
+    """``-e`` values as docker takes them: ``KEY=VALUE``, or ``KEY`` with our value of KEY
+    (left out when we have none)."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        _set_user_env(env, entry)
+    return [f"{k}={v}" for k, v in env.items()]
+
+
 def _set_user_env(env: dict[str, str], entry: str) -> None:
     key, sep, value = entry.partition("=")
     if not key:
@@ -126,6 +136,9 @@ def _read_env_file(path: str) -> list[str]:
         text = Path(path).read_text()
     except OSError as exc:
         raise ContainerError(f"{path}: {exc.strerror}", "give an existing --env-file") from None
+    except UnicodeDecodeError:
+        raise ContainerError(f"{path}: not UTF-8 text", "an --env-file holds KEY=VALUE lines"
+                             ) from None
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.lstrip()
@@ -210,8 +223,10 @@ def _resources(opts: RunOptions) -> dict[str, int]:
             cpus = float(opts.cpus)
         except ValueError:
             cpus = -1
-        if cpus <= 0:
-            raise ContainerError(f"invalid --cpus {opts.cpus!r}", "give a number of CPUs, e.g. 1.5")
+        available = os.cpu_count() or 1
+        if not 0.01 <= cpus <= available:  # NaN fails too
+            raise ContainerError(f"invalid --cpus {opts.cpus!r}: the range of CPUs is from 0.01 "
+                                 f"to {available:.2f}", "give a number of CPUs, e.g. 1.5")
         out["cpu_quota"], out["cpu_period"] = int(cpus * 100_000), 100_000
     if opts.pids_limit is not None and opts.pids_limit > 0:
         out["pids"] = opts.pids_limit
@@ -279,7 +294,7 @@ def create(store: Store, image_name: str, opts: RunOptions) -> Container:
     else:
         hostname = opts.hostname or container_id[:12]
     name = opts.name if opts.name else containers.unique_name()
-    if not _valid_name(name):
+    if not valid_name(name):
         raise ContainerError(f'Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] '
                              "are allowed")
     ports, exposed = _ports(config, opts)
@@ -320,16 +335,13 @@ def create(store: Store, image_name: str, opts: RunOptions) -> Container:
         resources=resources,
         runtime=opts.runtime,
     )
+    if spec.runtime != "soute" and (spec.ports or spec.resources):
+        raise ContainerError("-p/-P and --memory/--cpus/--pids-limit need soute's own runtime",
+                             "leave out --runtime")
     if not spec.workdir.startswith("/"):
         raise ContainerError(f"the working directory '{spec.workdir}' is invalid",
                              "it needs to be an absolute path")
     return containers.new(spec)
-
-
-def _valid_name(name: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name) is not None
 
 
 def _cap(name: str) -> str:
@@ -355,10 +367,13 @@ def parse_signal(text: str) -> int:
             return number
     else:
         name = upper if upper.startswith("SIG") else "SIG" + upper
+        number = 0
         if name.startswith("SIGRTMIN+") and name[9:].isdigit():
-            return int(signal.SIGRTMIN) + int(name[9:])
-        if name.startswith("SIGRTMAX-") and name[9:].isdigit():
-            return int(signal.SIGRTMAX) - int(name[9:])
+            number = int(signal.SIGRTMIN) + int(name[9:])
+        elif name.startswith("SIGRTMAX-") and name[9:].isdigit():
+            number = int(signal.SIGRTMAX) - int(name[9:])
+        if int(signal.SIGRTMIN) <= number <= int(signal.SIGRTMAX):
+            return number
         member = getattr(signal.Signals, name, None)
         if member is not None:
             return int(member)

@@ -467,7 +467,10 @@ def exec_process(container: Container, argv: list[str], *, user: str | None = No
     merged = runtime_env(spec)
     if tty and not any(e.startswith("TERM=") for e in merged):
         merged.append("TERM=xterm")
-    merged += env or []
+    if env:
+        from soute.container.create import user_env
+
+        merged += user_env(env)
     return Process(args=argv, env=merged, cwd=workdir or spec.workdir,
                    user=spec.user if user is None else user, terminal=tty,
                    no_new_privileges=True, capabilities=capabilities_of(spec))

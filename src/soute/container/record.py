@@ -18,10 +18,12 @@ which then tells the truth: exited, code 137.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import secrets
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -198,6 +200,18 @@ class Container:
     def log_path(self) -> Path:
         return self.dir / "log.json"
 
+    def rename(self, store: Store, name: str) -> None:
+        """``soute rename``: the name must be valid and free; config.json follows."""
+        if not valid_name(name):
+            raise ContainerError(f"Invalid container name ({name}), only "
+                                 "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        if not store.meta.rename_container(self.id, name):
+            raise ContainerError(f'Conflict. The container name "/{name}" is already in use')
+        self.spec.name = name
+        tmp = self.dir / f".config-{os.getpid()}.tmp"
+        tmp.write_text(self.spec.to_json())
+        os.replace(tmp, self.dir / "config.json")
+
     # ------------------------------------------------------------------ state
 
     def raw_state(self) -> ContainerState:
@@ -223,7 +237,17 @@ class Container:
                     state.finished_at = state.finished_at if state.finished_at[:4] != "0001" \
                         else _now()
                     self.save_state(state)
+                    self.remove_cgroup()
         return state
+
+    def remove_cgroup(self) -> None:
+        """The cgroup of a container with limits, left behind when its monitor was killed."""
+        if not self.spec.resources:
+            return
+        from soute.runtime.cgroups import Cgroup
+
+        with contextlib.suppress(SouteError):  # none (any more)
+            Cgroup.open(self.id).remove()
 
     def save_state(self, state: ContainerState) -> None:
         tmp = self.dir / f".state-{os.getpid()}.tmp"
@@ -325,8 +349,9 @@ class Containers:
         """Remove directories without a record (an interrupted create or rm)."""
         known = {c for c, *_ in self.store.meta.containers()}
         removed = 0
+        recent = time.time() - 60  # a create renames its directory in just before its record
         for entry in os.scandir(self.root):
-            if entry.name not in known:
+            if entry.name not in known and entry.stat().st_mtime < recent:
                 _remove_tree(Path(entry.path))
                 removed += 1
         return removed
@@ -337,6 +362,12 @@ class Containers:
             if self.store.meta.container_by_name(name) is None:
                 return name
         return generate_name() + "_" + secrets.token_hex(2)
+
+
+def valid_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name) is not None
 
 
 def new_id() -> str:
