@@ -110,6 +110,8 @@ class Soute(Tool):
         # all the time) would otherwise be compiled again by every command, PYTHONDONTWRITE-
         # BYTECODE being set on this machine; 60-100 ms of every cached build and run.
         sh([SOUTE.parent / "python", "-m", "compileall", "-q", "-j", "0", REPO / "src"])
+        # And the methods of its dataclasses, as scripts/setup does (soute._dccache).
+        sh([SOUTE.parent / "python", "-c", "from soute._dccache import build; build()"])
         # The store may come from an older soute that this one no longer reads: start over.
         if self.root.exists() and not succeeds(self.cli("images")):
             print("bench: soute's store is unreadable, making it again", file=sys.stderr,

@@ -207,6 +207,24 @@ def test_builder_prune_frees_the_cache(tmp_path: Path) -> None:
     assert list(blobs.iterdir()) == []
 
 
+def test_a_no_cache_rebuilds_duplicate_layer_waits_for_a_prune(tmp_path: Path) -> None:
+    """The second --no-cache build makes the same layer again: its copy is set aside (not
+    deleted during the build), fsck says so, and a prune frees it."""
+    store = tmp_path / "s"
+    ok(soute(store, "bootstrap", "busybox"))
+    text = "FROM busybox\nRUN echo same > /same\n"
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}  # the same layer, whatever the second
+    ok(soute(store, "build", "-q", "--no-cache", "-", input=text, env=env))
+    assert not (store / "trash").exists() or not any((store / "trash").iterdir())
+    ok(soute(store, "build", "-q", "--no-cache", "-", input=text, env=env))
+    assert len(list((store / "trash").iterdir())) == 1
+    fsck = ok(soute(store, "fsck"))
+    assert "1 duplicate layer tree(s)" in fsck and " 0 problem(s)" in fsck
+    ok(soute(store, "image", "prune", "-f"))
+    assert not (store / "trash").exists()
+    assert "duplicate" not in ok(soute(store, "fsck"))
+
+
 def test_run_makes_layers_from_the_commands_changes(root: Path) -> None:
     text = ("FROM busybox\nARG WHO=world\nRUN echo hello $WHO > /hello && rm /etc/group\n"
             "RUN [\"sh\", \"-c\", \"cat /hello > /copy\"]\n")

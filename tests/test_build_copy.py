@@ -1880,3 +1880,105 @@ def test_source_checksum_follows_buildkit_selectors(tmp_path: Path) -> None:
     assert source_checksum(Source("d", ctx)) != source_checksum(Source("d", ctx), excludes=["*.md"])
     with pytest.raises(SouteError, match='"/d/nope": not found'):
         source_checksum(Source("d/./nope", ctx), parents=True)
+
+
+# --------------------------------------------------------------------------------------
+# The copy step's child: through the overlay, or straight into the upper dir
+
+
+def _upper_tree(upper: Path, now: Sequence[str] = ()) -> dict[str, tuple[object, ...]]:
+    """Everything an upper dir says about its entries (all xattrs included), but the times
+    of directories, which the copy may make without a source time ("now"), and of ``now``."""
+    out: dict[str, tuple[object, ...]] = {}
+    for top, dirs, files in os.walk(upper):
+        for name in ["", *dirs, *files]:
+            if name == "" and top != str(upper):
+                continue
+            path = os.path.join(top, name) if name else top
+            st = os.lstat(path)
+            xattrs = sorted((n, os.getxattr(path, n, follow_symlinks=False))
+                            for n in os.listxattr(path, follow_symlinks=False))
+            content: object = None
+            if stat.S_ISREG(st.st_mode):
+                content = Path(path).read_bytes()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            out[os.path.relpath(path, upper)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev, xattrs, content,
+                None if stat.S_ISDIR(st.st_mode) or name in now else st.st_mtime_ns)
+    return out
+
+
+@needs_root
+@pytest.mark.parametrize("dest, options", [
+    ("/app", {}),
+    ("/app2/", {"chown": "nobody:nogroup"}),
+    ("/new/deep/", {"chmod": "u+x,g-w"}),
+    ("/ex/", {"excludes": ["*.log"]}),
+    ("/unpacked/", {"unpack": True, "sources": [{"path": "arch.tgz"}]}),
+    ("rel/", {"workdir": "/wd", "chown": "7:8"}),
+    ("/heredoc/", {"sources": [], "contents": [["hd.txt", "hello\n"]], "now": ["hd.txt"]}),
+    ("/par/", {"parents": True, "sources": [{"path": "d/sub/b"}]}),
+])
+def test_copy_step_straight_into_the_upper_dir_makes_the_same_layer(
+    tmp_path: Path, dest: str, options: dict[str, object]
+) -> None:
+    """A destination no parent layer has is written straight into the upper dir (no overlay
+    mount to create through): the upper dir must be what the overlay would have left."""
+    from soute.build.copystep import _dest_is_new, _in_child
+
+    lower = tmp_path / "lower"
+    build(lower, {"etc/passwd": "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+                  "etc/group": "root:x:0:\nnogroup:x:65534:\n", "usr/bin/tool": "t"})
+    upper_layer = tmp_path / "layer2"
+    build(upper_layer, {"opt/x": "x"})
+    ctx = tmp_path / "ctx"
+    build(ctx, {"d/a": "a" * 5000, "d/sub/b": "b", "f.txt": "file", "skip.log": "nope",
+                "d/link": L("a")})
+    os.link(ctx / "d/a", ctx / "d/hard")
+    os.mkfifo(ctx / "d/fifo", 0o640)
+    os.chmod(ctx / "d/sub", 0o2775)
+    os.chown(ctx / "d/sub", 0, 50)
+    os.chmod(ctx / "d/a", 0o4755)
+    os.setxattr(ctx / "d/a", "user.note", b"kept")
+    os.utime(ctx / "d/sub", ns=(1, 123456789000))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("t/deep/one")
+        info.size, info.mtime, info.uid, info.gid = 1, 1000, 7, 8
+        tar.addfile(info, io.BytesIO(b"1"))
+    (ctx / "arch.tgz").write_bytes(buf.getvalue())
+    lowers = [lower, upper_layer]
+    workdir = str(options.get("workdir", "/"))
+    assert _dest_is_new(dest, workdir, lowers)
+    trees = []
+    for direct in (False, True):
+        upper = tmp_path / f"upper-{direct}"
+        upper.mkdir()
+        job = {
+            "lowers": [str(p) for p in lowers], "upper": str(upper),
+            "sources": options.get("sources", [{"path": "d"}, {"path": "f.txt"}]),
+            "contents": options.get("contents", []), "context": str(ctx), "dockerfile": "",
+            "source_layers": None, "dest": dest, "workdir": workdir,
+            "chown": options.get("chown"), "chmod": options.get("chmod"),
+            "parents": options.get("parents", False), "excludes": options.get("excludes", []),
+            "unpack": options.get("unpack", False), "tmp": str(tmp_path), "direct": direct,
+        }
+        assert _in_child(job) is None
+        trees.append(_upper_tree(upper, options.get("now", ())))  # type: ignore[arg-type]
+    assert trees[0] == trees[1]
+
+
+def test_copy_step_goes_through_the_overlay_where_a_layer_has_the_path(tmp_path: Path) -> None:
+    from soute.build.copystep import _dest_is_new
+
+    build(tmp_path / "l1", {"etc/x": "x"})
+    build(tmp_path / "l2", {"srv/.wh.app": ""})
+    lowers = [tmp_path / "l1", tmp_path / "l2"]
+    assert not _dest_is_new("/etc/new", "/", lowers)
+    assert not _dest_is_new("new", "/etc", lowers)
+    assert not _dest_is_new("/", "/", lowers)
+    assert not _dest_is_new(".", "/", lowers)
+    assert not _dest_is_new("/srv/app", "/", lowers)  # its parent is in a layer
+    assert _dest_is_new("/app", "/", lowers)
+    assert _dest_is_new("../app/x/", "/srv", lowers)

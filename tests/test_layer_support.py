@@ -240,3 +240,40 @@ def test_snapshot_notices(tmp_path: Path, change: str) -> None:
     build_tree(changed, specs)
     assert snapshot(tmp_path / "base") == snapshot(same)
     assert snapshot(tmp_path / "base") != snapshot(changed)
+
+
+def test_write_layer_reports_the_outputs_error(tmp_path: Path) -> None:
+    """The tar is written by a thread of its own: an error there still reaches the caller."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "big").write_bytes(os.urandom(3 << 20))
+
+    class Full(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: object) -> int:
+            raise OSError(28, "No space left on device")
+
+    from soute.errors import SouteError
+
+    # As before the thread: an OSError, or a SouteError naming the file being read then.
+    with pytest.raises((OSError, SouteError), match="No space left"):
+        write_layer(tmp_path / "tree", Full(), overlay=False)  # type: ignore[arg-type]
+
+
+def test_write_layer_hashes_once_with_a_blob_writer(tmp_path: Path) -> None:
+    """A blob writer lends its hash to the layer writer: the DiffID is still the tar's."""
+    from soute.store.blobs import BlobStore
+
+    (tmp_path / "tree" / "d").mkdir(parents=True)
+    (tmp_path / "tree" / "d" / "f").write_bytes(os.urandom(1 << 20))
+    plain = io.BytesIO()
+    expected = write_layer(tmp_path / "tree", plain, overlay=False)
+    assert expected.diff_id == "sha256:" + hashlib.sha256(plain.getvalue()).hexdigest()
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "tmp").mkdir()
+    blobs = BlobStore(tmp_path / "blobs", tmp_path / "tmp")
+    with blobs.writer() as w:
+        got = write_layer(tmp_path / "tree", w, overlay=False)  # type: ignore[arg-type]
+        assert w.commit() == got.diff_id == expected.diff_id
+    assert blobs.read(got.diff_id) == plain.getvalue()

@@ -174,3 +174,40 @@ def test_tokens_are_cached_per_scope_and_renewed() -> None:
     form = urllib.parse.parse_qs(body.decode())
     assert form["grant_type"] == ["refresh_token"] and form["refresh_token"] == ["r1"]
     assert form["scope"] == ["repository:a:pull"] and form["client_id"] == ["soute"]
+
+
+# --- writing a pulled layer behind its decompression -------------------------------------
+
+
+def test_write_behind_writes_everything_in_order(tmp_path: Path) -> None:
+    import hashlib
+
+    from soute.store.blobs import BlobStore, WriteBehind
+
+    (tmp_path / "tmp").mkdir()
+    blobs = BlobStore(tmp_path / "blobs", tmp_path / "tmp")
+    (tmp_path / "blobs").mkdir()
+    chunks = [bytes([i]) * (1000 + i) for i in range(50)]
+    with blobs.writer() as writer:
+        behind = WriteBehind(writer, depth=2)
+        for chunk in chunks:
+            behind.write(chunk)
+        behind.close()
+        digest = writer.commit()
+    assert digest == "sha256:" + hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert blobs.read(digest) == b"".join(chunks)
+
+
+def test_write_behind_hands_back_the_writers_error(tmp_path: Path) -> None:
+    from soute.store.blobs import WriteBehind
+
+    class Failing:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+    behind = WriteBehind(Failing(), depth=1)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(100):  # the producer hears of it on a later write...
+            behind.write(b"x" * 10)
+        behind.close()  # ...or at the end
+    behind.close(quiet=True)  # a second close (on the error path) neither blocks nor raises

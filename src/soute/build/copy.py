@@ -538,10 +538,14 @@ def _set_opaque(path: bytes) -> None:
 _warned_chown = False
 
 
-def _lchown(path: bytes, uid: int, gid: int) -> None:
+def _lchown(path: bytes | int, uid: int, gid: int) -> None:
+    """``lchown`` of a path, or ``fchown`` of a descriptor."""
     global _warned_chown
     try:
-        os.lchown(path, uid, gid)
+        if isinstance(path, int):
+            os.fchown(path, uid, gid)
+        else:
+            os.lchown(path, uid, gid)
     except PermissionError:
         if os.geteuid() == 0:
             raise
@@ -550,21 +554,25 @@ def _lchown(path: bytes, uid: int, gid: int) -> None:
             log.warning("not root: copied files keep the current user as owner")
 
 
-def _copy_xattrs(src: bytes, dst: bytes) -> None:
-    """fsutil copies every xattr and only logs failures; overlayfs' own are not copied."""
+def _copy_xattrs(src: bytes | int, dst: bytes | int, name_of_dst: bytes = b"") -> None:
+    """fsutil copies every xattr and only logs failures; overlayfs' own are not copied.
+
+    ``src`` and ``dst`` are paths (symlinks not followed) or open descriptors."""
+    # A descriptor cannot be combined with follow_symlinks=False (it follows nothing).
+    follow = isinstance(src, int)
     try:
-        names = os.listxattr(src, follow_symlinks=False)
+        names = os.listxattr(src, follow_symlinks=follow)
     except OSError:
         return
     for name in names:
         if name.startswith(_OVERLAY_XATTRS):
             continue
         try:
-            os.setxattr(
-                dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False
-            )
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=follow),
+                        follow_symlinks=isinstance(dst, int))
         except OSError as err:
-            log.debug("xattr %s not copied to %s: %s", name, os.fsdecode(dst), err)
+            where = name_of_dst or (dst if isinstance(dst, bytes) else b"")
+            log.debug("xattr %s not copied to %s: %s", name, os.fsdecode(where), err)
 
 
 # --------------------------------------------------------------------------------------
@@ -727,7 +735,10 @@ class _Copier:
         overwrite: bool,
         include_info: tuple[bool, ...] | None,
         exclude_info: tuple[bool, ...] | None,
+        fresh: bool = False,
     ) -> None:
+        """Copy ``src`` to ``dst``; ``fresh``: ``dst``'s parent was made by this walk, so
+        nothing is at ``dst`` yet (no lookup needed)."""
         included = True
         excluded = False
         if components:
@@ -750,7 +761,7 @@ class _Copier:
         is_dir = stat.S_ISDIR(st.st_mode)
         if not included and not is_dir:
             return
-        target_st = self.view.lstat(dst)
+        target_st = None if fresh else self.view.lstat(dst)
         if included:
             self._create_parents(walk, overwrite)
         if not is_dir and target_st is not None and stat.S_ISDIR(target_st.st_mode):
@@ -758,6 +769,7 @@ class _Copier:
 
         copy_info = included
         restore_time = False
+        info_done = False
         if is_dir:
             created = self._copy_dir(
                 walk,
@@ -770,13 +782,14 @@ class _Copier:
                 excluded,
                 include_info,
                 exclude_info,
+                fresh,
             )
             if not overwrite:
                 copy_info = created
                 restore_time = not created
         else:
-            self._copy_entry(walk, src, st, dst)
-        if copy_info:
+            info_done = self._copy_entry(walk, src, st, dst, fresh)
+        if copy_info and not info_done:
             self._copy_info(walk.tree, src, st, dst)
         elif restore_time and target_st is not None:
             path = self.view.upper_dir(dst)
@@ -794,11 +807,12 @@ class _Copier:
         excluded: bool,
         include_info: tuple[bool, ...] | None,
         exclude_info: tuple[bool, ...] | None,
+        fresh: bool = False,
     ) -> bool:
         created = False
         pending = _Pending(src, dst, st, copied=False)
         if included:
-            created = self._dir_only(dst, st, overwrite)
+            created = self._dir_only(dst, st, overwrite, fresh)
             pending.copied = True
         walk.parents.append(pending)
         try:
@@ -813,14 +827,17 @@ class _Copier:
                     True,
                     include_info,
                     exclude_info,
+                    created,  # a directory this walk made holds only what it puts there
                 )
         finally:
             walk.parents.pop()
         return created
 
-    def _dir_only(self, dst: str, st: os.stat_result, overwrite: bool) -> bool:
+    def _dir_only(
+        self, dst: str, st: os.stat_result, overwrite: bool, fresh: bool = False
+    ) -> bool:
         """Create directory ``dst`` for a source directory; True when it was created."""
-        target = self.view.lstat(dst)
+        target = None if fresh else self.view.lstat(dst)
         if target is None:
             self.view.make_dir(dst, stat.S_IMODE(st.st_mode))
             self.result.paths.append("/" + dst)
@@ -841,16 +858,22 @@ class _Copier:
                 self._copy_info(walk.tree, pending.src, pending.st, pending.dst)
             pending.copied = True
 
-    def _copy_entry(self, walk: _Walk, src: str, st: os.stat_result, dst: str) -> None:
-        target = self.view.clear(dst)
+    def _copy_entry(
+        self, walk: _Walk, src: str, st: os.stat_result, dst: str, fresh: bool = False
+    ) -> bool:
+        """Create ``dst`` from the non-directory ``src``; True when its info (owner, mode,
+        times, xattrs) is set too."""
+        target = self.view.upper_path(dst) if fresh else self.view.clear(dst)
         source = walk.tree.fspath(src)
         fmt = stat.S_IFMT(st.st_mode)
+        info_done = False
         if fmt == stat.S_IFREG:
             first = walk.inodes.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
             if first is not None:
                 os.link(first, target)
             else:
-                _copy_file(source, target)
+                self._write_file(walk.tree, source, st, target)
+                info_done = True
                 if st.st_nlink > 1:
                     walk.inodes[(st.st_dev, st.st_ino)] = target
         elif fmt == stat.S_IFLNK:
@@ -860,16 +883,49 @@ class _Copier:
         else:
             os.mknod(target, st.st_mode, st.st_rdev)
         self.result.paths.append("/" + dst)
+        return info_done
+
+    def _write_file(
+        self, tree: SourceTree, source: bytes, st: os.stat_result, target: bytes
+    ) -> None:
+        """Copy a regular file and set its info as :meth:`_copy_info` does, through the
+        open descriptors: no path lookup per call, no chown or chmod that changes nothing."""
+        uid, gid = self._owner(tree, st)
+        mode = stat.S_IMODE(st.st_mode)
+        if self.chmod is not None:
+            mode = self.chmod.apply(mode, is_dir=False)
+        src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            dst_fd = os.open(
+                target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                _copy_data(src_fd, dst_fd)
+                made = os.fstat(dst_fd)
+                chowned = (made.st_uid, made.st_gid) != (uid, gid)
+                if chowned:
+                    _lchown(dst_fd, uid, gid)
+                # After the chown, which clears setuid and setgid.
+                if chowned or stat.S_IMODE(made.st_mode) != mode:
+                    os.fchmod(dst_fd, mode)
+                os.utime(dst_fd, ns=self._times(st))
+                _copy_xattrs(src_fd, dst_fd, target)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+    def _owner(self, tree: SourceTree, st: os.stat_result) -> tuple[int, int]:
+        if self.owner is not None:
+            return self.owner
+        if tree.reset_owner:
+            return 0, 0
+        return st.st_uid, st.st_gid
 
     def _copy_info(self, tree: SourceTree, src: str, st: os.stat_result, dst: str) -> None:
         """Owner, mode, times and xattrs of a copied entry (fsutil's copyFileInfo)."""
         path = self.view.upper_dir(dst) if stat.S_ISDIR(st.st_mode) else self.view.upper_path(dst)
-        if self.owner is not None:
-            uid, gid = self.owner
-        elif tree.reset_owner:
-            uid, gid = 0, 0
-        else:
-            uid, gid = st.st_uid, st.st_gid
+        uid, gid = self._owner(tree, st)
         _lchown(path, uid, gid)
         is_link = stat.S_ISLNK(st.st_mode)
         if not is_link:
@@ -919,37 +975,27 @@ class _Walk:
     parents: list[_Pending] = field(default_factory=list)
 
 
-def _copy_file(source: bytes, target: bytes) -> None:
-    src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+def _copy_data(src_fd: int, dst_fd: int) -> None:
+    size = os.fstat(src_fd).st_size
+    copied = 0
     try:
-        dst_fd = os.open(
-            target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            size = os.fstat(src_fd).st_size
-            copied = 0
-            try:
-                while copied < size:
-                    n = os.copy_file_range(src_fd, dst_fd, min(size - copied, 1 << 30))
-                    if n == 0:
-                        break
-                    copied += n
-            except OSError as err:
-                if copied or err.errno not in (
-                    errno.ENOSYS,
-                    errno.EXDEV,
-                    errno.EPERM,
-                    errno.EIO,
-                    errno.EOPNOTSUPP,
-                    errno.EINVAL,
-                ):
-                    raise
-                while chunk := os.read(src_fd, 1 << 20):
-                    os.write(dst_fd, chunk)
-        finally:
-            os.close(dst_fd)
-    finally:
-        os.close(src_fd)
+        while copied < size:
+            n = os.copy_file_range(src_fd, dst_fd, min(size - copied, 1 << 30))
+            if n == 0:
+                break
+            copied += n
+    except OSError as err:
+        if copied or err.errno not in (
+            errno.ENOSYS,
+            errno.EXDEV,
+            errno.EPERM,
+            errno.EIO,
+            errno.EOPNOTSUPP,
+            errno.EINVAL,
+        ):
+            raise
+        while chunk := os.read(src_fd, 1 << 20):
+            os.write(dst_fd, chunk)
 
 
 def _resolve_wildcards(tree: SourceTree, src: str) -> list[str]:

@@ -299,11 +299,17 @@ class Builder:
         return StageResult(config, layers, key)
 
     def _base_image(self, name: str, stage: Stage) -> Image:
-        from soute.registry.pull import ensure_image
+        from soute.store.names import resolve
+        from soute.store.store import ImageNotFound
 
         try:  # pulled when the store lacks it, as docker build does
             with self._pull_lock:  # stages side by side on one base: one pull
-                return ensure_image(self.store, name, out=self.progress.out)
+                try:  # a local image needs no registry client (its import: about 45 ms)
+                    return resolve(self.store, name)
+                except ImageNotFound:
+                    from soute.registry.pull import ensure_image
+
+                    return ensure_image(self.store, name, out=self.progress.out)
         except SouteError as e:
             raise LocatedError(
                 e.message,
@@ -419,7 +425,6 @@ class Builder:
     ) -> tuple[str, tuple[str, int] | None]:
         from soute.image.digest import chain_ids
         from soute.image.timestamp import Timestamp
-        from soute.layer import write_layer
 
         text = created_by + (" # buildkit" if suffix else "")
         hit = None if self.opts.no_cache else self.store.meta.cache_get(key)
@@ -456,6 +461,8 @@ class Builder:
                     self._record(key, None, created.format())
                 self._history(config, text, empty=True, created=created)
                 return key, None
+            from soute.layer import write_layer  # here: a cached step needs no layer writer
+
             with self.store.blobs.writer() as w:
                 # Under SOURCE_DATE_EPOCH, mtimes are clamped to it (BuildKit's
                 # rewrite-timestamp) so that the same build gives the same layers.
@@ -476,6 +483,8 @@ class Builder:
                 except OSError:
                     if not snapshot.is_dir():
                         raise  # else a stage beside this one made the same layer first
+            else:
+                self.store.discard(upper)  # a duplicate (--no-cache rebuild): not worth waiting
             self.store.meta.add_snapshot(
                 chain, chain_ids([d for d, _ in layers])[-1] if layers else None, diff_id
             )
@@ -578,6 +587,8 @@ class Builder:
         """For each ``--mount``: the tree its ``from=`` names (a stage built earlier, an
         image in the store, or scratch), and what it adds to the step's cache key (that
         tree's key, or the content digest of a bind's source in the context)."""
+        if not instr.mounts:
+            return [], []  # without importing soute.build.run (a cached step needs none)
         from soute.build.run import MountSource
         from soute.dockerfile.instructions import Stage
 

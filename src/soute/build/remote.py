@@ -28,15 +28,16 @@ import os
 import re
 import shutil
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from soute.errors import SouteError
+
+if TYPE_CHECKING:
+    import urllib.request
 
 UNNAMED = "__unnamed__"
 _PROTO = re.compile(r"^[a-zA-Z0-9]+://")
@@ -136,6 +137,10 @@ def fetch(cache_root: Path, url: str, *, checksum: str = "") -> Download:
 
     With ``checksum`` the content must have that digest. Raises :class:`SouteError`.
     """
+    # Here, not at the top: urllib.request (http.client, ssl, email) costs every COPY 30 ms.
+    import urllib.error
+    import urllib.request
+
     from soute import __version__
 
     name = url_file_name(url)
@@ -245,6 +250,8 @@ def _http_time(text: str) -> float:
 
 
 def _opener(url: str) -> urllib.request.OpenerDirector:
+    import urllib.request
+
     proxy = proxy_for(url)
     scheme = urllib.parse.urlsplit(url).scheme
     return urllib.request.build_opener(

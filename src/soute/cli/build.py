@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from soute.build.engine import BuildOptions
+    from soute.build.remote_cache import CacheSpec
     from soute.cli.main import Context
     from soute.store.store import Image, Store
 
@@ -76,7 +77,6 @@ def _is_tar(head: bytes) -> bool:
 
 def run_build(ctx: Context, args: argparse.Namespace) -> int:
     from soute.build.engine import BuildOptions
-    from soute.build.remote_cache import parse_cache_spec
     from soute.errors import SouteError
     from soute.store.names import full_tag
 
@@ -126,8 +126,8 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
         target=args.target, no_cache=args.no_cache, network=args.network,
         labels=_pairs(args.label, "--label", from_env=False), quiet=args.quiet,
         secrets=_secrets(args.secret),
-        cache_from=[parse_cache_spec(v, export=False) for v in args.cache_from],
-        cache_to=[parse_cache_spec(v, export=True) for v in args.cache_to],
+        cache_from=_cache_specs(args.cache_from, export=False),
+        cache_to=_cache_specs(args.cache_to, export=True),
     )
     try:
         if args.ssh:
@@ -195,6 +195,14 @@ def _check_platforms(value: str | None) -> None:
         if why:
             raise SouteError(f"--platform {spec.strip()}: {why}",
                              f"leave --platform out to build for {host}")
+
+
+def _cache_specs(values: list[str], *, export: bool) -> list[CacheSpec]:
+    if not values:
+        return []  # the module stays unimported: most builds share no cache
+    from soute.build.remote_cache import parse_cache_spec
+
+    return [parse_cache_spec(v, export=export) for v in values]
 
 
 def _check_dockerfile(opts: BuildOptions, *, every_rule: bool) -> list[str]:

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from soute.container.health import parse_duration_ns
 from soute.errors import SouteError
 
 MAX_RECORD = 16 * 1024  # docker's copier buffer: longer lines are split
@@ -101,6 +100,9 @@ def parse_since(text: str, now_ns: int | None = None) -> int:
     value = text.strip()
     now = time.time_ns() if now_ns is None else now_ns
     if value != "0" and not re.fullmatch(r"\d+(\.\d*)?", value):
+        # Here only: the monitor writes logs and needs nothing of the health module.
+        from soute.container.health import parse_duration_ns
+
         try:
             return now - parse_duration_ns(value)
         except SouteError:

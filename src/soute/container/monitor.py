@@ -116,7 +116,6 @@ class Monitor:
     def _run_locked(self, tell: Ready) -> int:
         from soute.container.attach import terminal_session
         from soute.container.logs import LogWriter
-        from soute.container.ports import PortBinding, PortProxy
         from soute.image.timestamp import Timestamp
         from soute.runtime import Layers, run
 
@@ -131,8 +130,12 @@ class Monitor:
         layers = Layers(lowers, container.upper, container.work)
         self._fix_upper_mode(lowers)
 
-        proxy = PortProxy([PortBinding(p.host_ip, p.host_port, p.container_port, p.proto)
-                           for p in spec.ports])
+        proxy = None
+        if spec.ports:  # the proxy's module (sockets, threads, futures) only when it is used
+            from soute.container.ports import PortBinding, PortProxy
+
+            proxy = PortProxy([PortBinding(p.host_ip, p.host_port, p.container_port, p.proto)
+                               for p in spec.ports])
         slirp = None
         cgroup: Any = None
         health_stop = threading.Event()
@@ -142,7 +145,7 @@ class Monitor:
         stdin_keep: list[int] = []
         try:
             try:
-                bound = proxy.bind()
+                bound = proxy.bind() if proxy is not None else []
             except SouteError as exc:
                 raise ContainerError(str(exc)) from None
             ports = [PortSpec(b.host_ip, b.host_port, b.container_port, b.proto) for b in bound]
@@ -156,7 +159,7 @@ class Monitor:
                     cgroup = self._cgroup(pid)
                 if slirp is not None:
                     slirp.start(pid)
-                if spec.ports:
+                if proxy is not None:
                     proxy.start(f"/proc/{pid}/ns/net")
 
             def started(pid: int) -> None:
@@ -204,9 +207,10 @@ class Monitor:
                 thread.join(timeout=5)
             with self._log_lock:
                 log.close()
-            proxy.close()
+            if proxy is not None:
+                proxy.close()
             if slirp is not None:
-                slirp.stop()
+                slirp.stop(wait=False)  # it goes on its own: no need to wait ~30 ms
 
     def _fix_upper_mode(self, lowers: list[Path]) -> None:
         # overlayfs shows the upper dir's own mode as the root's: give it the image's.
@@ -246,7 +250,6 @@ class Monitor:
     def _spec(self, slirp: bool) -> Spec:
         from soute.container.create import runtime_env
         from soute.container.network import resolv_conf_for_slirp
-        from soute.container.volumes import Volumes
         from soute.runtime import (
             BUILD_NAMESPACES,
             GeneratedFile,
@@ -266,12 +269,16 @@ class Monitor:
                 raise ContainerError("--init needs tini", "apt-get install tini")
             mounts.append(Mount(INIT_PATH, "bind", tini, ("rbind", "ro")))
             args = [INIT_PATH, "--", *args]
-        volumes = Volumes(self.store.root)
+        volumes = None
         for m in spec.mounts:
             ro = ("ro",) if m.readonly else ()
             if m.kind == "bind":
                 mounts.append(Mount(m.target, "bind", m.source, ("rbind", *ro)))
             elif m.kind == "volume":
+                if volumes is None:
+                    from soute.container.volumes import Volumes
+
+                    volumes = Volumes(self.store.root)
                 source = str(volumes.get(m.source).mountpoint)
                 copy = ("copy-up",) if m.copy_up else ()
                 mounts.append(Mount(m.target, "bind", source, ("rbind", *ro, *copy)))

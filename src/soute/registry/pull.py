@@ -45,7 +45,7 @@ from soute.registry.config import HUB_DOMAIN, RegistrySettings
 from soute.registry.errors import RegistryError, Unauthorized, Unreachable
 from soute.registry.locations import Location
 from soute.registry.progress import Progress
-from soute.store.blobs import BlobWriter
+from soute.store.blobs import BlobWriter, WriteBehind
 from soute.store.names import resolve
 from soute.store.store import Image, ImageNotFound, Store
 
@@ -330,18 +330,24 @@ class _Puller:
         source = _BlobStream(self, desc)
         writer = download.writer
         assert writer is not None
-        plain = hashlib.sha256()
         problem = None
+        # The blob writer hashes the content (its hash is the DiffID, checked below) and
+        # writes it in a thread of its own while this one decompresses the next chunks.
+        behind = WriteBehind(writer)
         try:
             raw = io.BufferedReader(source, _CHUNK)
             with open_decompressed(raw) as layer:  # type: ignore[arg-type]
                 while chunk := layer.read(_CHUNK):
-                    plain.update(chunk)
-                    writer.write(chunk)
+                    behind.write(chunk)
         except RegistryError:
+            behind.close(quiet=True)
             raise
         except SouteError as e:
             problem = e.message  # reported below, unless the digest explains it
+        except BaseException:
+            behind.close(quiet=True)
+            raise
+        behind.close()
         source.drain()
         if source.offset != desc.size or source.digest() != desc.digest:
             raise RegistryError(f"layer {short} of {self.ref} does not match its digest "
@@ -349,10 +355,11 @@ class _Puller:
                                 "was stored")
         if problem is not None:
             raise RegistryError(f"layer {short} of {self.ref} cannot be read: {problem}")
-        got = "sha256:" + plain.hexdigest()
+        got = "sha256:" + writer.sha256.hexdigest()
         if got != download.diff_id:
             raise RegistryError(f"layer {short} of {self.ref} does not match the image config: "
                                 f"its content is {got}, the config expects {download.diff_id}")
+        writer.sync()  # beside the other layers' downloads, not one after another at commit
         self.progress.item(short, "Download complete")
 
 

@@ -42,10 +42,17 @@ class BlobWriter:
             split_digest(expected)
         self._hash = hashlib.sha256()
         self.size = 0
+        self._synced = -1  # the size when sync() last ran
         fd, name = _mkstemp(store.tmp_dir, "blob-")
         self._tmp = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self.digest: str | None = None
+
+    @property
+    def sha256(self) -> hashlib._Hash:
+        """The running sha256 of everything written so far: a writer that hashes its stream
+        anyway (the layer writer) reads it instead of hashing the same bytes twice."""
+        return self._hash
 
     def write(self, data: bytes | memoryview) -> int:
         self._hash.update(data)
@@ -56,6 +63,13 @@ class BlobWriter:
         while chunk := src.read(CHUNK):
             self.write(chunk)
 
+    def sync(self) -> None:
+        """Write the content to disk now (commit then has nothing left to wait for): lets
+        several blobs be synced side by side before they are committed together."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._synced = self.size
+
     def commit(self) -> str:
         """Verify, fsync and publish the blob; returns its digest."""
         digest = "sha256:" + self._hash.hexdigest()
@@ -65,13 +79,15 @@ class BlobWriter:
                 f"content does not match its digest: expected {self._expected}, got {digest}",
                 "the source is corrupt or was changed while being read",
             )
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
         target = self._store.path(digest)
         if target.exists():
-            self._tmp.unlink()  # same content is already there
+            self._file.close()  # same content is already there (and synced): no fsync
+            self._tmp.unlink()
         else:
+            if self._synced != self.size:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            self._file.close()
             os.chmod(self._tmp, 0o644)
             os.rename(self._tmp, target)
             _fsync_dir(target.parent)
@@ -89,6 +105,44 @@ class BlobWriter:
     def __exit__(self, *exc: object) -> None:
         if self.digest is None:
             self.abort()
+
+
+class WriteBehind:
+    """Chunks handed to a thread that writes them to a :class:`BlobWriter` (which hashes
+    them): hashing and writing release the GIL, so the producer (a decompressor, say) goes
+    on meanwhile on another core. Chunks must not be changed once handed over. Call
+    :meth:`close` at the end, also on errors: it raises what the writing failed with."""
+
+    def __init__(self, writer: BlobWriter, depth: int = 8) -> None:
+        import queue
+        import threading
+
+        self._writer = writer
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="blob-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self, *, quiet: bool = False) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None and not quiet:
+            raise self._error
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking chunks: the producer must never block on a full queue
+            try:
+                self._writer.write(chunk)
+            except BaseException as e:  # handed to the producer by write() or close()
+                self._error = e
 
 
 class BlobStore:

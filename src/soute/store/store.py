@@ -16,11 +16,11 @@ tables by transaction, index.json by an atomic replace.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -221,14 +221,16 @@ class Store:
 
     def snapshots(self, diff_ids: Sequence[str]) -> list[Path]:
         """The unpacked layers of an image, base first, unpacking those not there yet."""
-        from soute.layer import apply_layer
-
         paths: list[Path] = []
         parent: str | None = None
         with self.session():
             for diff_id, chain_id in zip(diff_ids, chain_ids(diff_ids), strict=True):
                 path = self.snapshot_path(chain_id)
                 if not path.is_dir():
+                    import tempfile
+
+                    from soute.layer import apply_layer  # only now: a run rarely needs them
+
                     work = Path(tempfile.mkdtemp(prefix="snap-", dir=self.tmp))
                     try:
                         with self.blobs.open(diff_id) as f:
@@ -284,6 +286,21 @@ class Store:
 
     # ------------------------------------------------------------------ garbage, checks
 
+    def discard(self, tree: Path) -> None:
+        """Set aside a directory tree nothing uses, for the next garbage collection.
+
+        For the upper dir of a ``--no-cache`` rebuild whose layer the store already has:
+        removing a tree of 20,000 files costs seconds (as much as making it), which the
+        build need not wait for. BuildKit and buildah keep such a rebuild's copy until a
+        prune as well. ``trash/`` is outside ``tmp/``: it is garbage, not a half-made file.
+        """
+        trash = self.root / "trash"
+        try:
+            trash.mkdir(exist_ok=True)
+            os.rename(tree, trash / tree.name)
+        except OSError:
+            shutil.rmtree(tree, ignore_errors=True)
+
     def collect_garbage(self) -> GarbageReport:
         """Free blobs, layers and snapshots no image uses, and leftovers of killed writers."""
         report = GarbageReport()
@@ -308,6 +325,7 @@ class Store:
                     report.snapshots += 1
             self.meta.remove_snapshots(
                 [c for c, _, _ in self.meta.snapshots() if c not in live_chains] + dead)
+            shutil.rmtree(self.root / "trash", ignore_errors=True)  # see discard()
             # No writer holds the shared lock now, so whatever is in tmp/ was abandoned.
             for entry in os.scandir(self.tmp):
                 if entry.is_dir(follow_symlinks=False):
@@ -342,6 +360,11 @@ class Store:
                 if not self.snapshot_path(chain_id).is_dir():
                     report.notes.append(f"snapshot {chain_id[7:19]}: recorded but missing "
                                         "(it is unpacked again when needed)")
+            with contextlib.suppress(FileNotFoundError):
+                discarded = sum(1 for _ in os.scandir(self.root / "trash"))
+                if discarded:
+                    report.notes.append(f"{discarded} duplicate layer tree(s) of --no-cache "
+                                        "rebuilds set aside (prune frees them)")
             leftovers = list(os.scandir(self.tmp))
             if leftovers:
                 report.notes.append(f"{len(leftovers)} temporary file(s) left by interrupted "
