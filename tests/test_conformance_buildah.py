@@ -68,7 +68,7 @@ SOUTE_GAPS: dict[str, str] = {
     "dockerignore-allowlist-subsubdir-nosubdir": "docker 20.10 sends an empty parent dir",
     # Deliberate (the build issue; docs/differences.md): an unknown --chown name is an error.
     # The busybox base standing in for centos:7 has no "adm" group: BuildKit gives root.
-    "copychown": "deliberate: unknown --chown names are an error in soute",
+    "copy with --chown": "deliberate: unknown --chown names are an error in soute",
 }
 
 # Cases that need images or hosts this machine does not have: both builders must fail at
