@@ -6,6 +6,7 @@ proxy. Containers are removed in teardown so a failure never leaves one running.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -181,7 +182,7 @@ def test_terminal_with_t(root: Path) -> None:
         screen.read_until(b"40 100")
         os.write(fd, b"exit 5\n")
     except BaseException:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGKILL)  # an interactive shell ignores SIGTERM
         raise
     finally:
         _, status = os.waitpid(pid, 0)
@@ -592,12 +593,16 @@ def test_terminal_resize_follows_ours(root: Path) -> None:
         os.write(fd, b"stty size\n")
         screen.read_until(b"30 90")
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))  # SIGWINCH
-        time.sleep(0.3)
-        os.write(fd, b"stty size\n")
-        screen.read_until(b"50 132")
+        # soute passes the new size on when its signal handler runs: ask until it has.
+        for _ in range(40):
+            os.write(fd, b"stty size\n")
+            with contextlib.suppress(AssertionError):
+                screen.read_until(b"50 132", within=0.5)
+                break
+        screen.read_until(b"50 132", within=1)
         os.write(fd, b"exit\n")
     except BaseException:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGKILL)  # an interactive shell ignores SIGTERM
         raise
     finally:
         os.waitpid(pid, 0)
