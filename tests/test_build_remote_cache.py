@@ -25,6 +25,7 @@ from registry_fixtures import (
 )
 from soute.build.remote_cache import CONFIG_TYPE, parse_cache_spec
 from soute.errors import SouteError
+from soute_cli import soute
 
 EPOCH = "1700000000"  # busybox bootstraps identically on every store under it
 
@@ -51,16 +52,8 @@ RUN head -c 32 /dev/urandom | od -An -tx1 > /final
 """
 
 
-def soute(root: Path, *args: str, input: str | None = None, cwd: Path | None = None,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
-        input=input, capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def ok(p: subprocess.CompletedProcess[str]) -> str:
+    """A build's progress (stderr), which these tests read."""
     assert p.returncode == 0, p.stderr
     return p.stderr
 
