@@ -31,6 +31,7 @@ from soute.build.contenthash import ContentHasher, StatCache, resolve_path
 from soute.errors import SouteError
 
 if TYPE_CHECKING:
+    from soute.build.fastlane import Memo
     from soute.dockerfile.ignore import PatternMatcher
 
 __all__ = ["BuildContext", "SourceTree"]
@@ -54,6 +55,7 @@ class SourceTree:
     reset_owner = False
     local = False
     filtered = False
+    memo: Memo | None = None  # a local context notes every path it looks at (build.fastlane)
 
     def __init__(self, root: Path, *, name: str = "", stat_cache: Path | None = None) -> None:
         self.root = Path(root)
@@ -78,30 +80,50 @@ class SourceTree:
 
     def lstat(self, rel: str) -> os.stat_result | None:
         """The entry at ``rel`` (symlinks not followed), or ``None`` when absent."""
+        path = self.fspath(rel)
         try:
-            return os.lstat(self.fspath(rel))
+            st: os.stat_result | None = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
-            return None
+            st = None
+        if self.memo is not None:
+            self.memo.saw(path, st)
+        return st
 
     def listdir(self, rel: str) -> list[str]:
         """The names in directory ``rel``, in byte order."""
+        path = self.fspath(rel)
         try:
-            return [os.fsdecode(n) for n in sorted(os.listdir(self.fspath(rel)))]
+            names = os.listdir(path)
         except OSError as err:
             raise SouteError(f"cannot read /{rel}: {err.strerror}") from err
+        if self.memo is not None:
+            self.memo.look(path)  # its times move when a name comes or goes
+        return [os.fsdecode(n) for n in sorted(names)]
 
     def entries(self, rel: str) -> list[tuple[bytes, os.stat_result]]:
         """Directory ``rel``'s entries: (name, lstat), in byte order of the names."""
+        path = self.fspath(rel)
         try:
-            with os.scandir(self.fspath(rel)) as it:
+            with os.scandir(path) as it:
                 found = [(e.name, e.stat(follow_symlinks=False)) for e in it]
         except OSError as err:
             raise SouteError(f"cannot read /{rel}: {err.strerror}") from err
         found.sort()
+        if self.memo is not None:
+            self._note_listing(path, found)
         return found
 
+    def _note_listing(self, path: bytes, found: Sequence[tuple[bytes, os.stat_result]]) -> None:
+        assert self.memo is not None
+        self.memo.look(path)
+        for name, st in found:
+            self.memo.saw(path + b"/" + name, st)
+
     def readlink(self, rel: str) -> str:
-        return os.readlink(self.fspath(rel).decode("utf-8", "surrogateescape"))
+        path = self.fspath(rel)
+        if self.memo is not None:
+            self.memo.look(path)  # a new target is a new link: new times
+        return os.readlink(path.decode("utf-8", "surrogateescape"))
 
     def resolve(self, path: str, *, follow_last: bool = True) -> str | None:
         """``path`` with its symlinks resolved inside the tree, or ``None`` if it is absent."""
@@ -193,12 +215,15 @@ class BuildContext(SourceTree):
         dockerfile: Path | None = None,
         ignore_patterns: Sequence[str] | None = None,
         stat_cache: Path | None = None,
+        memo: Memo | None = None,
     ) -> None:
         """``ignore_patterns=None`` reads the ignore file BuildKit would use for
-        ``dockerfile`` (default ``<root>/Dockerfile``); pass a list to set them."""
+        ``dockerfile`` (default ``<root>/Dockerfile``); pass a list to set them. ``memo``
+        notes every path looked at."""
         from soute.dockerfile.ignore import PatternMatcher, find_ignore_file, read_ignore_file
 
         super().__init__(root, name="context", stat_cache=stat_cache)
+        self.memo = memo
         if ignore_patterns is None:
             ignore_file = find_ignore_file(self.root, dockerfile)
             if ignore_file is None:
@@ -306,6 +331,8 @@ class BuildContext(SourceTree):
         except OSError as err:
             raise SouteError(f"cannot read context directory /{rel}: {err.strerror}") from err
         found.sort()
+        if self.memo is not None:
+            self._note_listing(self.fspath(rel), [(b, e.st) for b, _, e in found])
         entries = {name: entry for _, name, entry in found}
         self._dirs[rel] = entries
         return entries

@@ -48,6 +48,8 @@ def copy_step(
         return LocatedError(e.message, file=file, line=instr.line, hint=e.hint)
 
     kinds = [remote.source_kind(s) for s in instr.sources]
+    if builder.opts.memo is not None and any(k != "local" for k in kinds):
+        builder.opts.memo.spoil("a remote source")  # checked again by every build
     checksum = _pinned_checksum(instr, kinds, file)
     workdir = config.config.working_dir or "/"
     from_ = instr.from_ if isinstance(instr, ins.Copy) else ""
@@ -227,7 +229,7 @@ def _source_layers(
     from soute.store.names import resolve
 
     try:
-        image = resolve(builder.store, ref)
+        image = builder.note_image(ref, resolve(builder.store, ref))
     except SouteError as e:
         raise LocatedError(
             e.message,

@@ -42,6 +42,7 @@ from soute.errors import LocatedError, SouteError
 
 if TYPE_CHECKING:
     from soute.build.context import BuildContext
+    from soute.build.fastlane import Memo
     from soute.build.remote_cache import CacheSpec, RemoteCache
     from soute.build.run import MountSource
     from soute.build.ssh import SSHAgents
@@ -73,6 +74,7 @@ class BuildOptions:
     cache_from: Sequence[CacheSpec] = ()  # registry caches to import (remote_cache)
     cache_to: Sequence[CacheSpec] = ()  # and to export to
     jobs: int | None = None  # stages built at once; None: SOUTE_BUILD_JOBS, else the CPUs
+    memo: Memo | None = None  # gathers what a fully cached build read (build.fastlane)
 
 
 @dataclass
@@ -168,6 +170,7 @@ class Builder:
                 self.opts.context,
                 dockerfile=self.opts.dockerfile_path,
                 stat_cache=cache / "contenthash.db",
+                memo=self.opts.memo,
             )
             self._local.context = context
         return context
@@ -305,10 +308,12 @@ class Builder:
         try:  # pulled when the store lacks it, as docker build does
             with self._pull_lock:  # stages side by side on one base: one pull
                 try:  # a local image needs no registry client (its import: about 45 ms)
-                    return resolve(self.store, name)
+                    return self.note_image(name, resolve(self.store, name))
                 except ImageNotFound:
                     from soute.registry.pull import ensure_image
 
+                    if self.opts.memo is not None:
+                        self.opts.memo.spoil("a base image was pulled")
                     return ensure_image(self.store, name, out=self.progress.out)
         except SouteError as e:
             raise LocatedError(
@@ -444,6 +449,8 @@ class Builder:
             self._add_layer(config, diff_id)
             return key, (diff_id, size)
         self._check_canceled()  # the build is ending: no new command
+        if self.opts.memo is not None:
+            self.opts.memo.spoil("a step ran")
         lowers = self.store.snapshots([d for d, _ in layers])
         upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.store.tmp))
         # overlayfs shows the upper dir's own mode as the root's: give it the image's.
@@ -621,11 +628,21 @@ class Builder:
             sources.append(source)
         return sources, keys
 
+    def note_image(self, name: str, image: Image) -> Image:
+        """``name`` resolved to ``image``: what the memo of a cached build checks again."""
+        memo = self.opts.memo
+        if memo is not None:
+            from soute.store.names import lookup_tag
+
+            tag = lookup_tag(name)
+            memo.image(tag, image.id, self.store.meta.tag_target(tag) if tag else None)
+        return image
+
     def _mount_image(self, name: str, instr: ins.Run) -> Image:
         from soute.store.names import resolve
 
         try:
-            return resolve(self.store, name)
+            return self.note_image(name, resolve(self.store, name))
         except SouteError as e:
             raise LocatedError(
                 e.message,

@@ -129,13 +129,40 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
         cache_from=_cache_specs(args.cache_from, export=False),
         cache_to=_cache_specs(args.cache_to, export=True),
     )
+    if (ctx.build_request is not None and context is not None and dockerfile_path is not None
+            and not (args.no_cache or args.secret or args.ssh or args.cache_from
+                     or args.cache_to)):
+        from soute.build.fastlane import Memo, Tee
+
+        # Gather what the build reads and prints: a fully cached one leaves its memo.
+        opts.memo = Memo()
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = Tee(out), Tee(err)  # type: ignore[assignment]
+        try:
+            image, live = _build_and_report(store, opts, args, cleanup)
+        finally:
+            tee_out, tee_err = sys.stdout, sys.stderr
+            sys.stdout, sys.stderr = out, err
+        if not live:
+            assert isinstance(tee_out, Tee) and isinstance(tee_err, Tee)
+            _remember(store, ctx.build_request, opts, image.id, args, tee_out.text(),
+                      tee_err.text())
+        return 0
+    _build_and_report(store, opts, args, cleanup)
+    return 0
+
+
+def _build_and_report(store: Store, opts: BuildOptions, args: argparse.Namespace,
+                      cleanup: Path | None) -> tuple[Image, bool]:
+    """Build, then print the image ID (or the lines naming it) and the check warnings.
+    Returns the image and whether the live view showed the progress."""
     try:
         if args.ssh:
             from soute.build.ssh import SSHAgents, parse_ssh_specs
 
             # Checked (key files loaded into an agent of the build's own) before any step.
             opts.ssh = SSHAgents(parse_ssh_specs(args.ssh))
-        image, summary = _build(store, opts, args)
+        image, summary, live = _build(store, opts, args)
     finally:
         if opts.ssh is not None:
             opts.ssh.close()
@@ -154,13 +181,34 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
         for tag in opts.tags:
             print(f"naming to {familiar(tag)} done", file=sys.stderr)
     sys.stderr.write(summary)  # the check warnings, last, as docker lists them
-    return 0
+    return image, live
 
 
-def _build(store: Store, opts: BuildOptions, args: argparse.Namespace) -> tuple[Image, str]:
+def _remember(store: Store, request: str, opts: BuildOptions, image_id: str,
+              args: argparse.Namespace, stdout: str, stderr: str) -> None:
+    """Leave the memo of a fully cached build for the fast lane (soute.build.fastlane)."""
+    memo = opts.memo
+    assert memo is not None and opts.context is not None and opts.dockerfile_path is not None
+    # What the build checks and the context's filter read, whatever the steps did: the
+    # two places find_ignore_file looks, and the directories they are in.
+    memo.look(os.path.abspath(opts.context), follow=True)
+    memo.look(os.path.abspath(opts.dockerfile_path.parent), follow=True)
+    own = opts.dockerfile_path.parent / (opts.dockerfile_path.name + ".dockerignore")
+    for candidate in (own, opts.context / ".dockerignore"):
+        memo.look(os.path.abspath(candidate), follow=True)
+    with store.meta.transaction() as db:
+        memo.save(db, request, dockerfile=os.path.abspath(opts.dockerfile_path),
+                  text=opts.dockerfile, image_id=image_id, tags=list(opts.tags),
+                  iidfile=os.path.abspath(args.iidfile) if args.iidfile else None,
+                  stdout=stdout, stderr=stderr)
+
+
+def _build(store: Store, opts: BuildOptions,
+           args: argparse.Namespace) -> tuple[Image, str, bool]:
     """Check the platform and the Dockerfile, then build with the view ``--progress`` asks
-    for. Returns the image and the check warnings' summary, to print after it; when the
-    build fails the summary is printed here, before the error, as docker does."""
+    for. Returns the image, the check warnings' summary, to print after it (when the build
+    fails the summary is printed here, before the error, as docker does), and whether the
+    live view showed the progress."""
     from soute.build.engine import Builder
     from soute.build.progress import TtyProgress, open_progress
 
@@ -178,7 +226,7 @@ def _build(store: Store, opts: BuildOptions, args: argparse.Namespace) -> tuple[
         sys.stderr.write(summary)
         raise
     printer.close()
-    return image, summary
+    return image, summary, isinstance(printer, TtyProgress)
 
 
 def _check_platforms(value: str | None) -> None:

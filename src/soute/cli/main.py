@@ -5,16 +5,17 @@ Start-up stays light: only the module of the command being run is imported.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing, argparse and pathlib cost the fast lane of a cached build 10 ms
+    import argparse
+    from pathlib import Path
+    from typing import NoReturn
+
     from soute.store.store import Store
 
 # command -> (module under soute.cli, function stem, description). The module defines
@@ -94,11 +95,14 @@ GROUPS: dict[str, dict[str, str]] = {
 USAGE = "usage: soute [--root DIR] [--debug] COMMAND [ARG...]"
 
 
-@dataclass
 class Context:
-    root: Path
-    debug: bool
-    _store: Store | None = None
+    """What every command gets: the store's location, opened on demand."""
+
+    def __init__(self, root: Path, debug: bool, *, build_request: str | None = None) -> None:
+        self.root = root
+        self.debug = debug
+        self.build_request = build_request  # `soute build`: the key of its memo (fastlane)
+        self._store: Store | None = None
 
     def store(self) -> Store:
         """The store, opened on first use (commands that need none never touch it)."""
@@ -137,15 +141,19 @@ class UsageError(Exception):
     exit_code = 1
 
 
-class _Parser(argparse.ArgumentParser):
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     """argparse with one-line errors: docker's ``run``/``create`` exit 125 on them."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        error = UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
-        if self.prog in ("soute run", "soute create", "soute container run",
-                         "soute container create"):
-            error.exit_code = 125
-        raise error
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:  # type: ignore[override]
+            error = UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+            if self.prog in ("soute run", "soute create", "soute container run",
+                             "soute container create"):
+                error.exit_code = 125
+            raise error
+
+    return Parser(prog=prog, description=description)
 
 
 def _split_globals(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
@@ -199,13 +207,7 @@ def _resolve(rest: list[str]) -> tuple[str, str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """The ``soute`` command; ``argv`` None: this process's arguments (the process is the
     command and ends after it)."""
-    if argv is None:
-        # The command's own process: dataclasses defined from here on skip compiling their
-        # methods' source (see soute._dccache); a program importing soute is left alone.
-        from soute._dccache import install
-
-        install()
-    code = _main(sys.argv[1:] if argv is None else argv)
+    code = _main(sys.argv[1:] if argv is None else argv, own_process=argv is None)
     if argv is None:
         # Nothing is left to free but what the interpreter's teardown would search for
         # reference cycles one object at a time: about 10 ms of every command.
@@ -213,7 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _main(argv: list[str]) -> int:
+def _root(opts: dict[str, str | bool]) -> str:
+    root = opts.get("root")
+    if root:
+        return os.path.abspath(str(root))  # the runtime's children chdir: keep it absolute
+    from soute.store import default_root_path
+
+    return default_root_path()
+
+
+def _main(argv: list[str], *, own_process: bool = False) -> int:
     debug = "--debug" in argv or "-D" in argv or bool(os.environ.get("SOUTE_DEBUG"))
     try:
         opts, rest = _split_globals(argv)
@@ -226,17 +237,33 @@ def _main(argv: list[str]) -> int:
             sys.stdout.write(_help())
             return 0 if opts.get("help") else 1
         command, called, args = _resolve(rest)
+        if own_process:
+            if command == "build" and "-h" not in args and "--help" not in args:
+                # A fully cached build answered from its memo, before the builder's imports.
+                from soute.build.fastlane import try_build
+
+                code = try_build(_root(opts), argv)
+                if code is not None:
+                    return code
+            # Dataclasses defined from here on skip compiling their methods' source (see
+            # soute._dccache); a program importing soute is left alone.
+            from soute._dccache import install
+
+            install()
         module_name, stem, description = COMMANDS[command]
         module = importlib.import_module(f"soute.cli.{module_name}")
-        parser = _Parser(prog=f"soute {called}", description=description)
+        parser = _parser(f"soute {called}", description)
         getattr(module, f"configure_{stem}")(parser)
         ns = parser.parse_args(args)
-        root = opts.get("root")
-        from soute.store import default_root
+        from pathlib import Path
 
-        # Absolute: the runtime's children change directory (a relative root would move).
-        ctx = Context(root=Path(os.path.abspath(str(root))) if root else default_root(),
-                      debug=debug)
+        root = _root(opts)
+        request = None
+        if command == "build":
+            from soute.build.fastlane import request as build_request
+
+            request = build_request(root, argv)
+        ctx = Context(Path(root), debug, build_request=request)
         try:
             return int(getattr(module, f"run_{stem}")(ctx, ns) or 0)
         finally:

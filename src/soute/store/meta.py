@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -75,7 +75,25 @@ CREATE TABLE IF NOT EXISTS blob_locations (
     PRIMARY KEY (digest, repository)
 );
 CREATE INDEX IF NOT EXISTS blob_locations_diff_id ON blob_locations(diff_id);
+CREATE TABLE IF NOT EXISTS build_memos (
+    request TEXT PRIMARY KEY,       -- a build's command line and surroundings (build.fastlane)
+    memo BLOB NOT NULL              -- what that fully cached build read and printed
+);
 """
+
+# A memo says a rebuild would give the same image from the cache: forgetting an image, a
+# layer, a snapshot or a cache record (or replacing one) may make that false, so every memo
+# goes, whichever command forgets it.
+_FORGET_MEMOS = "BEGIN DELETE FROM build_memos; END"
+_TRIGGERS = [
+    *(f"CREATE TRIGGER IF NOT EXISTS {table}_forget_memos AFTER DELETE ON {table} "
+      + _FORGET_MEMOS for table in ("images", "layers", "snapshots", "build_cache")),
+    "CREATE TRIGGER IF NOT EXISTS build_cache_update_memos AFTER UPDATE ON build_cache "
+    + _FORGET_MEMOS,
+    # INSERT OR REPLACE deletes the old row without firing delete triggers.
+    "CREATE TRIGGER IF NOT EXISTS build_cache_replace_memos BEFORE INSERT ON build_cache "
+    "WHEN EXISTS (SELECT 1 FROM build_cache WHERE key=NEW.key) " + _FORGET_MEMOS,
+]
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,8 @@ class Meta:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                for statement in _TRIGGERS:
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @property

@@ -36,6 +36,18 @@ def full_tag(name: str) -> str:
     return str(ref.with_default_tag())
 
 
+def lookup_tag(name: str) -> str | None:
+    """The tag :func:`resolve` looks ``name`` up as first, or None (a digest, or no name)."""
+    from soute.errors import SouteError
+    from soute.image.reference import parse_reference
+
+    try:
+        ref = parse_reference(name)
+    except SouteError:
+        return None
+    return None if ref.digest is not None else str(ref.with_default_tag())
+
+
 def resolve(store: Store, name: str) -> Image:
     """docker's lookup: a tag, then NAME@DIGEST, then a full or unique short image ID."""
     from soute.errors import SouteError
