@@ -355,3 +355,23 @@ def test_interactive_stdin(peers: Peers) -> None:
 
 def test_interactive_stdin_to_shell(peers: Peers) -> None:
     same(*peers.both(["-i"], "busybox", [], input="echo from stdin $((6 * 7))\nexit 4\n"))
+
+
+# ------------------------------------------------------------------ inspect --format
+
+INSPECT_TEMPLATES = [
+    "{{.Id}}", "{{json .Config.Env}}", "{{.Config.Cmd}}", "{{range .RepoTags}}{{.}};{{end}}",
+    '{{index .Config.Labels "only"}}|{{index .Config.Labels "nope"}}', "{{.Config.Labels.only}}",
+    "{{.Os}}/{{.Architecture}}", "{{len .RootFS.Layers}}", "{{json .Config.Labels}}",
+    "{{if .Config.Entrypoint}}E{{else}}no entrypoint{{end}}", '{{printf "%.19s|%-8s|" .Id .Os}}',
+    '{{upper .Os}} {{join .Config.Cmd ","}}', "{{- range .Config.Env}}\n{{.}}{{end -}}",
+    '{{if eq .Os "linux"}}L{{end}} {{with .Config}}{{.Cmd}}{{end}} {{.Config.Cmd | json}}',
+]
+
+
+@pytest.mark.parametrize("template", INSPECT_TEMPLATES)
+def test_inspect_format(peers: Peers, template: str) -> None:
+    """``inspect -f`` gives what docker's Go templates give, on the same image."""
+    docker = peers.docker("inspect", "-f", template, "inherited")
+    soute = peers.soute("inspect", "-f", template, "inherited")
+    same(docker, soute)

@@ -281,6 +281,9 @@ def configure_inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="NAME|ID")
     p.add_argument("--type", choices=("container", "image"),
                    help="only look for this kind (default: a container, then an image)")
+    p.add_argument("-f", "--format",
+                   help="a Go template applied to each object, e.g. '{{.Id}}' or "
+                   "'{{json .Config.Env}}'")
 
 
 def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
@@ -306,6 +309,11 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
             [familiar(d) for d in store.meta.repo_digests_of(image.id)], config, image.size,
             driver="overlay",
         ))
+    if args.format:
+        from soute.cli.gotemplate import render
+
+        sys.stdout.write("".join(render(args.format, obj) + "\n" for obj in out))
+        return 0
     print(dumps(out, indent=4, escape_html=False))
     return 0
 
