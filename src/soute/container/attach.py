@@ -15,7 +15,6 @@ import signal
 import struct
 import termios
 import threading
-import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -97,6 +96,8 @@ def terminal_session(master: int, user_fd: int = 0) -> Iterator[None]:
     if not os.isatty(user_fd):
         yield
         return
+    import tty  # only now: a run without a terminal has no use for it
+
     set_window_size(master, window_size(user_fd))
     saved = termios.tcgetattr(user_fd)
     previous = None

@@ -63,7 +63,8 @@ def format_time(ns: int) -> str:
     return f"{base}.{ns % _NS:09d}Z"
 
 
-_TIME = re.compile(
+# Compiled when first used (re caches it): the monitor writes logs and never parses a time.
+_TIME = (
     r"(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?"
     r"([Zz]|[+-]\d{2}:?\d{2})?"
@@ -75,7 +76,7 @@ def parse_time(text: str, *, local: bool = False) -> int | None:
 
     Without a zone the time is UTC, or local time when ``local`` (docker's --since).
     """
-    m = _TIME.fullmatch(text.strip())
+    m = re.fullmatch(_TIME, text.strip())
     if not m:
         return None
     year, month, day, hh, mm, ss, frac, zone = m.groups()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from soute.errors import SouteError
 from soute.image import gojson
@@ -38,8 +38,10 @@ from soute.image.model import (
     set_map,
     sorted_map,
 )
-from soute.image.platforms import Platform
 from soute.image.timestamp import Timestamp
+
+if TYPE_CHECKING:  # imported where used: reading a config (every `soute run`) needs none
+    from soute.image.platforms import Platform
 
 # BuildKit's comment on history entries it adds for layers the config did not account for.
 EXPORTER_COMMENT = "buildkit.exporter.image.v0"
@@ -359,6 +361,8 @@ class ImageConfig(JSONObject):
 
     @property
     def platform(self) -> Platform:
+        from soute.image.platforms import Platform
+
         return Platform(
             self.os, self.architecture, self.variant, self.os_version, list(self.os_features)
         )

@@ -6,7 +6,6 @@ every manifest, config and registry API carries, so there is nothing to gain fro
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 
@@ -18,7 +17,6 @@ ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
 # OCI descriptor grammar (descriptor.md): any algorithm, any encoding. Used to check digests we
 # only carry around (and to keep them safe as path components: no '/', no '..').
 _OCI_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-_HEX = {n: re.compile(f"[a-f0-9]{{{n}}}") for n in set(ALGORITHMS.values())}
 
 EMPTY_JSON = b"{}"
 EMPTY_JSON_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
@@ -26,6 +24,8 @@ EMPTY_JSON_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c0
 
 def sha256_digest(data: bytes) -> str:
     """The ``sha256:<hex>`` digest of ``data``."""
+    import hashlib  # here: importing OpenSSL costs 3 ms, and most `soute run`s hash nothing
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -55,7 +55,7 @@ def parse_digest(s: str) -> str:
             f"invalid checksum digest length: {s!r}",
             hint=f"a {alg} digest has {length} hex digits",
         )
-    if not _HEX[length].fullmatch(encoded):
+    if not re.fullmatch(f"[a-f0-9]{{{length}}}", encoded):  # compiled once, by re
         raise SouteError(f"invalid checksum digest format: {s!r}", hint="use lowercase hex")
     return s
 

@@ -15,10 +15,11 @@ from typing import Any, ClassVar, Self
 from soute.errors import SouteError
 from soute.image.model import JSONObject, get_str, get_str_list
 
-# containerd's specifierRe and osRe; their text is part of containerd's messages.
-_SPECIFIER = re.compile(r"^[A-Za-z0-9_.-]+$")
-_OS_PART = re.compile(r"^([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?$")
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# containerd's specifierRe and osRe; their text is part of containerd's messages. Compiled when
+# first used (re caches them): most commands read platforms but never parse one.
+_SPECIFIER = r"^[A-Za-z0-9_.-]+$"
+_OS_PART = r"^([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?$"
+_BAD_ESCAPE = r"%(?![0-9A-Fa-f]{2})"
 # What FormatAll escapes in an OS version or feature (``%`` first, so nothing is escaped twice).
 _OS_OPTION_ESCAPES = (("%", "%25"), ("+", "%2B"), ("(", "%28"), (")", "%29"), ("/", "%2F"))
 _HINT = "use os/arch[/variant], e.g. linux/arm64/v8"
@@ -126,7 +127,7 @@ class Platform(JSONObject):
                 spec,
             )
         parts = spec.split("/", 3)
-        m = _OS_PART.fullmatch(parts[0])
+        m = re.fullmatch(_OS_PART, parts[0])
         if m is None:
             raise PlatformError(
                 f"invalid platform {spec!r}",
@@ -135,7 +136,7 @@ class Platform(JSONObject):
                 "match {}: invalid argument",
                 parts[0],
                 spec,
-                _OS_PART.pattern,
+                _OS_PART,
             )
         os_name = _normalize_os(m.group(1))
         raw_version, raw_features = m.group(2) or "", m.group(3)
@@ -145,7 +146,7 @@ class Platform(JSONObject):
             for f in (raw_features[1:].split("+") if raw_features else [])
         ]
         for part in parts[1:]:
-            if not _SPECIFIER.fullmatch(part):
+            if not re.fullmatch(_SPECIFIER, part):
                 raise PlatformError(
                     f"invalid platform {spec!r}",
                     _HINT,
@@ -153,7 +154,7 @@ class Platform(JSONObject):
                     "{}: invalid argument",
                     part,
                     spec,
-                    _SPECIFIER.pattern,
+                    _SPECIFIER,
                 )
         if len(parts) == 1:
             if os_name in _KNOWN_OS:
@@ -282,7 +283,7 @@ def _decode_option(spec: str, raw: str, template: str) -> str:
     ``url.PathUnescape``: a ``%`` not followed by two hex digits is refused)."""
     if "%" not in raw:
         return raw
-    if bad := _BAD_ESCAPE.search(raw):
+    if bad := re.search(_BAD_ESCAPE, raw):
         escape = raw[bad.start() : bad.start() + 3]
         raise PlatformError(
             f"invalid platform {spec!r}: bad escape {escape!r} in {raw!r}",

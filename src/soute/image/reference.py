@@ -40,7 +40,6 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 
 _DOMAIN_RE = re.compile(_DOMAIN)
-_TAG_RE = re.compile(_TAG)
 _REMAINDER_RE = re.compile(rf"({_PATH})(?::({_TAG}))?(?:@({_DIGEST}))?")
 _IDENTIFIER_RE = re.compile(r"[a-f0-9]{64}")
 
@@ -49,7 +48,7 @@ _FORMAT_HINT = "a reference is [registry[:port]/]name[:tag][@digest], e.g. debia
 
 def is_valid_tag(tag: str) -> bool:
     """Whether ``tag`` is a valid tag: ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``."""
-    return _TAG_RE.fullmatch(tag) is not None
+    return re.fullmatch(_TAG, tag) is not None  # compiled on first use (re caches it)
 
 
 def is_image_id(s: str) -> bool:

@@ -64,7 +64,6 @@ FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
 _MAX_ID = 2**31 - 1
 _MAX_USER_FILE = 10 << 20  # BuildKit refuses larger passwd/group files
 _GO_INT = re.compile(r"[+-]?[0-9]+")
-_UINT = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +260,7 @@ def _parse_uid_gid(user: str) -> tuple[int, int] | None:
     for part in parts:
         if part == "root":
             ids.append(0)
-        elif _UINT.fullmatch(part) and int(part) <= 0xFFFFFFFF:
+        elif re.fullmatch(r"[0-9]+", part) and int(part) <= 0xFFFFFFFF:  # re caches it
             ids.append(int(part))
         else:
             return None
