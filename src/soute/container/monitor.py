@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,14 +153,23 @@ class Monitor:
             run_spec = self._spec(slirp is not None)
             stdio = self._stdio(log, pumps, close_after_start, stdin_keep)
 
-            def created(pid: int) -> None:
+            def created(pid: int) -> Generator[None, None, None]:
+                # In steps (see runtime.run): the container waits for the first...
                 nonlocal cgroup
                 if spec.resources:
                     cgroup = self._cgroup(pid)
                 if slirp is not None:
-                    slirp.start(pid)
+                    slirp.attach(pid)
                 if proxy is not None:
                     proxy.start(f"/proc/{pid}/ns/net")
+                yield
+                # ...sets up its root during the second (slirp4netns starts meanwhile)...
+                if slirp is not None:
+                    slirp.spawn()
+                yield
+                # ...and runs its command once tap0 is up.
+                if slirp is not None:
+                    slirp.wait_ready()
 
             def started(pid: int) -> None:
                 for fd in close_after_start:  # the container has its copies now

@@ -7,10 +7,9 @@ slirp4netns puts a tap0 device in the container's network namespace (10.0.2.100/
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import select
-import shutil
-import subprocess
+import signal
 import time
 from pathlib import Path
 from typing import IO
@@ -37,7 +36,63 @@ _STDERR_LIMIT = 2000
 
 def available(binary: str = _BINARY) -> bool:
     """Whether slirp4netns is on PATH."""
-    return shutil.which(binary) is not None
+    return _which(binary) is not None
+
+
+def _which(name: str) -> str | None:
+    """``shutil.which`` for an executable file (shutil is not imported on ``soute run``'s
+    path)."""
+    candidates = [name] if "/" in name else [
+        os.path.join(d or ".", name) for d in os.environ.get("PATH", os.defpath).split(":")]
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+class _Process:
+    """What Slirp needs of ``subprocess.Popen`` (whose import costs ``soute run`` ~2 ms),
+    for a child of ours made by ``os.posix_spawn``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit code (-N: killed by signal N) once it exited, reaping it; else None."""
+        if self.returncode is None:
+            self._reap(os.WNOHANG)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Waits for its end; raises TimeoutError after ``timeout`` seconds."""
+        if timeout is None:
+            while (code := self.returncode) is None:
+                self._reap(0)
+            return code
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while (code := self.poll()) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"process {self.pid} still runs after {timeout:g}s")
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 0.05)
+        return code
+
+    def kill(self) -> None:
+        if self.returncode is None:  # once reaped, its pid may be someone else's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def _reap(self, options: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, options)
+        except ChildProcessError:  # reaped by someone else: its status is lost
+            self.returncode = 0
+            return
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
 
 
 class Slirp:
@@ -59,7 +114,12 @@ class Slirp:
         self.sandbox = sandbox
         self.seccomp = seccomp
         self.ready_timeout = ready_timeout
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: _Process | None = None
+        self._pid = 0
+        self._netns: int | None = None
+        self._path: str | None = None
+        self._deadline = 0.0
+        self._ready_r: int | None = None
         self._exit_w: int | None = None
         self._log: IO[bytes] | None = None
 
@@ -67,8 +127,8 @@ class Slirp:
         """Whether this instance's slirp4netns binary is on PATH."""
         return available(self.binary)
 
-    def command(self, pid: int, ready_fd: int, exit_fd: int) -> list[str]:
-        """The slirp4netns command line for the network namespace of ``pid``."""
+    def command(self, netns: str, ready_fd: int, exit_fd: int) -> list[str]:
+        """The slirp4netns command line for the network namespace at path ``netns``."""
         argv = [
             self.binary,
             "--configure",
@@ -82,48 +142,92 @@ class Slirp:
             argv.append("--enable-sandbox")
         if self.seccomp:
             argv.append("--enable-seccomp")
-        return [*argv, str(pid), "tap0"]
+        return [*argv, "--netns-type=path", netns, "tap0"]
 
     def start(self, pid: int) -> None:
         """Starts slirp4netns for ``pid``'s network namespace; returns once tap0 is configured."""
-        if self.process is not None:
-            raise RuntimeError("Slirp.start() is called once")
-        binary = shutil.which(self.binary)
-        if binary is None:
+        self.attach(pid)
+        self.spawn()
+        self.wait_ready()
+
+    def attach(self, pid: int) -> None:
+        """Takes hold of ``pid``'s network namespace for :meth:`spawn`: it stays, and is the
+        one slirp4netns configures, even should ``pid`` exit or its pid be reused meanwhile."""
+        if self._netns is not None or self.process is not None:
+            raise RuntimeError("Slirp.start() or attach() is called once")
+        self._path = _which(self.binary)
+        if self._path is None:
             raise SouteError(
                 f"{self.binary} not found: it is needed for the container's network",
                 "install slirp4netns, or run with --network none",
             )
-        if pid <= 0 or not os.path.exists(f"/proc/{pid}/ns/net"):
-            raise SouteError(f"cannot set up the network of process {pid}: no such process")
+        try:
+            self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise SouteError(
+                f"cannot set up the network of process {pid}: no such process") from None
+        self._pid = pid
+
+    def spawn(self) -> None:
+        """Starts slirp4netns on the namespace of :meth:`attach` without waiting for it: tap0
+        is up once :meth:`wait_ready` returns (a few ms, which the caller may put to use)."""
+        if self._netns is None or self._path is None or self.process is not None:
+            raise RuntimeError("Slirp.spawn() comes once, after attach()")
         # ready: slirp4netns writes "1" once tap0 is up; exit: it quits when we close our end
         # (so also when this process dies).
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
         # A file, not a pipe: a pipe nobody reads would block slirp4netns once full.
         self._log = _temporary_file()
+        # Its fds 3, 4 and 5 in the child, copied from above 5: no dup2 clobbers another.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 6)
+                for fd in (self._log.fileno(), ready_w, exit_r, self._netns)]
+        log, child_ready, child_exit, child_netns = high
         try:
-            self.process = subprocess.Popen(
-                self.command(pid, ready_w, exit_r),
-                executable=binary,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=self._log,
-                pass_fds=(ready_w, exit_r),  # and nothing else: close_fds stays on
-                start_new_session=True,  # a ^C at the terminal is for the container, not it
-            )
+            self.process = _Process(os.posix_spawn(
+                self._path, self.command("/proc/self/fd/5", 3, 4), os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, log, 1),
+                    (os.POSIX_SPAWN_DUP2, log, 2),
+                    (os.POSIX_SPAWN_DUP2, child_ready, 3),
+                    (os.POSIX_SPAWN_DUP2, child_exit, 4),
+                    (os.POSIX_SPAWN_DUP2, child_netns, 5),
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    # Nothing else of ours: the rest is close-on-exec but for these.
+                    *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds(6)),
+                ],
+                setsid=True,  # a ^C at the terminal is for the container, not it
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # ignored by Python, kept by exec
+            ))
         except OSError as err:
-            for fd in (ready_r, ready_w, exit_r, exit_w):
+            for fd in (ready_r, ready_w, exit_r, exit_w, self._netns):
                 os.close(fd)
+            self._netns = None
             self._close_log()
             raise SouteError(f"cannot run {self.binary}: {err.strerror}") from None
+        finally:
+            for fd in high:
+                os.close(fd)
         os.close(ready_w)  # only the child's copy left: EOF on ready_r means it died
         os.close(exit_r)
+        os.close(self._netns)  # it has its own
+        self._netns = None
         self._exit_w = exit_w
+        self._ready_r = ready_r
+        self._deadline = time.monotonic() + self.ready_timeout
+
+    def wait_ready(self) -> None:
+        """Returns once slirp4netns (started by :meth:`spawn`) has configured tap0; raises
+        :class:`SouteError` (and stops it) if it fails or takes over ``ready_timeout``."""
+        ready_r = self._ready_r
+        if ready_r is None:
+            raise RuntimeError("Slirp.wait_ready() comes once, after spawn()")
+        self._ready_r = None
         try:
-            self._wait_ready(ready_r, pid)
+            self._wait_ready(ready_r, self._pid)
         except BaseException:
             # Not ready means broken: no point in a graceful exit.
+            assert self.process is not None
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             self.stop()
@@ -132,7 +236,14 @@ class Slirp:
             os.close(ready_r)
 
     def _wait_ready(self, ready_r: int, pid: int) -> None:
-        deadline = time.monotonic() + self.ready_timeout
+        # Mostly it is ready by now (the container's setup took as long): no select then.
+        os.set_blocking(ready_r, False)
+        with contextlib.suppress(BlockingIOError):
+            if os.read(ready_r, 1) == b"1":
+                return
+        import select
+
+        deadline = self._deadline
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -150,7 +261,7 @@ class Slirp:
                 continue
             assert self.process is not None
             # EOF: the child exited (or closed the fd) without saying it was ready.
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            with contextlib.suppress(TimeoutError):
                 self.process.wait(1)
             status = self.process.returncode
             how = f"exited with status {status}" if status is not None else "failed"
@@ -169,18 +280,23 @@ class Slirp:
     def stop(self, *, wait: bool = True) -> None:
         """Makes slirp4netns exit (it watches the exit fd) and waits for it. Without
         ``wait`` a thread of ours reaps it (init does, should we exit first): its exit takes
-        about 30 ms, most of it the kernel removing tap0, killed or not."""
+        10-30 ms, most of it the kernel removing tap0, killed or not."""
+        for fd in (self._ready_r, self._netns):  # never waited for; slirp4netns has its own
+            if fd is not None:
+                os.close(fd)
+        self._ready_r = self._netns = None
         if self._exit_w is not None:
             os.close(self._exit_w)
             self._exit_w = None
         if self.process is not None and self.process.returncode is None and not wait:
-            import threading
+            # A bare thread: threading.Thread.start() waits for it to run, ~0.2 ms.
+            import _thread
 
-            threading.Thread(target=self.process.wait, name="slirp-reaper", daemon=True).start()
+            _thread.start_new_thread(self.process.wait, ())
         elif self.process is not None and self.process.returncode is None:
             try:
                 self.process.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
+            except TimeoutError:
                 self.process.kill()
                 self.process.wait()
         self._close_log()
@@ -195,6 +311,18 @@ class Slirp:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _inheritable_fds(lowest: int) -> list[int]:
+    """Our descriptors from ``lowest`` up that an exec would pass on."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd >= lowest:
+            with contextlib.suppress(OSError):  # the listing's own, now closed
+                if os.get_inheritable(fd):
+                    found.append(fd)
+    return found
 
 
 def _temporary_file() -> IO[bytes]:

@@ -7,11 +7,13 @@
     write /etc files, layer links       setsid, stdio (a terminal: TIOCSCTTY)
     unshare(PID) just for the fork      new mount/uts/ipc(/net) namespaces, ``lo`` up
     fork                          --->  [on_created: report, wait for the parent's go]
-    [run on_created(pid), answer] <-->  make every mount private, mount the overlay
-    forward SIGINT/SIGTERM...           volume copy-ups, mountpoint stubs
+    [on_created(pid) step 1, go]  <-->  make every mount private, mount the overlay
+    [its step 2, meanwhile]             volume copy-ups, mountpoint stubs
     read setup reports / errors   <---  mount /proc /dev /sys..., device nodes
-    wait, 128+N for signal N            pivot_root, mask /proc paths, hostname
-    take the stubs out of upper         user, capabilities, cwd, no_new_privs, execve
+    forward SIGINT/SIGTERM...           pivot_root, mask /proc paths, hostname
+    [its last step, go]           <-->  user, capabilities, cwd, no_new_privs,
+    wait, 128+N for signal N            [on_created: report, wait for the go], execve
+    take the stubs out of upper
 
 :func:`exec_in` starts a process in a running container the same way: setns() to its PID
 namespace just for the fork, then the child joins its other namespaces (mount last, which
@@ -42,7 +44,7 @@ import signal
 import stat
 import sys
 import termios
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,8 @@ from soute.runtime.spec import (
 )
 
 Stdio = int | IO[Any] | None
+# on_created: given the container's pid; a generator runs in steps (see run()).
+CreatedHook = Callable[[int], Generator[None, None, None] | None]
 DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
 
 _NAMESPACE_FLAGS = {
@@ -137,7 +141,7 @@ def run(
     runtime: str = "soute",
     state_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
-    on_created: Callable[[int], None] | None = None,
+    on_created: CreatedHook | None = None,
 ) -> int:
     """Run ``spec`` on ``layers`` and return its exit code (128+N when killed by signal N).
 
@@ -150,9 +154,14 @@ def run(
     stdin/stdout/stderr; it becomes the command's controlling terminal.
 
     ``on_created`` gets the container's pid once its namespaces exist (network included,
-    ``lo`` up) and before anything is mounted: the command does not start until it returns
-    (slirp4netns and port forwards go there). If it raises, the container is killed and the
-    exception comes out of ``run``. Both need ``runtime="soute"``.
+    ``lo`` up) and before anything is mounted, which waits for it (cgroups, slirp4netns and
+    port forwards go there). A generator runs in three steps: to its first ``yield`` while
+    the container waits; on to the next one while the container mounts its root; to its
+    end once the container is set up, just before its command is exec'd (the slow parts go
+    in the last two, overlapping the container's own setup). The command does not start
+    until it ends. If it raises, the container is killed and the exception comes out of
+    ``run`` (raised in the middle step, it does so once the container waits again). Both
+    need ``runtime="soute"``.
     Raises :class:`SouteError` when the container cannot start.
     """
     spec.validate()
@@ -323,7 +332,7 @@ def _supervise(
     killer: Callable[[int], Callable[[], None]],
     records: list[StubRecord],
     on_start: Callable[[int], None] | None,
-    on_created: Callable[[int], None] | None = None,
+    on_created: CreatedHook | None = None,
 ) -> int:
     """Fork ``child_main``, relay its reports (stubs into ``records``) and wait for it."""
     fds, opened = _stdio_fds(stdio)
@@ -332,10 +341,13 @@ def _supervise(
         if flush is not None:
             flush()
     report_r, report_w = os.pipe()  # both close-on-exec: EOF tells the parent exec happened
-    # The child waits on this one for on_created: EOF without an answer means give up.
+    # The child waits on this one for on_created's first step, then for its last before
+    # exec: EOF without an answer means give up.
     resume_r, resume_w = os.pipe() if on_created is not None else (-1, -1)
     error: str | None = None
     status = 0
+    steps: Generator[None, None, None] | None = None  # on_created's, when a generator
+    failed: Exception | None = None  # raised by its middle step
     # Handlers go in before the fork: a ^C right after it must reach the container too.
     forwarder = _Forwarder()
     try:
@@ -359,15 +371,36 @@ def _supervise(
                 opened = []
 
                 def created() -> None:
-                    nonlocal resume_w
+                    nonlocal steps, failed
                     assert on_created is not None
-                    on_created(pid)
+                    steps = on_created(pid)
+                    if steps is not None:
+                        next(steps, None)
+                    os.write(resume_w, b"\n")
+                    if steps is not None:
+                        try:
+                            next(steps, None)
+                        except Exception as exc:
+                            # Raised once the child waits again: killed now, it could
+                            # leave stubs in the upper dir that it has not reported yet.
+                            failed = exc
+
+                def ready() -> None:
+                    nonlocal resume_w
+                    if failed is not None:
+                        raise failed
+                    if steps is not None:
+                        for _ in steps:
+                            pass
                     os.write(resume_w, b"\n")
                     os.close(resume_w)
                     resume_w = -1
 
                 error = _read_reports(report_r, records,
-                                      created if on_created is not None else None)
+                                      created if on_created is not None else None,
+                                      ready if on_created is not None else None)
+                if failed is not None:  # the child failed too, or died
+                    raise failed
                 if error is None and on_start is not None:
                     on_start(pid)
                 status = _wait(pid)
@@ -376,6 +409,8 @@ def _supervise(
                 _wait(pid)
                 raise
     finally:
+        if steps is not None:
+            steps.close()
         for fd in (report_r, report_w, resume_r, resume_w, *opened):
             if fd >= 0:
                 os.close(fd)
@@ -413,10 +448,12 @@ def _fork(*, new_pid_namespace: bool = False, join_pid_namespace: int | None = N
 
 
 def _read_reports(
-    fd: int, records: list[StubRecord], created: Callable[[], None] | None
+    fd: int, records: list[StubRecord], created: Callable[[], None] | None,
+    ready: Callable[[], None] | None = None,
 ) -> str | None:
     """Collect the child's reports until exec (or its death) closes the pipe; ``created``
-    runs when the child says its namespaces exist (it waits for that meanwhile)."""
+    runs when the child says its namespaces exist, ``ready`` when it is about to exec (it
+    waits for each meanwhile)."""
     error: str | None = None
     pending = b""
     while chunk := os.read(fd, 65536):
@@ -429,6 +466,8 @@ def _read_reports(
                 error = str(message["error"])
             elif "created" in message and created is not None:
                 created()
+            elif "ready" in message and ready is not None:
+                ready()
     return error
 
 
@@ -623,16 +662,16 @@ def _common_setup(fds: list[int | None], *, terminal: bool = False) -> None:
     os.umask(0)
 
 
-def _wait_for_parent(report: int, resume: int) -> None:
-    """Tell the parent the namespaces exist, and block until its on_created is done."""
-    _send(report, {"created": True})
+def _wait_for_parent(report: int, resume: int, stage: str) -> None:
+    """Tell the parent we reached ``stage`` ("created": the namespaces exist; "ready":
+    about to exec), and block until its hook for it is done."""
+    _send(report, {stage: True})
     while True:
         try:
             answer = os.read(resume, 1)
             break
         except InterruptedError:  # pragma: no cover - PEP 475 retries already
             continue
-    os.close(resume)
     if not answer:  # the parent gave up (or died)
         raise _SetupError("container start cancelled")
 
@@ -695,7 +734,7 @@ def _init_container(
     except OSError as exc:
         raise _step("creating the container's namespaces", exc) from None
     if resume >= 0:
-        _wait_for_parent(report, resume)
+        _wait_for_parent(report, resume, "created")
     stubs = _mount_root(ctx, report)
 
     root = ctx.root
@@ -731,7 +770,9 @@ def _init_container(
             _linux.sethostname(spec.hostname)
         except OSError as exc:
             raise _step(f"setting hostname {spec.hostname!r}", exc) from None
-    _become(process)
+    # on_created's last step (slirp4netns's readiness) must end before exec, no sooner.
+    _become(process, (lambda: _wait_for_parent(report, resume, "ready")) if resume >= 0
+            else None)
 
 
 def _exec_child(
@@ -772,8 +813,9 @@ def _join_namespaces(joined: dict[str, int], root_fd: int) -> None:
     os.chdir("/")
 
 
-def _become(process: Process) -> NoReturn:
-    """The end of every start: user, limits, capabilities, cwd, then exec (all inside)."""
+def _become(process: Process, before_exec: Callable[[], None] | None = None) -> NoReturn:
+    """The end of every start: user, limits, capabilities, cwd, then exec (all inside).
+    ``before_exec`` runs last of all, right before execve."""
     user = resolve_user("/", process.user)
     env = process_env(process, user.home)
     for limit in process.rlimits:
@@ -794,8 +836,11 @@ def _become(process: Process) -> NoReturn:
     _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     os.umask(0o022)
     _linux.cloexec_from(3)
+    environ = dict(e.split("=", 1) for e in env)
+    if before_exec is not None:
+        before_exec()
     try:
-        os.execve(path, process.args, dict(e.split("=", 1) for e in env))
+        os.execve(path, process.args, environ)
     except OSError as exc:
         raise _SetupError(f"exec {path}: {_strerror(exc)}") from None
 
