@@ -441,19 +441,9 @@ def test_proxy_bind_error_other_than_in_use() -> None:
 
 
 @pytest.fixture
-def netns_pid() -> Iterator[int]:
+def netns_pid(lone_netns: subprocess.Popen[bytes]) -> int:
     """The pid of a process alone in a fresh network namespace."""
-    proc = subprocess.Popen(["unshare", "-n", "sleep", "60"])
-    try:
-        # unshare execs sleep after unsharing: wait until the namespace differs from ours.
-        deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{proc.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-            assert time.monotonic() < deadline, "unshare -n did not make a namespace"
-            time.sleep(0.01)
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
+    return lone_netns.pid
 
 
 def in_netns(pid: int, code: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:

@@ -10,28 +10,23 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
+import test_runtime_exec
 from soute.container.network import Slirp, available
 from soute.errors import SouteError
 from soute.runtime import Layers, Mount, Process, Spec, default_mounts, run
-from test_runtime import make_busybox_root, new_layers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the runtime needs root")
 needs_slirp = pytest.mark.skipif(not available(), reason="slirp4netns is not installed")
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_busybox_root(tmp_path_factory.mktemp("busybox") / "root")
-
-
-@pytest.fixture
-def layers(tmp_path: Path, base: Path) -> Layers:
-    return new_layers(tmp_path, [base])
+# The busybox root and its layers, as the other runtime tests have them.
+base = test_runtime_exec.base
+layers = test_runtime_exec.layers
 
 
 @pytest.fixture
@@ -150,21 +145,6 @@ def test_the_containers_own_failure_skips_the_last_step(layers: Layers, shared: 
 
 
 # ---------------------------------------------------------------------------- slirp4netns
-
-
-@pytest.fixture
-def lone_netns() -> Iterator[subprocess.Popen[bytes]]:
-    """A process alone in a fresh network namespace."""
-    proc = subprocess.Popen(["unshare", "-n", "sleep", "60"])
-    try:
-        deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{proc.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-            assert time.monotonic() < deadline, "unshare -n did not make a namespace"
-            time.sleep(0.01)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @needs_slirp
