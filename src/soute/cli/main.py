@@ -145,6 +145,11 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     """argparse with one-line errors: docker's ``run``/``create`` exit 125 on them."""
     import argparse
 
+    # argparse passes its own words through gettext, which searches the disk for a catalogue
+    # on every call (3 ms a command, for catalogues Python does not ship): soute speaks English.
+    argparse._ = str  # type: ignore[attr-defined]
+    argparse.ngettext = lambda one, many, n: one if n == 1 else many  # type: ignore[attr-defined]
+
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:  # type: ignore[override]
             error = UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")

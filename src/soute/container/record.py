@@ -60,6 +60,8 @@ class MountSpec:
 
 @dataclass
 class PortSpec:
+    """A published port: HOST_IP:HOST_PORT to CONTAINER_PORT/PROTO."""
+
     host_ip: str
     host_port: int
     container_port: int

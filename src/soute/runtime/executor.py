@@ -296,6 +296,8 @@ def _open_namespace(pid: int, name: str) -> int | None:
 
 @dataclass(slots=True)
 class _Context:
+    """What the container's child process works from."""
+
     spec: Spec
     layers: Layers
     state: Path

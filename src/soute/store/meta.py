@@ -98,6 +98,8 @@ _TRIGGERS = [
 
 @dataclass(frozen=True)
 class ImageRow:
+    """A row of the images table."""
+
     id: str
     manifest: str
     created: str | None

@@ -415,6 +415,8 @@ class Store:
 
 @dataclass
 class GarbageReport:
+    """What a garbage collection freed."""
+
     blobs: int = 0
     snapshots: int = 0
     bytes: int = 0
@@ -422,6 +424,8 @@ class GarbageReport:
 
 @dataclass
 class FsckReport:
+    """What fsck checked and found."""
+
     blobs: int = 0
     images: int = 0
     snapshots: int = 0
