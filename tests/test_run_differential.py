@@ -375,3 +375,19 @@ def test_inspect_format(peers: Peers, template: str) -> None:
     docker = peers.docker("inspect", "-f", template, "inherited")
     soute = peers.soute("inspect", "-f", template, "inherited")
     same(docker, soute)
+
+
+def test_container_inspect_format(peers: Peers) -> None:
+    """``container inspect -f`` on a created container, as docker prints it."""
+    template = ("{{.State.Status}} {{.Name}} {{.Config.Image}} {{json .Config.Env}} "
+                "{{.Config.Cmd}} {{.HostConfig.AutoRemove}} {{.State.Running}}")
+    create = ["create", "--name", "inspect-me", "-e", "A=1", "--network", "none", "inherited",
+              "echo", "hi"]
+    ok(peers.docker(*create))
+    ok(peers.soute(*create))
+    try:
+        same(peers.docker("container", "inspect", "-f", template, "inspect-me"),
+             peers.soute("container", "inspect", "-f", template, "inspect-me"))
+    finally:
+        peers.docker("rm", "inspect-me")
+        peers.soute("rm", "inspect-me")

@@ -457,6 +457,8 @@ def run_commit(ctx: Context, args: argparse.Namespace) -> int:
 
 def configure_inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    p.add_argument("-f", "--format",
+                   help="a Go template applied to each container, e.g. '{{.State.Status}}'")
 
 
 def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
@@ -466,6 +468,11 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
 
     containers = Containers(ctx.store())
     out = [inspect_dict(containers.get(name)) for name in args.containers]
+    if args.format:
+        from soute.cli.gotemplate import render
+
+        sys.stdout.write("".join(render(args.format, obj) + "\n" for obj in out))
+        return 0
     print(dumps(out, indent=4, escape_html=False))
     return 0
 
