@@ -28,7 +28,7 @@ RUN echo "v=$V" > /v && cat /file.txt > /copy
 """
 
 CASES = ("same", "edit", "add", "ignore", "retag_base", "prune", "rmi", "retag_out",
-         "build_arg", "dockerfile", "unrelated", "no_cache")
+         "build_arg", "dockerfile", "unrelated", "no_cache", "self_tag", "closed", "iid")
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +212,46 @@ def test_no_cache_never_takes_it(store: Path, contexts: dict[str, Path]) -> None
     assert not fast and "CACHED" not in p.stderr
     _, fast = build(store, ctx, "--no-cache")
     assert not fast
+
+
+def test_a_build_tagged_as_its_base(store: Path, contexts: dict[str, Path]) -> None:
+    """``FROM self:1`` built with ``-t self:1``: each build starts from the last one's image,
+    so no memo can hold."""
+    ctx = contexts["self_tag"]
+    (ctx / "Dockerfile.self").write_text("FROM self:1\nRUN echo x >> /count\n")
+    ok(soute(store, "tag", "busybox", "self:1"))
+    ok(soute(store, "build", "-f", str(ctx / "Dockerfile.self"), "-t", "other:1", str(ctx)))
+    time.sleep(RACY_NS / 1e9 + 0.2)
+    args = ["-f", str(ctx / "Dockerfile.self"), "-t", "self:1", str(ctx)]
+    ok(soute(store, "build", *args))  # cached on busybox; self:1 moves to its result
+    for lines in (2, 3):
+        p = soute(store, "build", *args)
+        assert p.returncode == 0 and "CACHED" not in p.stderr, p.stderr
+        count = ok(soute(store, "run", "--rm", "self:1", "cat", "/count"))
+        assert count == "x\n" * lines
+
+
+def test_closed_standard_output(store: Path, contexts: dict[str, Path]) -> None:
+    ctx = contexts["closed"]
+    ready(store, ctx)
+    for _ in range(2):
+        p = subprocess.run(  # standard output closed, as `>&-` does
+            [sys.executable, "-m", "soute.cli.main", "--root", str(store), "build", "-q", "-t",
+             "out:1", str(ctx)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            timeout=600, preexec_fn=lambda: os.close(1))
+        assert "internal error" not in p.stderr and p.returncode in (0, 1), p.stderr
+
+
+def test_an_iidfile_that_cannot_be_written(store: Path, contexts: dict[str, Path],
+                                           tmp_path: Path) -> None:
+    ctx = contexts["iid"]
+    iid = tmp_path / "gone" / "iid"
+    iid.parent.mkdir()
+    ready(store, ctx, "--iidfile", str(iid))
+    iid.unlink()
+    iid.parent.rmdir()
+    p = subprocess.run(
+        [sys.executable, "-m", "soute.cli.main", "--root", str(store), "build", "-t", "out:1",
+         "--iidfile", str(iid), str(ctx)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 1 and "#6 CACHED" in p.stderr  # the progress, then the error
+    assert p.stderr.rstrip().endswith(f"soute: {iid}: No such file or directory")

@@ -440,6 +440,8 @@ class Builder:
                 hit = self.remote.lookup(key, [d for d, _ in layers])  # --cache-from
         if hit is not None:
             diff_id, size, _, created = hit
+            if self.opts.memo is not None:
+                self.opts.memo.keys[key] = diff_id
             if self.remote is not None:
                 self._record(key, diff_id, created)
             self.progress.cached()

@@ -74,7 +74,7 @@ def request(root: str, argv: list[str]) -> str:
            if k.startswith(_ENV_PREFIXES) or k in _ENV_NAMES}
     for arg in argv:  # `--build-arg NAME` (and `--secret id=NAME`) read variable NAME
         for word in (arg, arg.rpartition("=")[2]):
-            if word.isidentifier() and word.isascii() and word in os.environ:
+            if word and word in os.environ:
                 env[word] = os.environ[word]
     try:
         terminal = sys.stderr.isatty()
@@ -93,6 +93,7 @@ class Memo:
         self.started_ns = time.time_ns()
         self.paths: dict[str, Sig | None] = {}  # lstat of context paths; "\0" suffix: stat
         self.images: dict[str, str] = {}  # fully qualified tag looked up -> image ID
+        self.keys: dict[str, str | None] = {}  # cache records the build used -> their layer
         self.spoiled: str | None = None  # why no memo is written
 
     def spoil(self, why: str) -> None:
@@ -126,6 +127,15 @@ class Memo:
         floor = self.started_ns - RACY_NS
         if any(s is not None and (s[7] > floor or s[6] > floor) for s in self.paths.values()):
             return False  # a change in the same clock tick would not show
+        # In the caller's write transaction: a prune between the build's cache lookups and
+        # now fired its trigger before this memo existed, so look again.
+        keys = list(self.keys)
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            rows = dict(db.execute(f"SELECT key, diff_id FROM build_cache WHERE key IN "
+                                   f"({','.join('?' * len(part))})", part).fetchall())
+            if any(rows.get(k, "gone") != self.keys[k] for k in part):
+                return False
         import re
 
         memo = {
@@ -160,8 +170,8 @@ class Tee:
 def try_build(root: str, argv: list[str]) -> int | None:
     """Answer ``soute build`` from its memo: the exit code, or None to build."""
     db_path = os.path.join(root, "meta.db")
-    if not os.path.exists(db_path):
-        return None
+    if sys.stdout is None or sys.stderr is None or not os.path.exists(db_path):
+        return None  # (a closed stream is the normal path's to report)
     try:
         memo = _check(db_path, request(root, argv))
     except Exception:  # whatever goes wrong, the normal path knows better
@@ -169,8 +179,11 @@ def try_build(root: str, argv: list[str]) -> int | None:
     if memo is None:
         return None
     if memo["iidfile"]:
-        with open(memo["iidfile"], "w") as f:
-            f.write(memo["image"])
+        try:
+            with open(memo["iidfile"], "w") as f:
+                f.write(memo["image"])
+        except OSError:
+            return None  # the normal path says so, after the progress, as it does
     sys.stdout.write(memo["stdout"])
     sys.stdout.flush()
     sys.stderr.write(memo["stderr"])
@@ -188,13 +201,17 @@ def _check(db_path: str, key: str) -> dict[str, Any] | None:
         if row is None:
             return None
         memo = marshal.loads(row[0])
-        names = {**memo["images"], **{t: memo["image"] for t in memo["tags"]}}
+        names = [*memo["images"], *memo["tags"]]
         found = dict(db.execute(
             f"SELECT name, image FROM tags WHERE name IN ({','.join('?' * len(names))})",
-            list(names)).fetchall()) if names else {}
+            names).fetchall()) if names else {}
     finally:
         db.close()
-    if found != names:
+    # Each on its own: a build tagging the name it builds FROM moves that name, and the
+    # next build starts from the image it made (the memo no longer holds then).
+    if any(found.get(name) != image for name, image in memo["images"].items()):
+        return None
+    if any(found.get(tag) != memo["image"] for tag in memo["tags"]):
         return None
     with open(memo["dockerfile"], "rb") as f:
         if f.read().decode("utf-8", "surrogateescape") != memo["text"]:

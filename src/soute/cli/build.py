@@ -130,6 +130,7 @@ def run_build(ctx: Context, args: argparse.Namespace) -> int:
         cache_to=_cache_specs(args.cache_to, export=True),
     )
     if (ctx.build_request is not None and context is not None and dockerfile_path is not None
+            and sys.stdout is not None and sys.stderr is not None
             and not (args.no_cache or args.secret or args.ssh or args.cache_from
                      or args.cache_to)):
         from soute.build.fastlane import Memo, Tee
