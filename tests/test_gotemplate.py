@@ -8,7 +8,9 @@ import pytest
 from soute.cli.gotemplate import TemplateError, render
 
 DATA = {"Id": "sha256:ab", "Tags": ["a:1", "b:2"], "Empty": [], "Null": None,
-        "Config": {"Env": ["A=1"], "Labels": {"k": "v", "j": "w"}, "Port": 80, "On": True}}
+        "Ports": [{"Host": "h"}], "Meta": {"LastTagTime": "0001-01-01T00:00:00Z"},
+        "Config": {"Env": ["A=1"], "Labels": {"k": "v", "j": "w"}, "Port": 80, "On": True,
+                   "Entrypoint": None, "Volumes": None, "ExposedPorts": {"80/tcp": {}}}}
 
 
 @pytest.mark.parametrize(("template", "out"), [
@@ -27,7 +29,17 @@ DATA = {"Id": "sha256:ab", "Tags": ["a:1", "b:2"], "Empty": [], "Null": None,
     ('{{json .Config.Env}} {{.Tags | json}}', '["A=1"] ["a:1","b:2"]'),
     ('{{index .Tags 1}} {{len .Tags}} {{join .Tags ", "}}', "b:2 2 a:1, b:2"),
     ('{{printf "%5d|%-4s|%q|%%" .Config.Port "x" .Id}}', '   80|x   |"sha256:ab"|%'),
-    ('{{if and .Tags (eq .Id "sha256:ab")}}y{{end}}', None),  # parentheses: refused
+    ('{{if and .Tags (eq .Id "sha256:ab")}}y{{end}} {{(index .Tags 0)}}', "y a:1"),
+    ("{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}} {{$.Id}}", "j=w;k=v; sha256:ab"),
+    ("{{range $i, $t := .Tags}}{{$i}}{{$t}}{{end}}{{$x := .Id}} {{$x}}", "0a:11b:2 sha256:ab"),
+    ("{{with $c := .Config}}{{$c.Port}}{{end}} {{(index .Ports 0).Host}}", "80 h"),
+    ("{{.Config.Entrypoint}} {{.Config.Volumes}} {{json .Config.Entrypoint}} {{.Null}}",
+     "[] map[] null <nil>"),
+    ("{{.Config.ExposedPorts}} {{json .Config.ExposedPorts}}", 'map[80/tcp:{}] {"80/tcp":{}}'),
+    ("{{.Meta.LastTagTime}}", "0001-01-01 00:00:00 +0000 UTC"),
+    ('{{title "hELLO wORLD"}} {{print 1 2 "x" 3}} {{printf "%t" true}} {{gt 3 2}}',
+     "HELLO WORLD 1 2x3 true true"),
+    ('{{pad "ab" 1 2}}| {{truncate "abcdef" 3}} {{"a}}b"}}', " ab  | abc a}}b"),
     ('{{if eq .Config.Port 80}}eighty{{end}} {{not .Empty}} {{or .Null "dflt"}}',
      "eighty true dflt"),
     ("{{/* a comment */}}ok", "ok"),

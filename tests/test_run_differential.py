@@ -366,6 +366,9 @@ INSPECT_TEMPLATES = [
     "{{if .Config.Entrypoint}}E{{else}}no entrypoint{{end}}", '{{printf "%.19s|%-8s|" .Id .Os}}',
     '{{upper .Os}} {{join .Config.Cmd ","}}', "{{- range .Config.Env}}\n{{.}}{{end -}}",
     '{{if eq .Os "linux"}}L{{end}} {{with .Config}}{{.Cmd}}{{end}} {{.Config.Cmd | json}}',
+    "{{.Config.Entrypoint}} {{.Config.Volumes}} {{.Config.OnBuild}} {{json .Config.Volumes}}",
+    "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}} {{$.Id}} {{(index .RepoTags 0)}}",
+    '{{print 1 2 "x"}} {{title "hELLO wORLD"}} {{if gt (len .RootFS.Layers) 0}}L{{end}}',
 ]
 
 

@@ -1,11 +1,16 @@
 """Go's text/template over JSON-shaped data, as ``docker inspect --format`` uses it.
 
-Enough of the language for what people write on a command line: fields (``.Config.Env``),
-``{{range}}``, ``{{if}}``/``{{else}}``, ``{{with}}``, pipelines (``.Name | upper``), string,
-number and boolean literals, ``{{-``/``-}}`` trimming, and the functions docker adds or
-people reach for: ``json``, ``index``, ``join``, ``split``, ``len``, ``lower``, ``upper``,
-``title``, ``printf``, ``print``, ``println``, ``eq``, ``ne``, ``not``, ``and``, ``or``.
-Values print as Go's ``%v`` does (``[a b]``, ``map[k:v]``, ``<no value>`` for a missing key).
+What people write on a command line: fields (``.Config.Env``), variables (``$``,
+``{{range $k, $v := .Labels}}``), parentheses (``{{(index .RepoTags 0)}}``,
+``{{(index $v 0).HostPort}}``), ``{{range}}``, ``{{if}}``/``{{else if}}``/``{{else}}``,
+``{{with}}``, pipelines (``.Name | upper``), literals, ``{{-``/``-}}`` trimming, comments, and
+the functions of Go and docker: ``json``, ``index``, ``len``, ``join``, ``split``, ``lower``,
+``upper``, ``title``, ``pad``, ``truncate``, ``printf``, ``print``, ``println``, ``eq``, ``ne``,
+``lt``, ``le``, ``gt``, ``ge``, ``not``, ``and``, ``or``.
+
+docker runs templates on Go structs, whose types the JSON lost: a null slice prints ``[]``
+and a null map ``map[]`` (by the field's name), the values of ``ExposedPorts`` and
+``Volumes`` (empty structs) print ``{}``, and ``LastTagTime`` prints as Go's ``time.Time``.
 """
 
 from __future__ import annotations
@@ -17,13 +22,39 @@ from typing import Any
 
 from soute.errors import SouteError
 
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
-_TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"|`[^`]*`|\||\(|\)|[^\s|()]+)')
+_ACTION = re.compile(r"\{\{(-\s)?((?:\"(?:[^\"\\]|\\.)*\"|`[^`]*`|.)*?)(\s-)?\}\}", re.S)
+_TOKEN = re.compile(
+    r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<num>-?\d+(?:\.\d+)?)'
+    r"|(?P<var>\$[A-Za-z0-9_]*)|(?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+|\.)"
+    r"|(?P<op>:=|[()|,=])|(?P<ident>[A-Za-z_][A-Za-z0-9_]*))")
 _MISSING = object()  # a map key that is not there: Go prints <no value>
+
+# Fields of docker's inspect structs that are slices or maps: null prints as their zero value.
+_SLICES = frozenset({
+    "Entrypoint", "Cmd", "OnBuild", "Shell", "Env", "RepoTags", "RepoDigests", "Layers",
+    "Mounts", "Binds", "Dns", "DnsOptions", "DnsSearch", "ExtraHosts", "CapAdd", "CapDrop",
+    "Links", "Devices", "SecurityOpt", "Args", "ExecIDs", "GroupAdd", "VolumesFrom",
+    "DeviceRequests", "DeviceCgroupRules", "MaskedPaths", "ReadonlyPaths"})
+_MAPS = frozenset({
+    "Labels", "ExposedPorts", "Volumes", "Data", "Ports", "PortBindings", "Tmpfs", "Sysctls",
+    "StorageOpt", "Networks", "Annotations"})
+_EMPTY_STRUCT_MAPS = frozenset({"ExposedPorts", "Volumes"})
 
 
 class TemplateError(SouteError):
     pass
+
+
+class _NilSlice(list):  # type: ignore[type-arg]
+    """A null slice: empty, printed ``[]``, JSON ``null``."""
+
+
+class _NilMap(dict):  # type: ignore[type-arg]
+    """A null map: empty, printed ``map[]``, JSON ``null``."""
+
+
+class _Struct(dict):  # type: ignore[type-arg]
+    """An empty struct value: printed ``{}``."""
 
 
 def render(template: str, data: Any) -> str:
@@ -31,7 +62,7 @@ def render(template: str, data: Any) -> str:
     nodes, rest = _parse(_lex(template), template, top=True)
     assert not rest
     out: list[str] = []
-    _run(nodes, data, out)
+    _run(nodes, data, [{"$": data}], out)
     return "".join(out)
 
 
@@ -58,16 +89,18 @@ def _lex(template: str) -> list[tuple[str, str]]:
     if pieces and pieces[-1][0] == "trim":
         pieces.pop()
         text = text.lstrip()
+    if "{{" in text:
+        raise TemplateError(f"template: unclosed action in {template!r}")
     if text:
         pieces.append(("text", text))
     return pieces
 
 
 Node = tuple[Any, ...]
+Pieces = list[tuple[str, str]]
 
 
-def _parse(pieces: list[tuple[str, str]], template: str, *, top: bool = False,
-           ) -> tuple[list[Node], list[tuple[str, str]]]:
+def _parse(pieces: Pieces, template: str, *, top: bool = False) -> tuple[list[Node], Pieces]:
     """Nodes up to an ``else``/``end`` (left at the head of the rest) or the end."""
     nodes: list[Node] = []
     while pieces:
@@ -82,6 +115,8 @@ def _parse(pieces: list[tuple[str, str]], template: str, *, top: bool = False,
                 raise TemplateError(f"template: unexpected {{{{{word}}}}} in {template!r}")
             return nodes, pieces
         pieces = pieces[1:]
+        if text.startswith("/*"):
+            continue  # a comment
         if word in ("range", "if", "with"):
             node, pieces = _block(word, text[len(word):], pieces, template)
             if not pieces or pieces[0][1] != "end":
@@ -89,128 +124,258 @@ def _parse(pieces: list[tuple[str, str]], template: str, *, top: bool = False,
                                     f"close {{{{{word}}}}} with {{{{end}}}}")
             pieces = pieces[1:]
             nodes.append(node)
-        elif text.startswith("/*"):
-            continue  # a comment
         else:
-            nodes.append(("pipe", _pipeline(text, template)))
+            nodes.append(("pipe", *_action(text, template)))
     return nodes, pieces
 
 
-def _block(word: str, pipe: str, pieces: list[tuple[str, str]], template: str,
-           ) -> tuple[Node, list[tuple[str, str]]]:
+def _block(word: str, head: str, pieces: Pieces, template: str) -> tuple[Node, Pieces]:
     """A range/if/with block up to its ``end`` (left in the rest); ``{{else if X}}`` is an
     if block inside the else branch, closed by the same ``end``."""
+    decl, pipe = _action(head, template)
     body, pieces = _parse(pieces, template)
     alt: list[Node] = []
     if pieces and pieces[0][1].split(None, 1)[0] == "else":
         chained = pieces[0][1][4:].strip()
-        if chained.split(None, 1)[0:1] in (["if"], ["with"]):
-            inner = chained.split(None, 1)[0]
+        inner = chained.split(None, 1)[0] if chained else ""
+        if inner in ("if", "with"):
             node, pieces = _block(inner, chained[len(inner):], pieces[1:], template)
             alt = [node]
         else:
             alt, pieces = _parse(pieces[1:], template)
-    return (word, _pipeline(pipe, template), body, alt), pieces
+    return (word, decl, pipe, body, alt), pieces
 
 
-def _pipeline(text: str, template: str) -> list[list[Any]]:
-    tokens = _TOKEN.findall(text)
-    if not tokens:
-        raise TemplateError(f"template: missing value in {template!r}")
+class _Tokens:
+    def __init__(self, text: str, template: str) -> None:
+        self.items: list[tuple[str, str, bool]] = []  # (kind, text, follows without a space)
+        self.template = template
+        pos = 0
+        text = text.rstrip()
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None or m.end() == pos:
+                raise TemplateError(f"template: cannot parse {text[pos:]!r} in {template!r}")
+            kind = m.lastgroup or ""
+            self.items.append((kind, m[kind], m.start(kind) == pos))
+            pos = m.end()
+        self.i = 0
+
+    def peek(self) -> tuple[str, str, bool] | None:
+        return self.items[self.i] if self.i < len(self.items) else None
+
+    def take(self) -> tuple[str, str, bool]:
+        item = self.items[self.i]
+        self.i += 1
+        return item
+
+    def error(self, what: str) -> TemplateError:
+        return TemplateError(f"template: {what} in {self.template!r}")
+
+
+def _action(text: str, template: str) -> tuple[Any, list[list[Any]]]:
+    """An action's declaration (``$a, $b :=``, or None) and pipeline."""
+    tokens = _Tokens(text, template)
+    decl = None
+    items = tokens.items
+    for i, (kind, value, _) in enumerate(items):
+        if kind == "op" and value in (":=", "="):
+            names = [v for k, v, _ in items[:i] if k == "var"]
+            if not names or len(names) > 2 or any(
+                    k not in ("var", "op") or (k == "op" and v != ",") for k, v, _ in items[:i]):
+                raise tokens.error("bad variable declaration")
+            decl = (names, value)
+            tokens.i = i + 1
+            break
+    pipe = _pipeline(tokens)
+    if tokens.peek() is not None:
+        raise tokens.error(f"unexpected {tokens.peek()[1]!r}")  # type: ignore[index]
+    return decl, pipe
+
+
+def _pipeline(tokens: _Tokens) -> list[list[Any]]:
     commands: list[list[Any]] = [[]]
-    for tok in tokens:
-        if tok == "|":
+    while (item := tokens.peek()) is not None and item[1] != ")":
+        if item[0] == "op" and item[1] == "|":
+            tokens.take()
+            if not commands[-1]:
+                raise tokens.error("missing command")
             commands.append([])
-        elif tok in ("(", ")"):
-            raise TemplateError(f"template: parentheses are not supported in {template!r}",
-                                "write a pipeline: {{.A | json}}")
-        else:
-            commands[-1].append(_operand(tok, template))
-    if any(not c for c in commands):
-        raise TemplateError(f"template: missing command in {template!r}")
+            continue
+        commands[-1].append(_operand(tokens))
+    if not commands[-1]:
+        raise tokens.error("missing value")
     return commands
 
 
-def _operand(tok: str, template: str) -> Any:
-    if tok.startswith('"'):
-        return ("lit", json.loads(tok))
-    if tok.startswith("`"):
-        return ("lit", tok[1:-1])
-    if tok in ("true", "false"):
-        return ("lit", tok == "true")
-    if tok == "nil":
-        return ("lit", None)
-    if re.fullmatch(r"-?\d+", tok):
-        return ("lit", int(tok))
-    if re.fullmatch(r"-?\d+\.\d*", tok):
-        return ("lit", float(tok))
-    if tok == "." or re.fullmatch(r"(\.[A-Za-z_][A-Za-z0-9_]*)+", tok):
-        return ("field", [p for p in tok.split(".") if p])
-    if tok in FUNCTIONS:
-        return ("func", tok)
-    raise TemplateError(f'template: function "{tok}" not defined', f"in {template!r}")
+def _operand(tokens: _Tokens) -> Any:
+    kind, text, _ = tokens.take()
+    if kind == "str":
+        term: Any = ("lit", json.loads(text) if text[0] == '"' else text[1:-1])
+    elif kind == "num":
+        term = ("lit", float(text) if "." in text else int(text))
+    elif kind == "var":
+        term = ("var", text)
+    elif kind == "field":
+        term = ("field", ("dot",), [p for p in text.split(".") if p])
+    elif kind == "ident":
+        if text in ("true", "false"):
+            term = ("lit", text == "true")
+        elif text == "nil":
+            term = ("lit", None)
+        elif text in FUNCTIONS:
+            term = ("func", text)
+        else:
+            raise tokens.error(f'function "{text}" not defined')
+    elif text == "(":
+        term = ("paren", _pipeline(tokens))
+        if tokens.peek() is None or tokens.take()[1] != ")":
+            raise tokens.error("unclosed left paren")
+    else:
+        raise tokens.error(f"unexpected {text!r}")
+    # A field chain right after a term: $v.Name, (index .X 0).HostPort
+    nxt = tokens.peek()
+    if nxt is not None and nxt[0] == "field" and nxt[2] and nxt[1] != "." \
+            and term[0] in ("var", "paren"):
+        tokens.take()
+        term = ("field", term, [p for p in nxt[1].split(".") if p])
+    return term
 
 
 # ---------------------------------------------------------------------------- running
 
-def _run(nodes: list[Node], dot: Any, out: list[str]) -> None:
+Scopes = list[dict[str, Any]]
+
+
+def _run(nodes: list[Node], dot: Any, scopes: Scopes, out: list[str]) -> None:
     for node in nodes:
         kind = node[0]
         if kind == "text":
             out.append(node[1])
         elif kind == "pipe":
-            out.append(go_print(_eval(node[1], dot)))
-        else:
-            value = _eval(node[1], dot)
-            _, _, body, alt = node
-            if kind == "range":
-                items = ([value[k] for k in sorted(value)] if isinstance(value, dict)
-                         else value if isinstance(value, list) else None)
-                if value not in (None, _MISSING) and items is None:
-                    raise TemplateError(f"template: range can't iterate over {go_print(value)}")
-                if items:
-                    for item in items:
-                        _run(body, item, out)
-                else:
-                    _run(alt, dot, out)
-            elif _truth(value):
-                _run(body, value if kind == "with" else dot, out)
+            _, decl, pipe = node
+            value = _eval(pipe, dot, scopes)
+            if decl is None:
+                out.append(go_print(value))
             else:
-                _run(alt, dot, out)
+                _bind(scopes, decl, [value])
+        else:
+            _, decl, pipe, body, alt = node
+            value = _eval(pipe, dot, scopes)
+            if kind == "range":
+                if isinstance(value, dict):
+                    pairs = [(k, value[k]) for k in sorted(value)]
+                elif isinstance(value, list):
+                    pairs = list(enumerate(value))
+                elif value is None or value is _MISSING:
+                    pairs = []
+                elif isinstance(value, int) and not isinstance(value, bool):
+                    pairs = [(i, i) for i in range(value)]
+                else:
+                    raise TemplateError(f"template: range can't iterate over {go_print(value)}")
+                if not pairs:
+                    _run(alt, dot, scopes, out)
+                for key, item in pairs:
+                    scope: dict[str, Any] = {}
+                    if decl is not None:
+                        names = decl[0]
+                        scope.update(zip(names, [item] if len(names) == 1 else [key, item],
+                                         strict=True))
+                    _run(body, item, [*scopes, scope], out)
+            elif _truth(value):
+                scope = {}
+                if decl is not None:
+                    scope[decl[0][0]] = value
+                _run(body, value if kind == "with" else dot, [*scopes, scope], out)
+            else:
+                _run(alt, dot, scopes, out)
 
 
-def _eval(pipe: list[list[Any]], dot: Any) -> Any:
+def _bind(scopes: Scopes, decl: Any, values: list[Any]) -> None:
+    names, op = decl
+    for name, value in zip(names, values, strict=False):
+        if op == ":=":
+            scopes[-1][name] = value
+            continue
+        for scope in reversed(scopes):
+            if name in scope:
+                scope[name] = value
+                break
+        else:
+            raise TemplateError(f"template: undefined variable: {name}")
+
+
+def _eval(pipe: list[list[Any]], dot: Any, scopes: Scopes) -> Any:
     value: Any = _MISSING
     for i, command in enumerate(pipe):
-        args = [_value(op, dot) for op in command[1:]]
+        args = [_value(op, dot, scopes) for op in command[1:]]
         if i > 0:
             args.append(value)
         head = command[0]
         if head[0] == "func":
-            value = FUNCTIONS[head[1]](*args)
+            try:
+                value = FUNCTIONS[head[1]](*args)
+            except TypeError as e:
+                raise TemplateError(f"template: wrong arguments for {head[1]}: {e}") from None
         elif args:
-            raise TemplateError("template: can't give arguments to a non-function")
+            shown = go_print(_value(head, dot, scopes))
+            raise TemplateError(f"template: can't give arguments to {shown}")
         else:
-            value = _value(head, dot)
+            value = _value(head, dot, scopes)
     return value
 
 
-def _value(op: Any, dot: Any) -> Any:
-    kind, arg = op
+def _value(op: Any, dot: Any, scopes: Scopes) -> Any:
+    kind = op[0]
     if kind == "lit":
-        return arg
+        return op[1]
     if kind == "func":
-        return FUNCTIONS[arg]()
-    value = dot
-    for name in arg:
+        return FUNCTIONS[op[1]]()
+    if kind == "dot":
+        return dot
+    if kind == "var":
+        for scope in reversed(scopes):
+            if op[1] in scope:
+                return scope[op[1]]
+        raise TemplateError(f"template: undefined variable: {op[1]}")
+    if kind == "paren":
+        return _eval(op[1], dot, scopes)
+    value = _value(op[1], dot, scopes)  # a field chain on a term
+    for name in op[2]:
         if isinstance(value, dict):
-            value = value.get(name, _MISSING)
+            value = _typed(name, value.get(name, _MISSING))
         elif value is None or value is _MISSING:
             return _MISSING
         else:
             raise TemplateError(f"template: can't evaluate field {name} in type "
                                 f"{_go_type(value)}")
     return value
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A field's value with the Go type its name tells (see the module's docstring)."""
+    if value is None:
+        if name in _SLICES:
+            return _NilSlice()
+        if name in _MAPS:
+            return _NilMap()
+    elif name in _EMPTY_STRUCT_MAPS and isinstance(value, dict):
+        return {k: _Struct() if v == {} else v for k, v in value.items()}
+    elif name == "LastTagTime" and isinstance(value, str):
+        return _GoTime(value)
+    return value
+
+
+class _GoTime(str):
+    """An RFC 3339 time that prints as Go's ``time.Time`` does."""
+
+    def go(self) -> str:
+        m = re.fullmatch(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", self)
+        if m is None:
+            return str(self)
+        frac = (m[3] or "").rstrip("0").rstrip(".")
+        zone = "+0000 UTC" if m[4] == "Z" else m[4].replace(":", "") + " " + m[4].replace(":", "")
+        return f"{m[1]} {m[2]}{frac} {zone}"
 
 
 def _truth(value: Any) -> bool:
@@ -223,18 +388,22 @@ def _go_type(value: Any) -> str:
 
 
 def go_print(value: Any) -> str:
-    """Go's ``%v`` of a JSON value."""
+    """Go's ``%v`` of a value."""
     if value is _MISSING:
         return "<no value>"
     if value is None:
         return "<nil>"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, _GoTime):
+        return value.go()
     if isinstance(value, str):
         return value
     if isinstance(value, float):  # rare here: inspect's numbers are integers
         text = repr(value)
         return text[:-2] if text.endswith(".0") else text
+    if isinstance(value, _Struct):
+        return "{}"
     if isinstance(value, list):
         return "[" + " ".join(go_print(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -245,7 +414,9 @@ def go_print(value: Any) -> str:
 def _json(value: Any) -> str:
     from soute.image.gojson import dumps
 
-    return dumps(None if value is _MISSING else value)
+    if value is _MISSING or isinstance(value, (_NilSlice, _NilMap)):
+        return "null"
+    return dumps(value, escape_html=False)  # docker's json function: SetEscapeHTML(false)
 
 
 def _index(value: Any, *keys: Any) -> Any:
@@ -266,7 +437,7 @@ def _index(value: Any, *keys: Any) -> Any:
 
 
 def _printf(fmt: str, *args: Any) -> str:
-    """Go's ``printf`` for the verbs people use: %v %s %d %q %x %f, flags, width and
+    """Go's ``printf`` for the verbs people use: %v %s %d %q %t %x %f, flags, width and
     precision."""
     it = iter(args)
 
@@ -276,9 +447,10 @@ def _printf(fmt: str, *args: Any) -> str:
         flags, width, precision, verb = m[1], m[2] or "", m[3], m[4]
         spec = "%" + flags + width + ("." + precision if precision is not None else "")
         v = next(it, _MISSING)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
         if verb == "d" and isinstance(v, int) and not isinstance(v, bool):
             return (spec + "d") % v
-        if verb == "f" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        if verb == "f" and number:
             return (spec + "f") % v
         if verb == "x" and isinstance(v, int) and not isinstance(v, bool):
             return (spec + "x") % v
@@ -289,13 +461,37 @@ def _printf(fmt: str, *args: Any) -> str:
             text = json.dumps(text, ensure_ascii=False)
         return (spec + "s") % text
 
-    return re.sub(r"%%|%([-+# 0]*)(\d+)?(?:\.(\d+))?([vsdqxf])", one, fmt)
+    return re.sub(r"%%|%([-+# 0]*)(\d+)?(?:\.(\d+))?([vsdqxft])", one, fmt)
+
+
+def _sprint(*args: Any) -> str:
+    """Go's ``fmt.Sprint``: a space between two operands when neither is a string."""
+    out = ""
+    for i, v in enumerate(args):
+        if i and not isinstance(v, str) and not isinstance(args[i - 1], str):
+            out += " "
+        out += go_print(v)
+    return out
 
 
 def _len(value: Any) -> int:
     if isinstance(value, (str, list, dict)):
         return len(value)
     raise TemplateError(f"template: len of type {_go_type(value)}")
+
+
+def _compare(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def compare(a: Any, b: Any) -> bool:
+        if isinstance(a, str) != isinstance(b, str) or isinstance(a, (list, dict)) \
+                or isinstance(b, (list, dict)):
+            raise TemplateError("template: incompatible types for comparison")
+        return op(a, b)
+    return compare
+
+
+def _title(text: Any) -> str:
+    """Go's ``strings.Title``: the first letter of each word up, the rest as it is."""
+    return re.sub(r"(?<![\w'])(\w)", lambda m: m[1].upper(), go_print(text))
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -306,12 +502,18 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "len": _len,
     "lower": lambda s: go_print(s).lower(),
     "upper": lambda s: go_print(s).upper(),
-    "title": lambda s: go_print(s).title(),
+    "title": _title,
+    "pad": lambda s, before, after: s if s == "" else " " * before + s + " " * after,
+    "truncate": lambda s, n: s if len(s) < n else s[:n],
     "printf": _printf,
-    "print": lambda *a: "".join(go_print(v) for v in a),
+    "print": _sprint,
     "println": lambda *a: " ".join(go_print(v) for v in a) + "\n",
     "eq": lambda a, *bs: any(a == b for b in bs),
     "ne": lambda a, b: a != b,
+    "lt": _compare(lambda a, b: a < b),
+    "le": _compare(lambda a, b: a <= b),
+    "gt": _compare(lambda a, b: a > b),
+    "ge": _compare(lambda a, b: a >= b),
     "not": lambda a: not _truth(a),
     "and": lambda *a: next((v for v in a if not _truth(v)), a[-1]),
     "or": lambda *a: next((v for v in a if _truth(v)), a[-1]),
