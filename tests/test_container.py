@@ -210,7 +210,7 @@ def test_detached_lifecycle_with_stop_signal(root: Path) -> None:
                     "id -u; pwd; echo $X")) == "1000\n/www\ny\n"
     assert soute(root, "exec", "life", "sh", "-c", "exit 7").returncode == 7
     missing = soute(root, "exec", "life", "nosuch")
-    assert missing.returncode == 127 and "executable file not found" in missing.stderr
+    assert missing.returncode == 126 and "executable file not found" in missing.stderr
     # STOPSIGNAL SIGUSR1: the trap runs and the container exits 0 well before the timeout.
     ok(soute(root, "stop", "-t", "30", "life"))
     assert "got USR1" in ok(soute(root, "logs", "life"))
@@ -367,6 +367,7 @@ def test_commit_makes_an_image_with_the_change_and_the_command(root: Path, tmp_p
     ok(soute(root, "export", "-o", str(out), "changer"))
     names = subprocess.run(["tar", "-tf", str(out)], capture_output=True, text=True).stdout
     assert "made.txt" in names and "bin/sh" in names and "bin/vi\n" not in names
+    assert "etc/mtab" in names.split()  # the init layer is exported, as docker does
     ok(soute(root, "rm", "changer"))
     ok(soute(root, "rmi", "committed:1"))
 
@@ -654,3 +655,55 @@ def test_a_killed_monitor_leaves_no_cgroup(root: Path) -> None:
     assert state(root, "capped")["ExitCode"] == 137  # noticed: the cgroup goes too
     assert not any(d.exists() for d in directories)
     ok(soute(root, "rm", "capped"))
+
+
+def test_exec_detached_reports_a_start_error_and_returns_at_once(root: Path) -> None:
+    """docker 20.10: ``exec -d`` of a command that cannot start prints the error (one line)
+    and exits 1; one that starts returns 0 at once, the command running on."""
+    ok(soute(root, "run", "-d", "--name", "execd", "busybox", "sleep", "300"))
+    try:
+        for args, message in [(["nosuchcommand"], "executable file not found"),
+                              (["/etc/passwd"], "permission denied"),
+                              (["-u", "nosuchuser", "execd", "true"], "unable to find user")]:
+            argv = args if args[0] == "-u" else ["execd", *args]
+            p = soute(root, "exec", "-d", *argv)
+            assert (p.returncode, p.stdout, len(p.stderr.splitlines())) == (1, "", 1), p.stderr
+            assert message in p.stderr
+        began = time.monotonic()
+        p = soute(root, "exec", "-d", "execd", "sh", "-c", "echo ran > /ran; sleep 30")
+        assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+        assert time.monotonic() - began < 10
+        wait_for(lambda: soute(root, "exec", "execd", "cat", "/ran").stdout == "ran\n")
+    finally:
+        ok(soute(root, "rm", "-f", "execd"))
+
+
+def test_wait_on_a_created_container_returns_at_once(root: Path) -> None:
+    """docker 20.10's ``wait`` waits for "not running": a created container already is, so
+    it prints 0 at once (it does not wait for a start)."""
+    ok(soute(root, "create", "--name", "never", "busybox", "sh", "-c", "exit 5"))
+    try:
+        p = soute(root, "wait", "never", timeout=10)
+        assert (p.returncode, p.stdout) == (0, "0\n"), p.stderr
+    finally:
+        ok(soute(root, "rm", "never"))
+
+
+def test_stop_with_a_negative_timeout_never_kills(root: Path) -> None:
+    """docker 20.10: ``stop -t -1`` (or ``--stop-timeout -1``) waits for the container to end
+    after its stop signal, however long; ``-t 0`` kills at once."""
+    script = "trap 'sleep 2; exit 3' TERM; while true; do sleep 0.1; done"
+    ok(soute(root, "run", "-d", "--name", "patient", "busybox", "sh", "-c", script))
+    ok(soute(root, "run", "-d", "--name", "patient2", "--stop-timeout", "-1", "busybox",
+             "sh", "-c", script))
+    try:
+        for args in (["-t", "-1", "patient"], ["patient2"]):
+            began = time.monotonic()
+            ok(soute(root, "stop", *args))
+            assert time.monotonic() - began >= 1.5
+            assert state(root, args[-1])["ExitCode"] == 3
+        ok(soute(root, "start", "patient"))
+        ok(soute(root, "stop", "-t", "0", "patient"))
+        assert state(root, "patient")["ExitCode"] == 137
+    finally:
+        soute(root, "rm", "-f", "patient", "patient2")

@@ -16,9 +16,16 @@ from pathlib import Path
 import pytest
 
 from soute.container import health, logs, top, volumes
+from soute.container.create import _tmpfs_options
 from soute.container.health import HealthConfig, HealthMonitor, HealthState
 from soute.container.logs import LogWriter, follow_logs, read_logs
-from soute.container.volumes import Volumes, VolumeSpec, parse_mount_flag, parse_volume_flag
+from soute.container.volumes import (
+    Volumes,
+    VolumeSpec,
+    parse_mount_flag,
+    parse_tmpfs_flag,
+    parse_volume_flag,
+)
 from soute.errors import SouteError
 
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
@@ -451,6 +458,51 @@ def test_parse_mount_flag() -> None:
     for text, message in errors.items():
         with pytest.raises(SouteError, match=message):
             parse_mount_flag(text)
+
+
+def test_parse_tmpfs_flag() -> None:
+    """docker's option names (moby's ParseTmpfsOptions), values checked as tmpfs reads them."""
+    assert parse_tmpfs_flag("/x") == ("/x", [])
+    assert parse_tmpfs_flag("/x/:") == ("/x", [])
+    assert parse_tmpfs_flag("//a/../b:rw,exec,size=1m,size=2M") == (
+        "/b", ["rw", "exec", "size=1m", "size=2M"])
+    good = ("size=10%", "size=0x10k", "size=0", "nr_inodes=1k", "nr_blocks=100",
+            "mode=01777", "uid=1000", "gid=0", "mpol=default", "mpol=bind=0-1:static",
+            "ro,noatime,nosuid,rprivate,strictatime,defaults")
+    for options in good:
+        assert parse_tmpfs_flag(f"/t:{options}") == ("/t", options.split(","))
+    bad = {  # option -> what the hint says
+        "size=abc": "size is a size in bytes", "size=-1": "size is", "size=1.5m": "size is",
+        "size= 1m": "size is", "size=1m:ro": "size is", "nr_inodes=10%": "nr_inodes is",
+        "mode=99999": "an octal mode", "mode=": "an octal mode", "uid=abc": "a numeric user",
+        "uid=4294967295": "a numeric user", "gid=-1": "a numeric group", "mpol=bogus": "NUMA",
+        "size": "size needs a value", "nosuchopt": "tmpfs takes size=", "Size=1m": "tmpfs takes",
+        "huge=always": "tmpfs takes", "tmpcopyup": "tmpfs takes", "ro=1": "tmpfs takes",
+        "bind": "not a bind mount", "rbind": "not a bind mount", "remount": "tmpfs takes",
+    }
+    for option, hint in bad.items():
+        text = f"/x:mode=755,{option}"
+        with pytest.raises(SouteError) as caught:
+            parse_tmpfs_flag(text)
+        message = str(caught.value)
+        assert message.startswith(f'invalid tmpfs option "{option}" in --tmpfs {text} (')
+        assert hint in message and "\n" not in message
+    with pytest.raises(SouteError, match=r'option "" in --tmpfs /x:size=1m,, \(leave out'):
+        parse_tmpfs_flag("/x:size=1m,,")
+    with pytest.raises(SouteError, match=r"^invalid mount path: 'rel' mount path must be absolute"):
+        parse_tmpfs_flag("rel:size=1m")
+    with pytest.raises(SouteError, match="invalid mount path: '' mount path must be absolute"):
+        parse_tmpfs_flag(":size=1m")
+    with pytest.raises(SouteError, match="destination can't be '/'"):
+        parse_tmpfs_flag("/x/..:size=1m")
+
+
+def test_mount_flag_tmpfs_options() -> None:
+    """``--mount type=tmpfs``'s own keys become the mount options docker passes on."""
+    spec = parse_mount_flag("type=tmpfs,target=/t,tmpfs-size=64m,tmpfs-mode=700,readonly")
+    assert _tmpfs_options(spec.options, spec.readonly) == ["ro", f"size={64 << 20}", "mode=700"]
+    assert _tmpfs_options(parse_mount_flag("type=tmpfs,dst=/t,tmpfs-size=0").options,
+                          False) == []
 
 
 # --- top -------------------------------------------------------------------------

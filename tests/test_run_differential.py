@@ -326,7 +326,6 @@ BASICS: dict[str, tuple[list[str], str, list[str]]] = {
 # The cases where soute is known to differ from docker (reported as bugs): strict xfails,
 # so that a fix shows up as XPASS and the mark goes.
 DIFFERENCES: dict[str, str] = {
-    "etc-mtab": "docker's init layer adds /etc/mtab -> /proc/mounts; soute does not",
     "no-new-privileges-off": "deliberate (issue #5, docs/differences.md): soute sets "
                              "no_new_privs on every process; docker only with --security-opt "
                              "no-new-privileges",
@@ -394,3 +393,165 @@ def test_container_inspect_format(peers: Peers) -> None:
     finally:
         peers.docker("rm", "inspect-me")
         peers.soute("rm", "inspect-me")
+
+
+# ------------------------------------------------------------------ exec -d, wait, stop -t
+
+
+def detached(peers: Peers, tool: str, *args: str) -> str:
+    """``run -d --network none ARGS`` with ``tool``; the container's ID."""
+    run = peers.docker if tool == "docker" else peers.soute
+    return ok(run("run", "-d", "--network", "none", *args)).strip()
+
+
+def test_exec_detached_start_errors(peers: Peers) -> None:
+    """``exec -d`` of a command that cannot start: one line on stderr and status 1 (docker
+    20.10's "Error response from daemon: OCI runtime exec failed: ..."); one that starts:
+    status 0 at once."""
+    ids = {tool: detached(peers, tool, "busybox", "sleep", "300") for tool in ("docker", "soute")}
+    try:
+        for args in (["nosuchcommand"], ["/etc/passwd"], ["/no/such"]):
+            docker = peers.docker("exec", "-d", ids["docker"], *args)
+            soute = peers.soute("exec", "-d", ids["soute"], *args)
+            assert docker.returncode == 1 and docker.stderr.count("\n") == 1
+            same(docker, soute)
+            assert soute.stderr.count("\n") == 1, soute.stderr
+            assert args[0] in soute.stderr
+        import time
+
+        for tool, run in (("docker", peers.docker), ("soute", peers.soute)):
+            began = time.monotonic()
+            assert ok(run("exec", "-d", ids[tool], "sh", "-c", "sleep 30")) == ""
+            assert time.monotonic() - began < 10, tool  # not the command's 30 s
+    finally:
+        peers.docker("rm", "-f", ids["docker"])
+        peers.soute("rm", "-f", ids["soute"])
+
+
+def test_wait_on_a_created_container(peers: Peers) -> None:
+    """``wait`` on a container never started returns at once with 0 in docker 20.10."""
+    create = ["create", "--network", "none", "busybox", "sh", "-c", "exit 5"]
+    ids = {"docker": ok(peers.docker(*create)).strip(), "soute": ok(peers.soute(*create)).strip()}
+    try:
+        same(peers.docker("wait", ids["docker"]), peers.soute("wait", ids["soute"]))
+    finally:
+        peers.docker("rm", ids["docker"])
+        peers.soute("rm", ids["soute"])
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0"])
+def test_stop_timeout(peers: Peers, timeout: str) -> None:
+    """``stop -t -1`` waits for the container however long it takes (its TERM trap exits 3
+    after 2 s); ``-t 0`` kills at once (137)."""
+    import time
+
+    script = "trap 'sleep 2; exit 3' TERM; echo up; while true; do sleep 0.1; done"
+    results = {}
+    for tool, run in (("docker", peers.docker), ("soute", peers.soute)):
+        cid = detached(peers, tool, "busybox", "sh", "-c", script)
+        try:
+            for _ in range(100):  # the trap is set once it says "up"
+                if "up" in run("logs", cid).stdout:
+                    break
+                time.sleep(0.05)
+            stopped = run("stop", "-t", timeout, cid)
+            results[tool] = (stopped.stdout.replace(cid, "ID"), stopped.returncode,
+                             run("inspect", "-f", "{{.State.ExitCode}}", cid).stdout)
+        finally:
+            run("rm", "-f", cid)
+    assert results["docker"] == ("ID\n", 0, "3\n" if timeout == "-1" else "137\n")
+    assert results["soute"] == results["docker"]
+
+
+# ------------------------------------------------------------------ the init layer, tmpfs options
+
+# Images whose /etc/mtab or /etc docker's init layer replaces (or keeps: a directory).
+MTAB_IMAGES: dict[str, str] = {
+    "mtab-file": "FROM busybox\nRUN echo rootfs > /etc/mtab\n",
+    "mtab-symlink": "FROM busybox\nRUN ln -s /nowhere /etc/mtab\n",
+    "mtab-dir": "FROM busybox\nRUN mkdir /etc/mtab\n",
+    "no-etc": "FROM scratch\nCOPY --from=busybox /bin /bin\n",
+}
+
+
+@pytest.fixture(scope="module")
+def mtab_images(peers: Peers) -> list[str]:
+    for name, dockerfile in MTAB_IMAGES.items():
+        ok(peers.soute("build", "-q", "-t", name, "-", input=dockerfile))
+    archive = peers.store.parent / "mtab-images.tar"
+    ok(peers.soute("save", "-o", str(archive), *MTAB_IMAGES))
+    ok(peers.docker("load", "-i", str(archive)))
+    return list(MTAB_IMAGES)
+
+
+@pytest.mark.parametrize("image", list(MTAB_IMAGES))
+def test_etc_mtab_over_the_image(peers: Peers, mtab_images: list[str], image: str) -> None:
+    script = "readlink /etc/mtab || stat -c %F /etc/mtab; stat -c '%a %U' /etc"
+    docker, soute = peers.both([], image, ["/bin/sh", "-c", script])
+    assert docker.returncode == 0, docker.stderr
+    same(docker, soute)
+
+
+def _top_layer(archive: Path) -> list[str]:
+    """The names in the last layer of a ``save`` archive (docker's or soute's)."""
+    import json
+    import tarfile
+
+    with tarfile.open(archive) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+        member = outer.extractfile(manifest[0]["Layers"][-1])
+        assert member is not None
+        with tarfile.open(fileobj=member, mode="r:*") as layer:
+            return sorted(name.rstrip("/") for name in layer.getnames())
+
+
+def test_commit_leaves_the_init_layer_out(peers: Peers, tmp_path: Path) -> None:
+    """A committed container's layer has what it changed, not /etc/mtab."""
+    layers = {}
+    for tool in ("docker", "soute"):
+        call = getattr(peers, tool)
+        name = f"soute-diff-commit-{tool}"
+        ok(call("run", "--name", name, "--network", "none", "busybox", "touch", "/etc/added"))
+        try:
+            ok(call("commit", name, name))
+            ok(call("save", "-o", str(tmp_path / f"{tool}.tar"), name))
+        finally:
+            call("rm", "-f", name)
+            call("rmi", name)
+        layers[tool] = _top_layer(tmp_path / f"{tool}.tar")
+    assert layers["docker"] == ["etc", "etc/added"]
+    assert layers["soute"] == layers["docker"]
+
+
+@pytest.mark.parametrize("option", ["/x:size=abc", "/x:nosuchopt", "relative:size=1m",
+                                    "/x:mode=99999", "/x:huge=always"])
+def test_bad_tmpfs_options(peers: Peers, option: str) -> None:
+    """docker answers 125 (the daemon's or the kernel's error); soute too, with a line that
+    names the option, and before a container exists."""
+    docker = peers.docker("run", "--rm", "--network", "none", "--tmpfs", option, "busybox")
+    before = ok(peers.soute("ps", "-aq"))
+    soute = peers.soute("run", "--network", "none", "--tmpfs", option, "busybox")
+    assert (docker.returncode, soute.returncode) == (125, 125), soute.stderr
+    assert len(soute.stderr.splitlines()) == 1
+    named = option.partition(":")[2] if option.startswith("/") else option.partition(":")[0]
+    assert named in soute.stderr
+    assert ok(peers.soute("ps", "-aq")) == before
+
+
+def test_mount_tmpfs_options(peers: Peers) -> None:
+    same(*peers.both(["--mount", "type=tmpfs,target=/newdir,tmpfs-size=1m,tmpfs-mode=700"],
+                     "busybox", ["sh", "-c", 'stat -c "%a %U" /newdir; grep newdir /proc/mounts']))
+
+
+def test_exec_start_error_status(peers: Peers) -> None:
+    """An attached ``exec`` of a command that cannot start: docker exec's 126, whatever the
+    reason (``run`` says 127 for a command not found)."""
+    ids = {tool: detached(peers, tool, "busybox", "sleep", "300") for tool in ("docker", "soute")}
+    try:
+        for args in (["nosuchcommand"], ["/etc/passwd"]):
+            docker = peers.docker("exec", ids["docker"], *args)
+            soute = peers.soute("exec", ids["soute"], *args)
+            assert soute.returncode == docker.returncode == 126, (docker, soute)
+    finally:
+        peers.docker("rm", "-f", ids["docker"])
+        peers.soute("rm", "-f", ids["soute"])

@@ -27,13 +27,16 @@ from soute.runtime import (
     DEFAULT_PATH,
     GeneratedFile,
     Layers,
+    Mount,
     Process,
     Spec,
+    default_mounts,
     resolve_user,
     run,
     to_oci_config,
 )
 from soute.runtime.paths import scoped_path
+from soute.runtime.rootfs import INIT_LAYER, make_init_layer, merged_lstat
 from soute.runtime.spec import capability_mask
 
 BUSYBOX = Path("/bin/busybox")
@@ -535,6 +538,132 @@ def test_bad_layers_fail_cleanly(tmp_path: Path, base: Path) -> None:
     with pytest.raises(SouteError, match=r"^mounting the root filesystem \(overlay\): "):
         run(sh("true"), Layers([base], base, tmp_path / "work"))  # upper inside a lower
     assert Path("/proc/self/mountinfo").read_text() == mounts
+
+
+# ---------------------------------------------------------------------------- init layer
+
+
+def _whiteout(path: Path) -> None:
+    os.mknod(path, stat.S_IFCHR | 0o600, 0)
+
+
+def _image_shape(top: Path, shape: str) -> None:
+    """A layer over the busybox root that gives the image ``shape`` at /etc/mtab or /etc."""
+    etc = top / "etc"
+    etc.mkdir(parents=True)
+    if shape == "file":
+        (etc / "mtab").write_text("rootfs / rootfs rw 0 0\n")
+    elif shape == "symlink":
+        os.symlink("/nowhere", etc / "mtab")
+    elif shape == "link-to-dir":
+        os.symlink("/tmp", etc / "mtab")
+    elif shape == "dir":
+        (etc / "mtab").mkdir()
+    elif shape == "etc-mode":
+        os.chown(etc, 0, 50)
+        etc.chmod(0o750)
+    elif shape in ("etc-file", "etc-symlink"):
+        etc.rmdir()
+        if shape == "etc-file":
+            etc.write_text("not a directory\n")
+        else:
+            (top / "etc2" / "mtab").mkdir(parents=True)
+            os.symlink("etc2", etc)
+
+
+# shape -> what `readlink /etc/mtab || stat -c %F /etc/mtab; stat -c '%a %u %g' /etc` prints,
+# as docker 20.10's init layer makes it (the image's directory alone is kept).
+INIT_SHAPES = {
+    "none": "/proc/mounts\n755 0 0\n",
+    "file": "/proc/mounts\n755 0 0\n",
+    "symlink": "/proc/mounts\n755 0 0\n",
+    "link-to-dir": "/proc/mounts\n755 0 0\n",
+    "dir": "directory\n755 0 0\n",
+    "etc-mode": "/proc/mounts\n750 0 50\n",
+    "etc-file": "/proc/mounts\n755 0 0\n",
+    "etc-symlink": "/proc/mounts\n755 0 0\n",
+}
+
+
+def with_init(layers: Layers, container: Path) -> Layers:
+    """The layers with the container's init layer on the image's, as the monitor stacks them."""
+    return Layers([*layers.lowers, container / INIT_LAYER], layers.upper, layers.work)
+
+
+@pytest.mark.parametrize("shape", list(INIT_SHAPES))
+def test_init_layer_links_etc_mtab(tmp_path: Path, base: Path, shape: str) -> None:
+    top = tmp_path / "top"
+    _image_shape(top, shape)
+    before = tree(top)
+    layers = new_layers(tmp_path, [base, top])
+    container = tmp_path / "container"
+    container.mkdir()
+    make_init_layer(layers.lowers, container / INIT_LAYER)
+    assert not [p for p in os.listdir(container) if p != INIT_LAYER]  # nothing left aside
+    script = "readlink /etc/mtab || stat -c %F /etc/mtab; stat -c '%a %u %g' /etc"
+    assert output(sh(script), with_init(layers, container), state_dir=container) \
+        == INIT_SHAPES[shape]
+    # In the view, never in the layer (commit) nor in the image.
+    assert upper_entries(layers) == []
+    assert tree(top) == before
+    # A run without it (a build's RUN, as BuildKit's) sees the image's /etc/mtab, if any.
+    if shape != "etc-file":  # no /etc/hosts for a RUN there
+        code, out, _ = capture(sh("readlink /etc/mtab"), new_layers(tmp_path / "b", [base, top]))
+        links = {"symlink": "/nowhere\n", "link-to-dir": "/tmp\n"}
+        assert (code, out) == ((0, links[shape]) if shape in links else (1, ""))
+
+
+def test_init_layer_under_whiteouts_and_opaque_dirs(tmp_path: Path, base: Path) -> None:
+    """The image's /etc/mtab as overlayfs shows it: a whiteout or an opaque /etc hides it."""
+    lower, top = tmp_path / "lower", tmp_path / "top"
+    (lower / "etc" / "mtab").mkdir(parents=True)
+    (top / "etc").mkdir(parents=True)
+    found = merged_lstat([base, lower, top], "/etc//mtab/")
+    assert found is not None and stat.S_ISDIR(found.st_mode)
+    _whiteout(top / "etc" / "mtab")
+    assert merged_lstat([base, lower, top], "etc/mtab") is None
+    (top / "etc" / "mtab").unlink()
+    os.setxattr(top / "etc", "trusted.overlay.opaque", b"y")
+    assert merged_lstat([base, lower, top], "etc/mtab") is None
+    assert merged_lstat([base, lower, top], "etc/passwd") is None
+    assert merged_lstat([base, lower], "etc/passwd") is not None
+    assert merged_lstat([base, lower], "bin/sh/x") is None  # a symlink is no directory
+    assert merged_lstat([], "etc") is None
+    layers = new_layers(tmp_path, [base, lower, top])
+    (tmp_path / "c").mkdir()
+    make_init_layer(layers.lowers, tmp_path / "c" / INIT_LAYER)
+    assert output(sh("readlink /etc/mtab"), with_init(layers, tmp_path / "c"),
+                  state_dir=tmp_path / "c") == "/proc/mounts\n"
+
+
+def test_init_layer_changes_go_to_the_container_layer(tmp_path: Path, base: Path) -> None:
+    """What the container does to /etc/mtab lands in its layer, as in docker's."""
+    layers = new_layers(tmp_path, [base])
+    container = tmp_path / "container"
+    container.mkdir()
+    make_init_layer(layers.lowers, container / INIT_LAYER)
+    assert run(sh("rm /etc/mtab && echo 1 > /etc/added"), with_init(layers, container),
+               state_dir=container) == 0
+    gone = (layers.upper / "etc" / "mtab").lstat()
+    assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == 0
+    assert upper_entries(layers) == ["etc", "etc/added", "etc/mtab"]
+    assert os.readlink(container / INIT_LAYER / "etc" / "mtab") == "/proc/mounts"
+    # A FROM scratch image gets /etc too.
+    scratch = new_layers(tmp_path / "s", [])
+    shutil.copytree(base / "bin", scratch.upper / "bin", symlinks=True)
+    (tmp_path / "s" / "c").mkdir()
+    make_init_layer(scratch.lowers, tmp_path / "s" / "c" / INIT_LAYER)
+    assert output(sh("ls /etc; readlink /etc/mtab"), with_init(scratch, tmp_path / "s" / "c"),
+                  state_dir=tmp_path / "s" / "c") \
+        == "hostname\nhosts\nmtab\nresolv.conf\n/proc/mounts\n"
+
+
+def test_bad_tmpfs_options_are_named(layers: Layers) -> None:
+    spec = sh("true")
+    spec.mounts = [*default_mounts(), Mount("/scratch", "tmpfs", "tmpfs", ("nosuid", "size=abc"))]
+    with pytest.raises(SouteError, match=r"^mounting /scratch \(tmpfs options size=abc\): "
+                                         r"invalid argument$"):
+        run(spec, layers)
 
 
 # ---------------------------------------------------------------------------- OCI runtimes

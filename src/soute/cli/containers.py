@@ -170,7 +170,8 @@ def run_start(ctx: Context, args: argparse.Namespace) -> int:
 
 def configure_stop(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--time", "--timeout", type=int, dest="time",
-                   help="seconds to wait before killing it (default: 10)")
+                   help="seconds to wait before killing it (default: 10; "
+                        "negative: wait, never kill)")
     p.add_argument("-s", "--signal", help="signal to send instead of its stop signal")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 

@@ -11,6 +11,9 @@ from soute.container.record import Container, ContainerError, ContainerState
 from soute.errors import SouteError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from soute.runtime import Process
     from soute.store.store import Store
 
 
@@ -42,9 +45,10 @@ def run(store: Store, image: str, opts: RunOptions, *, attach: bool = False
 def exec_command(container: Container, argv: list[str], *, interactive: bool = False,
                  tty: bool = False, user: str | None = None, workdir: str | None = None,
                  env: list[str] | None = None, detach: bool = False) -> int:
-    """``soute exec``: ``argv`` in the running container, attached to our streams."""
+    """``soute exec``: ``argv`` in the running container, attached to our streams
+    (``detach``: returns 0 once it runs)."""
     from soute.container.attach import fd_writer, feed, open_pty, pump, terminal_session
-    from soute.container.monitor import StartError, cgroup_procs, exec_process, exit_code_of
+    from soute.container.monitor import StartError, cgroup_procs, exec_process
     from soute.runtime import exec_in
 
     state = container.state()
@@ -55,15 +59,7 @@ def exec_command(container: Container, argv: list[str], *, interactive: bool = F
     join = cgroup_procs(container, state.pid)
     try:
         if detach:
-            if os.fork() == 0:  # pragma: no cover - the detached exec's own process
-                os.setsid()
-                null = os.open(os.devnull, os.O_RDWR)
-                code = 1
-                with contextlib.suppress(BaseException):
-                    code = exec_in(state.pid, process, stdin=null, stdout=null, stderr=null,
-                                   cgroup_procs=join)
-                os._exit(code)
-            return 0
+            return _exec_detached(state.pid, process, join)
         if not tty:
             return exec_in(state.pid, process, stdin=0 if interactive else None, cgroup_procs=join)
         master, slave = open_pty()
@@ -81,7 +77,53 @@ def exec_command(container: Container, argv: list[str], *, interactive: bool = F
     except StartError:
         raise
     except SouteError as exc:
-        raise StartError(str(exc), exit_code_of(exc)) from None
+        # docker exec's status for any command that could not start is 126 (run's: 127 for
+        # one not found).
+        raise StartError(str(exc), 126) from None
+
+
+_STARTED = b"\0"  # what the detached exec's process says once its command runs
+
+
+def _exec_detached(pid: int, process: Process, join: Sequence[str | os.PathLike[str]]
+                   ) -> int:
+    """``exec -d``: a process of its own session runs the command; we wait only until it
+    started, so a start error is ours to report (docker: one line, status 1)."""
+    from soute.container.monitor import StartError
+    from soute.runtime import exec_in
+
+    read_end, write_end = os.pipe()  # close-on-exec: the command never holds it
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the detached exec's own process
+        code = 1
+        try:
+            os.close(read_end)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # our caller's pipes would wait for the command's end
+                os.dup2(null, fd)
+
+            def started(_pid: int) -> None:
+                nonlocal write_end
+                os.write(write_end, _STARTED)
+                os.close(write_end)  # EOF: the caller returns while we wait on it
+                write_end = -1
+
+            code = exec_in(pid, process, stdin=null, stdout=null, stderr=null,
+                           cgroup_procs=join, on_start=started)
+        except BaseException as exc:  # everything must end in _exit
+            if write_end >= 0:
+                with contextlib.suppress(BaseException):
+                    os.write(write_end, str(exc).encode() or b"exec failed")
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        answer = f.read()
+    if answer == _STARTED:
+        return 0
+    os.waitpid(child, 0)  # it ends once it has said why
+    raise StartError(answer.decode(errors="replace") or "exec failed: its process died", 1)
 
 
 # ---------------------------------------------------------------------------- ps

@@ -53,7 +53,8 @@ def wait(container: Container) -> int:
 def stop(container: Container, timeout: int | None = None, signal_name: str | None = None
          ) -> None:
     """Its stop signal (or ``signal_name``), then SIGKILL after ``timeout`` seconds (the
-    container's ``--stop-timeout``, else docker's default 10)."""
+    container's ``--stop-timeout``, else docker's default 10); a negative one waits for it
+    to end, never killing it (docker's)."""
     from soute.container.create import parse_signal
 
     state = container.state()
@@ -66,8 +67,8 @@ def stop(container: Container, timeout: int | None = None, signal_name: str | No
     pid, start_time = state.pid, state.pid_start
     if alive(pid, start_time):
         _signal(pid, parse_signal(signal_name or container.spec.stop_signal))
-        deadline = time.monotonic() + max(timeout, 0)
-        while alive(pid, start_time) and time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout if timeout >= 0 else None
+        while alive(pid, start_time) and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.02)
         if alive(pid, start_time):
             _signal(pid, signal.SIGKILL)
@@ -130,12 +131,15 @@ def export(store: Store, container: Container, output: str) -> None:
     """``soute export``: the container's whole root filesystem (image and changes) as a tar,
     read through an overlay mounted in a private mount namespace of a child process."""
     from soute.container.record import ContainerError as Error
-    from soute.runtime.rootfs import Layers, link_layers
+    from soute.runtime.rootfs import INIT_LAYER, Layers, link_layers
 
     if os.path.isdir(output):
         raise Error(f"cannot export {container.name} to {output}: it is a directory",
                     "give a file name with -o")
     lowers = store.snapshots(store.image(container.spec.image).diff_ids)
+    init = container.dir / INIT_LAYER
+    if init.is_dir():  # docker's export has its init layer's /etc/mtab (commit has not)
+        lowers.append(init)
     work = store.tmp / f"export-{container.id[:12]}-{os.getpid()}"
     # The container's upper dir joins the lowers: the view is read-only, its work dir untouched.
     empty_upper, empty_work = work / "upper", work / "work"

@@ -162,13 +162,17 @@ def _labels(items: list[str]) -> dict[str, str]:
 def _mounts(store: Store, config: ContainerConfig, opts: RunOptions) -> list[MountSpec]:
     if not (opts.volumes or opts.mounts or opts.tmpfs or config.volumes):
         return []  # without importing the volumes module (about 2 ms of every run)
-    from soute.container.volumes import Volumes, parse_mount_flag, parse_volume_flag
+    from soute.container.volumes import (
+        Volumes,
+        parse_mount_flag,
+        parse_tmpfs_flag,
+        parse_volume_flag,
+    )
 
     specs = [parse_volume_flag(v) for v in opts.volumes]
     from_mount_flag = [parse_mount_flag(m) for m in opts.mounts]
-    tmpfs = [MountSpec("tmpfs", t.partition(":")[0],
-                       options=[o for o in t.partition(":")[2].split(",") if o])
-             for t in opts.tmpfs]
+    tmpfs = [MountSpec("tmpfs", target, options=options)
+             for target, options in map(parse_tmpfs_flag, opts.tmpfs)]
     volumes = Volumes(store.root)
     mounts: list[MountSpec] = []
     for spec, strict in [(s, False) for s in specs] + [(s, True) for s in from_mount_flag]:
@@ -186,7 +190,8 @@ def _mounts(store: Store, config: ContainerConfig, opts: RunOptions) -> list[Mou
             mounts.append(MountSpec("volume", spec.target, volume.name, spec.readonly,
                                     copy_up=not spec.nocopy))
         else:
-            mounts.append(MountSpec("tmpfs", spec.target, options=list(spec.options or [])))
+            mounts.append(MountSpec("tmpfs", spec.target, readonly=spec.readonly,
+                                    options=_tmpfs_options(spec.options, spec.readonly)))
     mounts += tmpfs
     taken = {os.path.normpath(m.target) for m in mounts}
     for target in sorted(config.volumes):  # each VOLUME of the image: an anonymous volume
@@ -194,6 +199,17 @@ def _mounts(store: Store, config: ContainerConfig, opts: RunOptions) -> list[Mou
             volume = volumes.create(None, anonymous=True)
             mounts.append(MountSpec("volume", target, volume.name, copy_up=True))
     return mounts
+
+
+def _tmpfs_options(options: dict[str, str], readonly: bool) -> list[str]:
+    """``--mount type=tmpfs``'s ``tmpfs-size`` (bytes) and ``tmpfs-mode`` (octal) as mount
+    options, as docker passes them on."""
+    out = ["ro"] if readonly else []
+    if options.get("tmpfs-size", "0") != "0":  # 0: no limit, as docker leaves it out
+        out.append(f"size={options['tmpfs-size']}")
+    if "tmpfs-mode" in options:
+        out.append(f"mode={options['tmpfs-mode']}")
+    return out
 
 
 def _ports(config: ContainerConfig, opts: RunOptions) -> tuple[list[PortSpec], list[str]]:
@@ -347,7 +363,17 @@ def create(store: Store, image_name: str, opts: RunOptions) -> Container:
     if not spec.workdir.startswith("/"):
         raise ContainerError(f"the working directory '{spec.workdir}' is invalid",
                              "it needs to be an absolute path")
-    return containers.new(spec)
+    container = containers.new(spec)
+    try:
+        from soute.runtime.rootfs import INIT_LAYER, make_init_layer
+
+        make_init_layer(store.snapshots(image.diff_ids), container.dir / INIT_LAYER)
+    except BaseException as exc:
+        containers.forget(container)
+        if isinstance(exc, OSError):
+            raise ContainerError(f"cannot create the container's init layer: {exc}") from None
+        raise
+    return container
 
 
 def _cap(name: str) -> str:

@@ -118,6 +118,7 @@ class Monitor:
         from soute.container.logs import LogWriter
         from soute.image.timestamp import Timestamp
         from soute.runtime import Layers, run
+        from soute.runtime.rootfs import INIT_LAYER
 
         container, spec = self.container, self.container.spec
         previous = container.state()
@@ -127,8 +128,11 @@ class Monitor:
                              oom_killed=False, health=None, monitor_pid=os.getpid(),
                              monitor_start=process_start_time(os.getpid()) or 0)
         lowers = self.store.snapshots(self.store.image(spec.image).diff_ids)
-        layers = Layers(lowers, container.upper, container.work)
         self._fix_upper_mode(lowers)
+        init = container.dir / INIT_LAYER  # /etc/mtab and the like (rootfs.make_init_layer)
+        if init.is_dir():  # (containers made before it existed have none)
+            lowers = [*lowers, init]
+        layers = Layers(lowers, container.upper, container.work)
 
         proxy = None
         if spec.ports:  # the proxy's module (sockets, threads, futures) only when it is used

@@ -281,6 +281,79 @@ def parse_volume_flag(text: str) -> VolumeSpec:
     )
 
 
+# --tmpfs takes what docker's daemon takes (moby's mount.ParseTmpfsOptions): mount flags,
+# and these options with a value, checked here as the kernel reads them (mm/shmem.c), so a
+# bad one is named before anything is created rather than an "invalid argument" at start.
+_TMPFS_FLAGS = frozenset({
+    "defaults", "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "sync",
+    "async", "dirsync", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime",
+    "relatime", "norelatime", "strictatime", "nostrictatime", "private", "rprivate", "shared",
+    "rshared", "slave", "rslave", "unbindable", "runbindable"})
+_MEMPARSE = r"(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)[kKmMgGtTpPeE]?"  # the kernel's memparse
+_TMPFS_VALUES: dict[str, tuple[re.Pattern[str], str]] = {
+    "size": (re.compile(_MEMPARSE + "%?"),
+             "a size in bytes with an optional k, m or g suffix, or a percentage of the "
+             "memory: size=64m, size=10%"),
+    "nr_blocks": (re.compile(_MEMPARSE), "a number of pages, with an optional k, m or g suffix"),
+    "nr_inodes": (re.compile(_MEMPARSE), "a number of inodes, with an optional k, m or g "
+                                         "suffix"),
+    "mode": (re.compile("[0-7]{1,11}"), "an octal mode: mode=1777"),
+    "uid": (re.compile("[0-9]{1,10}"), "a numeric user ID"),
+    "gid": (re.compile("[0-9]{1,10}"), "a numeric group ID"),
+    "mpol": (re.compile(r"(?:default|prefer|bind|interleave|weighted_interleave|local)"
+                        r"(?:=[0-9,-]+)?(?::(?:static|relative))?"),
+             "a NUMA policy: default, prefer, bind, interleave or local"),
+}
+
+
+def parse_tmpfs_flag(text: str) -> tuple[str, list[str]]:
+    """``--tmpfs PATH[:OPTIONS]``: the cleaned target and its options, checked."""
+    target, _, options = text.partition(":")
+    if not target.startswith("/"):
+        raise SouteError(f"invalid mount path: '{target}' mount path must be absolute",
+                         hint=f"--tmpfs {text}: give an absolute path in the container")
+    target = _clean(target)
+    if target == "/":
+        raise SouteError("invalid specification: destination can't be '/'",
+                         hint=f"--tmpfs {text}: mount the tmpfs below /")
+    items = options.split(",") if options else []
+    for item in items:
+        problem = _tmpfs_option_problem(item)
+        if problem is not None:
+            raise SouteError(f'invalid tmpfs option "{item}" in --tmpfs {text}', hint=problem)
+    return target, items
+
+
+def _tmpfs_option_problem(item: str) -> str | None:
+    """What is wrong with one ``--tmpfs`` option, None when it is right."""
+    key, eq, value = item.partition("=")
+    if not item:
+        return "leave out the empty option between the commas"
+    if not eq and key in _TMPFS_FLAGS:
+        return None
+    if key in ("bind", "rbind"):
+        return "a tmpfs is not a bind mount: use -v or --mount type=bind for that"
+    known = _TMPFS_VALUES.get(key)
+    if known is None:
+        return ("tmpfs takes size=, mode=, uid=, gid=, nr_inodes=, nr_blocks=, mpol= and "
+                "mount flags such as ro, exec or noatime")
+    pattern, meaning = known
+    if not eq:
+        return f"{key} needs a value: {meaning}"
+    if not pattern.fullmatch(value) or _too_big(key, value):
+        return f"{key} is {meaning}"
+    return None
+
+
+def _too_big(key: str, value: str) -> bool:
+    """The kernel's 32-bit limits (uid and gid -1 mean no ID, which it refuses)."""
+    if key == "mode":
+        return int(value, 8) >= 1 << 32
+    if key in ("uid", "gid"):
+        return int(value) >= (1 << 32) - 1
+    return False
+
+
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 _PROPAGATIONS = {"shared", "slave", "private", "rshared", "rslave", "rprivate"}

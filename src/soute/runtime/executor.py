@@ -745,7 +745,11 @@ def _init_container(
         try:
             _mount(root, m, stubs)
         except OSError as exc:
-            raise _step(f"mounting {m.destination}", exc) from None
+            what = f"mounting {m.destination}"
+            data = _parse_options(m.options)[1]
+            if m.type == "tmpfs" and data and exc.errno == errno.EINVAL:
+                what += f" (tmpfs options {data})"  # the kernel does not say which one
+            raise _step(what, exc) from None
         has_dev = has_dev or (m.destination.rstrip("/") == "/dev" and m.type == "tmpfs")
     if has_dev:
         _populate_dev(root + "/dev", ctx.mounts)

@@ -13,6 +13,10 @@ Two things keep that true:
   takes them out of the upper directory afterwards, with their parents' times, as
   BuildKit's ``MountStubsCleaner`` does.
 
+A container (not a build step) also has an *init layer*, docker's ``<id>-init``: a directory
+stacked between the image and the upper directory (:func:`make_init_layer`), so what it adds
+(``/etc/mtab``) is in the container's view but never in its layer, ``commit`` or ``export``.
+
 Mounting happens in the runtime's private mount namespace only (see ``executor``).
 """
 
@@ -36,6 +40,8 @@ MAX_LOWERS = 500
 # Keep every upper entry self-contained; see the module docstring.
 OVERLAY_STRICT_OPTIONS = "redirect_dir=off,metacopy=off,index=off"
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+# A container's init layer: this directory next to its upper/ and work/ (see make_init_layer).
+INIT_LAYER = "init"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,72 @@ def mount_overlay(links_dir: Path, target: str) -> None:
     finally:
         os.fchdir(saved)
         os.close(saved)
+
+
+# ---------------------------------------------------------------------------- init layer
+
+
+def make_init_layer(lowers: Sequence[Path], directory: Path) -> None:
+    """Write at ``directory`` the init layer of a container of the image ``lowers`` (base
+    first): ``/etc/mtab -> /proc/mounts``, as docker's daemon/initlayer makes it.
+
+    Like docker, it replaces a file or symlink the image has at ``/etc/mtab`` (or at
+    ``/etc``), and keeps a directory. A new ``/etc`` is 0755 root; an existing one keeps its
+    mode and owner. Made aside and renamed into place: a half-made layer is never stacked.
+    """
+    tmp = directory.with_name(f".{directory.name}-{os.getpid()}-{os.urandom(4).hex()}")
+    tmp.mkdir(mode=0o755)
+    try:
+        etc = merged_lstat(lowers, "etc")
+        etc_is_dir = etc is not None and stat.S_ISDIR(etc.st_mode)
+        mtab = merged_lstat(lowers, "etc/mtab") if etc_is_dir else None
+        if mtab is None or not stat.S_ISDIR(mtab.st_mode):
+            (tmp / "etc").mkdir()
+            if etc is not None and etc_is_dir:
+                os.chown(tmp / "etc", etc.st_uid, etc.st_gid)
+                os.chmod(tmp / "etc", stat.S_IMODE(etc.st_mode))
+            else:
+                os.chmod(tmp / "etc", 0o755)  # whatever the umask
+            os.symlink("/proc/mounts", tmp / "etc" / "mtab")
+        os.rename(tmp, directory)
+    except BaseException:
+        import shutil  # only now: every run imports this module
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def merged_lstat(lowers: Sequence[Path], rel: str) -> os.stat_result | None:
+    """``lstat`` of ``rel`` in the overlay of ``lowers`` (base first), without mounting it.
+
+    None when it is not there or a whiteout hides it. Nothing is followed: a symlink on the
+    way is not a directory, as overlayfs merges directories only.
+    """
+    parts = [p for p in rel.split("/") if p and p != "."]
+    layers = [str(p) for p in reversed(lowers)]  # top first
+    found: os.stat_result | None = None
+    for depth in range(1, len(parts) + 1):
+        sub = os.path.join(*parts[:depth])
+        found, merged = None, []
+        for layer in layers:
+            path = os.path.join(layer, sub)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                break  # a whiteout hides it and everything below
+            if found is None:
+                found = st
+            if not stat.S_ISDIR(st.st_mode):
+                break  # a non-directory ends the lookup, under a directory or not
+            merged.append(layer)
+            if _opaque(path):
+                break
+        if found is None or (depth < len(parts) and not stat.S_ISDIR(found.st_mode)):
+            return None
+        layers = merged
+    return found
 
 
 # ---------------------------------------------------------------------------- stubs
