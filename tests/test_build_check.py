@@ -4,9 +4,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +12,7 @@ from soute.dockerfile.instructions import parse_dockerfile
 from soute.dockerfile.stages import BuildScope, host_platform, unsupported_platform
 from soute.errors import LocatedError
 from soute.image.platforms import Platform
-
-
-def soute(root: Path, *args: str, input: str | None = None,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
-        input=input, capture_output=True, text=True, env={**os.environ, **(env or {})},
-    )
+from soute_cli import soute
 
 
 @pytest.fixture(scope="module")
