@@ -503,6 +503,9 @@ def test_mount_flag_tmpfs_options() -> None:
     assert _tmpfs_options(spec.options, spec.readonly) == ["ro", f"size={64 << 20}", "mode=700"]
     assert _tmpfs_options(parse_mount_flag("type=tmpfs,dst=/t,tmpfs-size=0").options,
                           False) == []
+    # A mode of 0 is no mode, as docker has it: the kernel's 1777, not 000.
+    assert _tmpfs_options(parse_mount_flag("type=tmpfs,dst=/t,tmpfs-mode=0").options,
+                          False) == []
 
 
 # --- top -------------------------------------------------------------------------

@@ -105,7 +105,8 @@ def _exec_detached(pid: int, process: Process, join: Sequence[str | os.PathLike[
 
             def started(_pid: int) -> None:
                 nonlocal write_end
-                os.write(write_end, _STARTED)
+                with contextlib.suppress(OSError):  # a caller gone meanwhile: run it anyway
+                    os.write(write_end, _STARTED)
                 os.close(write_end)  # EOF: the caller returns while we wait on it
                 write_end = -1
 

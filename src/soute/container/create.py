@@ -207,8 +207,13 @@ def _tmpfs_options(options: dict[str, str], readonly: bool) -> list[str]:
     out = ["ro"] if readonly else []
     if options.get("tmpfs-size", "0") != "0":  # 0: no limit, as docker leaves it out
         out.append(f"size={options['tmpfs-size']}")
-    if "tmpfs-mode" in options:
-        out.append(f"mode={options['tmpfs-mode']}")
+    mode = options.get("tmpfs-mode", "0")
+    try:
+        unset = int(mode, 8) == 0
+    except ValueError:
+        unset = False  # refused where the mount is parsed
+    if not unset:  # 0: the kernel's 1777, as docker leaves it out
+        out.append(f"mode={mode}")
     return out
 
 
