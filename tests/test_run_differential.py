@@ -555,3 +555,19 @@ def test_exec_start_error_status(peers: Peers) -> None:
     finally:
         peers.docker("rm", "-f", ids["docker"])
         peers.soute("rm", "-f", ids["soute"])
+
+
+def test_exec_in_a_container_that_is_not_running(peers: Peers) -> None:
+    """``exec`` in a created (never started) container: refused with docker's status."""
+    create = ["create", "--network", "none", "busybox", "sleep", "300"]
+    ids = {"docker": ok(peers.docker(*create)).strip(), "soute": ok(peers.soute(*create)).strip()}
+    try:
+        for detach in ([], ["-d"]):
+            docker = peers.docker("exec", *detach, ids["docker"], "true")
+            soute = peers.soute("exec", *detach, ids["soute"], "true")
+            assert docker.returncode != 0 and soute.returncode == docker.returncode, (
+                docker, soute)
+            assert "is not running" in soute.stderr
+    finally:
+        peers.docker("rm", ids["docker"])
+        peers.soute("rm", ids["soute"])

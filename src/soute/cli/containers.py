@@ -420,14 +420,20 @@ def configure_exec(p: argparse.ArgumentParser) -> None:
 
 def run_exec(ctx: Context, args: argparse.Namespace) -> int:
     from soute.container.api import exec_command
+    from soute.container.monitor import StartError
     from soute.container.record import ContainerError, Containers
 
-    if not args.command:
-        raise ContainerError("exec needs a command", "soute exec CONTAINER COMMAND [ARG...]")
-    container = Containers(ctx.store()).get(args.container)
-    return exec_command(container, args.command, interactive=args.interactive, tty=args.tty,
-                        user=args.user, workdir=args.workdir, env=args.env,
-                        detach=args.detach)
+    try:
+        if not args.command:
+            raise ContainerError("exec needs a command", "soute exec CONTAINER COMMAND [ARG...]")
+        container = Containers(ctx.store()).get(args.container)
+        return exec_command(container, args.command, interactive=args.interactive,
+                            tty=args.tty, user=args.user, workdir=args.workdir, env=args.env,
+                            detach=args.detach)
+    except ContainerError as e:
+        if not isinstance(e, StartError):
+            e.exit_code = 1  # 125 is run's and create's; docker exec says 1 (no such container...)
+        raise
 
 
 # ---------------------------------------------------------------------------- commit, inspect
