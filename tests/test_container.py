@@ -367,7 +367,8 @@ def test_commit_makes_an_image_with_the_change_and_the_command(root: Path, tmp_p
     ok(soute(root, "export", "-o", str(out), "changer"))
     names = subprocess.run(["tar", "-tf", str(out)], capture_output=True, text=True).stdout
     assert "made.txt" in names and "bin/sh" in names and "bin/vi\n" not in names
-    assert "etc/mtab" in names.split()  # the init layer is exported, as docker does
+    # the init layer is exported, as docker does
+    assert "etc/mtab" in names.split() and ".dockerenv" in names.split()
     ok(soute(root, "rm", "changer"))
     ok(soute(root, "rmi", "committed:1"))
 

@@ -308,6 +308,7 @@ BASICS: dict[str, tuple[list[str], str, list[str]]] = {
     "read-only-tmp": (["--read-only"], "busybox", ["touch", "/tmp/x"]),
     "nobody-writes-tmp": (["-u", "nobody"], "busybox", ["sh", "-c", "touch /tmp/x && echo ok"]),
     "etc-mtab": ([], "busybox", ["readlink", "/etc/mtab"]),
+    "dockerenv": ([], "busybox", ["stat", "-c", "%F %s %a %U", "/.dockerenv"]),
     "etc-hosts": ([], "busybox", ["cat", "/etc/hosts"]),
     # Volumes: the image's VOLUME, named volumes seeded from the image, tmpfs.
     "image-volume": ([], VOLUME_IMAGE, ["sh", "-c", 'cat /data/f; stat -c "%u %g %a" /data']),

@@ -124,7 +124,8 @@ def mount_overlay(links_dir: Path, target: str) -> None:
 
 def make_init_layer(lowers: Sequence[Path], directory: Path) -> None:
     """Write at ``directory`` the init layer of a container of the image ``lowers`` (base
-    first): ``/etc/mtab -> /proc/mounts``, as docker's daemon/initlayer makes it.
+    first): ``/etc/mtab -> /proc/mounts`` and an empty ``/.dockerenv``, as docker's
+    daemon/initlayer makes them.
 
     Like docker, it replaces a file or symlink the image has at ``/etc/mtab`` (or at
     ``/etc``), and keeps a directory. A new ``/etc`` is 0755 root; an existing one keeps its
@@ -144,6 +145,10 @@ def make_init_layer(lowers: Sequence[Path], directory: Path) -> None:
             else:
                 os.chmod(tmp / "etc", 0o755)  # whatever the umask
             os.symlink("/proc/mounts", tmp / "etc" / "mtab")
+        # An empty /.dockerenv, as docker's: scripts look for it to know they are in a
+        # container.
+        os.close(os.open(tmp / ".dockerenv", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o755))
+        os.chmod(tmp / ".dockerenv", 0o755)  # whatever the umask
         os.rename(tmp, directory)
     except BaseException:
         import shutil  # only now: every run imports this module
