@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -27,6 +26,7 @@ needs_slirp = pytest.mark.skipif(not available(), reason="slirp4netns is not ins
 # The busybox root and its layers, as the other runtime tests have them.
 base = test_runtime_exec.base
 layers = test_runtime_exec.layers
+run_output = test_runtime_exec.run_output
 
 
 @pytest.fixture
@@ -43,13 +43,6 @@ def shared_spec(shared: Path, script: str) -> Spec:
     return spec
 
 
-def run_output(spec: Spec, layers: Layers, **kwargs: object) -> str:
-    with tempfile.TemporaryFile() as out:
-        code = run(spec, layers, stdout=out, **kwargs)  # type: ignore[arg-type]
-        out.seek(0)
-        text = out.read().decode()
-    assert code == 0, text
-    return text
 
 
 def command_of(pid: int) -> bytes:
