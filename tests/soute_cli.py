@@ -34,3 +34,15 @@ def busybox_store(factory: pytest.TempPathFactory) -> Path:
     path = factory.mktemp("store")
     ok(soute(path, "bootstrap", "busybox"))
     return path
+
+
+def image_file(root: Path, name: str, path: str) -> str | None:
+    """The text of ``path`` in image ``name`` (top layer first), None when absent."""
+    from soute.store.names import resolve
+    from soute.store.store import Store
+
+    with Store(root) as store:
+        for snap in reversed(store.snapshots(resolve(store, name).diff_ids)):
+            if os.path.lexists(snap / path):
+                return (snap / path).read_text() if (snap / path).is_file() else ""
+    return None

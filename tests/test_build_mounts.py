@@ -3,30 +3,17 @@ rw, rw writes thrown away, cache mounts on top of the tree), its place in the ca
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from soute_cli import busybox_store, ok, soute
+from soute_cli import busybox_store, image_file, ok, soute
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return busybox_store(tmp_path_factory)
-
-
-def image_file(root: Path, name: str, path: str) -> str | None:
-    """The text of ``path`` in image ``name`` (top layer first), None when absent."""
-    from soute.store.names import resolve
-    from soute.store.store import Store
-
-    with Store(root) as store:
-        for snap in reversed(store.snapshots(resolve(store, name).diff_ids)):
-            if os.path.lexists(snap / path):
-                return (snap / path).read_text() if (snap / path).is_file() else ""
-    return None
 
 
 def last_line(p: subprocess.CompletedProcess[str]) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from soute_cli import busybox_store, ok, soute
+from soute_cli import busybox_store, image_file, ok, soute
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-agent") is None,
                                 reason="openssh-client is not installed (scripts/setup)")
@@ -74,18 +74,6 @@ def agent(tmp_path: Path, key: Path) -> Iterator[Agent]:
     a = Agent(tmp_path / "agent.sock", key)
     yield a
     a.stop()
-
-
-def image_file(root: Path, name: str, path: str) -> str | None:
-    """The text of ``path`` in image ``name`` (top layer first), None when absent."""
-    from soute.store.names import resolve
-    from soute.store.store import Store
-
-    with Store(root) as store:
-        for snap in reversed(store.snapshots(resolve(store, name).diff_ids)):
-            if os.path.lexists(snap / path):
-                return (snap / path).read_text() if (snap / path).is_file() else ""
-    return None
 
 
 def top_layer(root: Path, name: str) -> list[str]:
