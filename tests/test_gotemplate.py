@@ -54,6 +54,7 @@ def test_render(template: str, out: str | None) -> None:
 
 @pytest.mark.parametrize("template", [
     "{{range .Tags}}x", "{{end}}", "{{nosuch .Id}}", "{{.Id.Sub}}", "{{index .Tags 5}}", "{{}}",
+    '{{split 5 ","}}', '{{pad "x" "a" 1}}', "{{truncate .Config.Port 2}}",
 ])
 def test_errors(template: str) -> None:
     with pytest.raises(TemplateError):

@@ -315,7 +315,7 @@ def _eval(pipe: list[list[Any]], dot: Any, scopes: Scopes) -> Any:
         if head[0] == "func":
             try:
                 value = FUNCTIONS[head[1]](*args)
-            except TypeError as e:
+            except (TypeError, AttributeError, ValueError) as e:  # e.g. split of a number
                 raise TemplateError(f"template: wrong arguments for {head[1]}: {e}") from None
         elif args:
             shown = go_print(_value(head, dot, scopes))
