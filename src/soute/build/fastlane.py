@@ -167,13 +167,14 @@ class Tee:
         return getattr(self.stream, name)
 
 
-def try_build(root: str, argv: list[str]) -> int | None:
-    """Answer ``soute build`` from its memo: the exit code, or None to build."""
+def try_build(root: str, key: str) -> int | None:
+    """Answer the ``soute build`` of :func:`request` ``key`` from its memo: the exit code,
+    or None to build."""
     db_path = os.path.join(root, "meta.db")
     if sys.stdout is None or sys.stderr is None or not os.path.exists(db_path):
         return None  # (a closed stream is the normal path's to report)
     try:
-        memo = _check(db_path, request(root, argv))
+        memo = _check(db_path, key)
     except Exception:  # whatever goes wrong, the normal path knows better
         return None
     if memo is None:

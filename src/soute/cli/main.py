@@ -247,14 +247,18 @@ def _main(argv: list[str], *, own_process: bool = False) -> int:
             sys.stdout.write(_help())
             return 0 if opts.get("help") else 1
         command, called, args = _resolve(rest)
-        if own_process:
-            if command == "build" and "-h" not in args and "--help" not in args:
-                # A fully cached build answered from its memo, before the builder's imports.
-                from soute.build.fastlane import try_build
+        root = _root(opts)
+        request = None  # `soute build`: the key of its memo (soute.build.fastlane)
+        if command == "build" and "-h" not in args and "--help" not in args:
+            from soute.build import fastlane
 
-                code = try_build(_root(opts), argv)
+            request = fastlane.request(root, argv)
+            if own_process:
+                # A fully cached build answered from its memo, before the builder's imports.
+                code = fastlane.try_build(root, request)
                 if code is not None:
                     return code
+        if own_process:
             # Dataclasses defined from here on skip compiling their methods' source (see
             # soute._dccache); a program importing soute is left alone.
             from soute._dccache import install
@@ -267,12 +271,6 @@ def _main(argv: list[str], *, own_process: bool = False) -> int:
         ns = parser.parse_args(args)
         from pathlib import Path
 
-        root = _root(opts)
-        request = None
-        if command == "build":
-            from soute.build.fastlane import request as build_request
-
-            request = build_request(root, argv)
         ctx = Context(Path(root), debug, build_request=request)
         try:
             return int(getattr(module, f"run_{stem}")(ctx, ns) or 0)
