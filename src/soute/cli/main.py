@@ -141,14 +141,16 @@ class UsageError(Exception):
     exit_code = 1
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+def _parser(prog: str, description: str, *, own_process: bool) -> argparse.ArgumentParser:
     """argparse with one-line errors: docker's ``run``/``create`` exit 125 on them."""
     import argparse
 
-    # argparse passes its own words through gettext, which searches the disk for a catalogue
-    # on every call (3 ms a command, for catalogues Python does not ship): soute speaks English.
-    argparse._ = str  # type: ignore[attr-defined]
-    argparse.ngettext = lambda one, many, n: one if n == 1 else many  # type: ignore[attr-defined]
+    if own_process:  # (a program that calls main() keeps its argparse as it was)
+        # argparse passes its words through gettext, which searches the disk for a catalogue
+        # on every call (3 ms a command, for catalogues Python does not ship).
+        argparse._ = str  # type: ignore[attr-defined]
+        argparse.ngettext = (  # type: ignore[attr-defined]
+            lambda one, many, n: one if n == 1 else many)
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:  # type: ignore[override]
@@ -266,7 +268,7 @@ def _main(argv: list[str], *, own_process: bool = False) -> int:
             install()
         module_name, stem, description = COMMANDS[command]
         module = importlib.import_module(f"soute.cli.{module_name}")
-        parser = _parser(f"soute {called}", description)
+        parser = _parser(f"soute {called}", description, own_process=own_process)
         getattr(module, f"configure_{stem}")(parser)
         ns = parser.parse_args(args)
         from pathlib import Path
