@@ -191,3 +191,23 @@ def test_layer_through_compression(tmp_path: Path, kind: str) -> None:
     apply_layer(hashing, dest, overlay=False)  # type: ignore[arg-type]
     assert "sha256:" + hashing.hash.hexdigest() == digest.diff_id
     assert snapshot(dest) == snapshot(src)
+
+
+def test_size_hint_reads_what_a_blob_announces() -> None:
+    from soute.layer.compress import size_hint
+
+    def hint(blob: bytes) -> int:
+        return size_hint(blob[:32], blob[-8:], len(blob))
+
+    for size in (0, 1, 300, 70_000, len(PAYLOAD)):
+        assert hint(_compress(PAYLOAD[:size], "gzip")) == size, size
+        # A zstd frame header that carries the content size (one-shot compressors write it).
+        assert hint(zstandard.ZstdCompressor().compress(PAYLOAD[:size])) == size, size
+    assert hint(gzip.compress(PAYLOAD)) == len(PAYLOAD)  # zlib's gzip as well
+    # A zstd stream written without its size announces nothing: the blob's own size stands in.
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(out, closefd=False) as w:
+        w.write(PAYLOAD)
+    blob = out.getvalue()
+    assert hint(blob) == len(blob)
+    assert hint(b"plain tar bytes") == len(b"plain tar bytes")

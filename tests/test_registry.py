@@ -15,6 +15,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -620,3 +621,121 @@ def test_run_and_build_pull_what_the_store_lacks(plain: RunningRegistry, source:
     missing = soute_cli(empty, "run", "--rm", f"{plain.host}/it/nothing:v1")
     assert missing.code == 125 and "No such image" in missing.err
     assert len(missing.err.strip().splitlines()) <= 2  # "Unable to find..." and the error
+
+
+# ---------------------------------------------------------------------------- packed layers
+
+
+def _blob_files(root: Path) -> set[str]:
+    return {"sha256:" + p.name for p in (root / "oci" / "blobs" / "sha256").iterdir()}
+
+
+def _registry_manifest(reg: RunningRegistry, path: str, tag: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(registry_get(f"{reg.url}/v2/{path}/manifests/{tag}",
+                                                  accept=mt.OCI_MANIFEST))
+    return doc
+
+
+def test_pull_keeps_the_registry_blobs_and_unpacks_them_when_first_used(
+        plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    name = f"{plain.host}/it/packed:v1"
+    push_as(source, name)
+    compressed = {layer["digest"] for layer in _registry_manifest(plain, "it/packed",
+                                                                  "v1")["layers"]}
+    with Store(source) as store:
+        app = store.image(image_id(source, "app"))
+    root = tmp_path / "store"
+    soute_cli(root, "pull", name).ok()
+    # The registry's blobs as they came; nothing decompressed or unpacked yet.
+    assert compressed <= _blob_files(root)
+    assert not set(app.diff_ids) & _blob_files(root)
+    assert not list((root / "snapshots").iterdir())
+    # Sizes are the uncompressed ones docker shows, from what the gzip blobs announce.
+    assert json.loads(soute_cli(root, "inspect", name).ok())[0]["Size"] == app.size
+
+    def sizes(store: Path, image: str) -> list[str]:
+        out = soute_cli(store, "history", "--format", "json", image).ok()
+        return [json.loads(line)["Size"] for line in out.splitlines()]
+
+    assert sizes(root, name) == sizes(source, "app")
+    # The store's OCI layout names the compressed blobs: other tools read it meanwhile.
+    from soute.store.names import layout_ref_name
+
+    skopeo("copy", "-q", f"oci:{root / 'oci'}:{layout_ref_name(name)}",
+           f"dir:{tmp_path / 'copy'}")
+    assert compressed <= {"sha256:" + p.name for p in (tmp_path / "copy").iterdir()}
+    # First use: decompressed into snapshots, each DiffID checked.
+    assert soute_run(root, name) == HELLO.decode()
+    assert len(list((root / "snapshots").iterdir())) == 2
+    assert not set(app.diff_ids) & _blob_files(root)  # no uncompressed copy kept
+    assert "0 problem(s)" in soute_cli(root, "fsck").ok()
+    # Garbage collection keeps the packed blobs of a kept image, and frees them with it.
+    soute_cli(root, "image", "prune", "-f").ok()
+    assert compressed <= _blob_files(root)
+    soute_cli(root, "rmi", name).ok()
+    assert not compressed & _blob_files(root)
+
+
+def test_save_and_push_of_a_pulled_image(plain: RunningRegistry, source: Path, tmp_path: Path,
+                                        docker: Docker) -> None:
+    name = f"{plain.host}/it/packed-save:v1"
+    push_as(source, name)
+    compressed = [layer["digest"] for layer in _registry_manifest(plain, "it/packed-save",
+                                                                  "v1")["layers"]]
+    root = tmp_path / "store"
+    soute_cli(root, "pull", name).ok()
+    # gzip: the registry's blobs go in as they are, nothing decompressed.
+    archive = tmp_path / "app.tar"
+    soute_cli(root, "save", "--compression", "gzip", "-o", str(archive), name).ok()
+    members = run("tar", "tf", archive).split()
+    assert {f"blobs/sha256/{d.partition(':')[2]}" for d in compressed} <= set(members)
+    docker("load", "-i", archive)
+    assert docker("run", "--rm", "--network", "none", name) == HELLO.decode()
+    # Uncompressed: decompressed from the packed blobs (and checked) on the way.
+    plain_archive = tmp_path / "plain.tar"
+    soute_cli(root, "save", "--format", "oci", "-o", str(plain_archive), name).ok()
+    other = tmp_path / "other"
+    soute_cli(other, "load", "-i", str(plain_archive)).ok()
+    assert soute_run(other, name) == HELLO.decode()
+    # zstd: decompressed and compressed again for the registry.
+    zname = f"{plain.host}/it/packed-zstd:v1"
+    soute_cli(root, "tag", name, zname).ok()
+    pushed = soute_cli(root, "push", "--compression", "zstd", zname)
+    assert pushed.code == 0, pushed.err
+    layers = _registry_manifest(plain, "it/packed-zstd", "v1")["layers"]
+    assert {layer["mediaType"] for layer in layers} == {mt.OCI_LAYER_ZSTD}
+    third = tmp_path / "third"
+    soute_cli(third, "pull", zname).ok()
+    assert soute_run(third, zname) == HELLO.decode()
+    assert "0 problem(s)" in soute_cli(root, "fsck").ok()
+
+
+def test_a_layer_unlike_its_diff_id_is_refused_when_first_used(
+        plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    """A pull checks blob digests; a DiffID only when the layer is first decompressed (docker
+    checks it during the pull: docs/differences.md)."""
+    push_as(source, f"{plain.host}/it/lying:v1")
+    api = f"{plain.url}/v2/it/lying"
+    manifest = _registry_manifest(plain, "it/lying", "v1")
+    config = json.loads(registry_get(f"{api}/blobs/{manifest['config']['digest']}"))
+    config["rootfs"]["diff_ids"][-1] = "sha256:" + "0" * 64
+    lying = json.dumps(config).encode()
+    upload_blob(api, lying)
+    manifest["config"] = {"mediaType": mt.OCI_CONFIG, "digest": sha256(lying),
+                          "size": len(lying)}
+    registry_put(f"{api}/manifests/v2", json.dumps(manifest).encode(), mt.OCI_MANIFEST)
+
+    root = tmp_path / "store"
+    name = f"{plain.host}/it/lying:v2"
+    soute_cli(root, "pull", name).ok()
+    p = subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root), "run",
+                        "--rm", "--network", "none", name], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    [line] = p.stderr.strip().splitlines()
+    assert "does not match its packed blob" in line and "pull it again" in line
+    # Only the base layer (whose DiffID held) was unpacked; nothing half-made is left.
+    assert len(list((root / "snapshots").iterdir())) == 1
+    assert not list((root / "tmp").iterdir())
+    fsck = soute_cli(root, "fsck")
+    assert "does not match its packed blob" in fsck.out + fsck.err

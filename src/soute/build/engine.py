@@ -433,7 +433,7 @@ class Builder:
 
         text = created_by + (" # buildkit" if suffix else "")
         hit = None if self.opts.no_cache else self.store.meta.cache_get(key)
-        if hit is not None and hit[0] is not None and not self.store.blobs.has(hit[0]):
+        if hit is not None and hit[0] is not None and not self.store.has_layer(hit[0]):
             hit = None  # its layer is gone from the store
         if hit is None and self.remote is not None and not self.opts.no_cache:
             with self._remote_lock:

@@ -322,7 +322,7 @@ class RemoteCache:
                 self.store.meta.cache_put(key, None, 0, None, rec.created, now_rfc3339())
                 return None, 0, None, rec.created
             assert rec.blob is not None
-            if not self.store.blobs.has(rec.diff_id):
+            if not self.store.has_layer(rec.diff_id):
                 self.progress.output(f"importing cache layer {rec.blob.digest} "
                                      f"({rec.blob.size} bytes) from {spec.ref}")
                 try:
@@ -334,7 +334,7 @@ class RemoteCache:
                     self._warn(f"cache layer {short_id(rec.blob.digest)} from {spec.ref} "
                                f"refused: {e.message}")
                     continue
-            size = self.store.blobs.size(rec.diff_id)
+            size = self.store.layer_size(rec.diff_id)
             chain = chain_ids([*parents, rec.diff_id])[-1]
             self.store.meta.cache_put(key, rec.diff_id, size, chain, rec.created,
                                       now_rfc3339())

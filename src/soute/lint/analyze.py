@@ -389,7 +389,7 @@ def analyze_image(store: Store, image: Image) -> Analysis:
     made_by = [(h.created_by, h.comment) for h in history]
     made_by += [("", "")] * (len(image.layers) - len(made_by))
     layers = [(d, size, *made_by[i]) for i, (d, size) in enumerate(image.layers)]
-    return analyze_layers(layers, store.blobs.open, image=image.id, names=image.tags)
+    return analyze_layers(layers, store.open_layer, image=image.id, names=image.tags)
 
 
 # ------------------------------------------------------------------------------ suggestions

@@ -6,14 +6,16 @@
    bytes are checked against the digest that named it.
 2. The config, checked against its digest: its ``diff_ids`` tell which layers the store has
    already (not downloaded again, whatever their compression in this registry).
-3. The missing layers, several at once, each streamed from the socket through its digest,
-   the decompressor (gzip, zstd or plain tar, recognised from the bytes) and the DiffID hash
-   into an uncommitted blob file in the store's ``tmp/``. A connection that drops is resumed
-   where it stopped with ``Range``.
-4. Only when every layer matched both its blob digest and its DiffID are the layers committed
-   and the image, its tag and its repo digest (``NAME@sha256:...``, the digest of what the
-   tag named: the index for multi-platform images, as docker records) recorded. Until then
-   nothing is visible: a failed pull leaves the store as it was.
+3. The missing layers, several at once, each streamed from the socket through its digest
+   into an uncommitted blob file in the store's ``tmp/``. A compressed layer is kept as the
+   registry sent it ("packed", as containerd's content store keeps it): it is decompressed,
+   and its DiffID checked, when it is first used (:meth:`Store.open_layer`). A plain tar
+   layer is its own DiffID. A connection that drops is resumed where it stopped with
+   ``Range``.
+4. Only when every layer matched its blob digest are the layers committed and the image, its
+   tag and its repo digest (``NAME@sha256:...``, the digest of what the tag named: the index
+   for multi-platform images, as docker records) recorded. Until then nothing is visible: a
+   failed pull leaves the store as it was.
 
 Docker Hub references (``docker.io/...``) go to the mirrors of :mod:`.config` first.
 """
@@ -47,7 +49,7 @@ from soute.registry.locations import Location
 from soute.registry.progress import Progress
 from soute.store.blobs import BlobWriter, WriteBehind
 from soute.store.names import resolve
-from soute.store.store import Image, ImageNotFound, Store
+from soute.store.store import Image, ImageNotFound, PackedLayer, Store
 
 WORKERS = 3  # layers downloaded at once (docker's default)
 RESUMES = 5  # dropped connections survived per layer
@@ -136,7 +138,7 @@ def fetch_layer(store: Store, registry: Registry, ref: Reference, desc: Descript
     if desc.media_type not in mt.LAYER_TYPES:
         raise RegistryError(f"{ref}: blob {short_id(desc.digest)} has media type "
                             f"{desc.media_type}, not a layer")
-    if store.blobs.has(diff_id):
+    if store.has_layer(diff_id):
         return
     puller = _quiet(registry, ref, store)
     with store.blobs.writer() as writer:
@@ -163,6 +165,14 @@ class _Download:
     desc: Descriptor
     diff_id: str
     writer: BlobWriter | None = None
+    packed: bool = False  # kept compressed (see the module's docstring)
+    size_hint: int = 0  # the uncompressed size a packed blob announces
+
+    @property
+    def can_pack(self) -> bool:
+        # The store names blobs by sha256; a plain tar needs no unpacking.
+        return self.desc.digest.startswith("sha256:") and \
+            mt.layer_compression(self.desc.media_type) is not None
 
 
 class _Puller:
@@ -259,17 +269,19 @@ class _Puller:
                                   desc.size))
             if diff_id in downloads:
                 continue
-            if self.store.blobs.has(diff_id):
+            if self.store.has_layer(diff_id):
                 self.progress.item(short_id(desc.digest), "Already exists")
                 continue
             downloads[diff_id] = _Download(desc, diff_id)
+            downloads[diff_id].packed = downloads[diff_id].can_pack
             self.progress.item(short_id(desc.digest), "Pulling fs layer")
 
         with ExitStack() as cleanup:
             if downloads:
                 workers = max(1, min(WORKERS, len(downloads)))
                 for d in downloads.values():
-                    d.writer = cleanup.enter_context(self.store.blobs.writer())
+                    d.writer = cleanup.enter_context(
+                        self.store.blobs.writer(d.desc.digest if d.packed else None))
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
                     futures = [pool.submit(self._layer, d) for d in downloads.values()]
                     try:
@@ -285,12 +297,16 @@ class _Puller:
                 assert d.writer is not None
                 d.writer.commit()
                 self.progress.item(short_id(d.desc.digest), "Pull complete")
-        sizes = [(d, self.store.blobs.size(d)) for d in diff_ids]
+        packed = [PackedLayer(d.diff_id, d.desc.digest, mt.to_oci(d.desc.media_type),
+                              d.desc.size) for d in downloads.values() if d.packed]
+        hints = {d.diff_id: d.size_hint for d in downloads.values() if d.packed}
+        sizes = [(d, hints[d] if d in hints else self.store.layer_size(d)) for d in diff_ids]
         full = str(ref)
         before = self.store.meta.tag_target(full) if ref.tag else \
             self.store.meta.repo_digest_target(ref.name, top.digest)
         image = self.store.add_image(config, sizes, tags=[full] if ref.tag else [],
-                                     manifest_annotations=manifest.annotations or None)
+                                     manifest_annotations=manifest.annotations or None,
+                                     packed=packed)
         self.store.meta.add_repo_digest(ref.name, top.digest, image.id)
         locations.record(self.store, [*found, Location(
             manifest.config.digest, self.repository, manifest.config.digest,
@@ -322,7 +338,39 @@ class _Puller:
                                 "its digest", "the registry sent damaged content")
         return data
 
+    def _packed(self, download: _Download) -> None:
+        """Download a compressed layer into its blob as it comes (the writer checks its
+        digest at commit); note the size it announces."""
+        from soute.layer.compress import size_hint
+
+        desc = download.desc
+        source = _BlobStream(self, desc, hashed=False)  # the blob writer hashes it
+        writer = download.writer
+        assert writer is not None
+        behind = WriteBehind(writer)
+        head = tail = b""
+        try:
+            while chunk := source.chunk():
+                if len(head) < 32:
+                    head += chunk[:32]
+                tail = (tail + chunk)[-8:] if len(chunk) < 8 else chunk[-8:]
+                behind.write(chunk)
+        except BaseException:
+            behind.close(quiet=True)
+            raise
+        behind.close()
+        if source.offset != desc.size or "sha256:" + writer.sha256.hexdigest() != desc.digest:
+            raise RegistryError(f"layer {short_id(desc.digest)} of {self.ref} does not match "
+                                f"its digest {desc.digest}", "the registry sent damaged "
+                                "content; nothing was stored")
+        download.size_hint = size_hint(head, tail, desc.size)
+        writer.sync()  # beside the other layers' downloads, not one after another at commit
+        self.progress.item(short_id(desc.digest), "Download complete")
+
     def _layer(self, download: _Download) -> None:
+        if download.packed:
+            self._packed(download)
+            return
         from soute.layer import open_decompressed
 
         desc = download.desc
@@ -367,13 +415,13 @@ class _BlobStream(io.RawIOBase):
     """A blob's bytes from the registry, hashed on the way; a dropped connection is resumed
     with ``Range`` where it stopped (a registry ignoring Range: the known part is skipped)."""
 
-    def __init__(self, puller: _Puller, desc: Descriptor) -> None:
+    def __init__(self, puller: _Puller, desc: Descriptor, *, hashed: bool = True) -> None:
         self._puller = puller
         self._desc = desc
         alg = desc.digest.partition(":")[0]
         if alg not in ALGORITHMS:
             raise RegistryError(f"layer {desc.digest}: unsupported digest algorithm {alg}")
-        self._hash = hashlib.new(alg)
+        self._hash = hashlib.new(alg) if hashed else None
         self._resp: Response | None = None
         self.offset = 0
         self._drops = 0
@@ -382,6 +430,13 @@ class _BlobStream(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        data = self.chunk(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def chunk(self, limit: int = _CHUNK) -> bytes:
+        """The next bytes, at most ``limit`` (empty at the end)."""
         while True:
             if self._puller.cancelled.is_set():
                 raise _Cancelled("cancelled")
@@ -390,11 +445,11 @@ class _BlobStream(io.RawIOBase):
                                     f"more than its {self._desc.size} bytes")
             if self._resp is None:
                 if self.offset == self._desc.size and self.offset > 0:
-                    return 0
+                    return b""
                 self._open()
             assert self._resp is not None
             try:
-                data = self._resp.read(min(len(buffer), _CHUNK))
+                data = self._resp.read(min(limit, _CHUNK))
             except CONNECTION_ERRORS as e:
                 self._dropped(e)
                 continue
@@ -404,12 +459,11 @@ class _BlobStream(io.RawIOBase):
                 if self.offset < self._desc.size:
                     self._dropped(None)  # cut short: resume
                     continue
-                return 0
-            n = len(data)
-            buffer[:n] = data
-            self._hash.update(data)
-            self.offset += n
-            return n
+                return b""
+            if self._hash is not None:
+                self._hash.update(data)
+            self.offset += len(data)
+            return data
 
     def _open(self) -> None:
         headers = {"Range": f"bytes={self.offset}-"} if self.offset else {}
@@ -457,6 +511,7 @@ class _BlobStream(io.RawIOBase):
             self._resp = None
 
     def digest(self) -> str:
+        assert self._hash is not None
         return f"{self._desc.digest.partition(':')[0]}:{self._hash.hexdigest()}"
 
 

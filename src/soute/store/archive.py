@@ -145,7 +145,10 @@ def save(
     with store.session(), ExitStack() as cleanup:
         diff_ids = list(dict.fromkeys(d for e in plan.values() for d in e.image.diff_ids))
         if compression == "none":
-            layers = {d: _Blob(d, store.blobs.size(d), store.blobs.path(d), d) for d in diff_ids}
+            layers = {}
+            for d in diff_ids:
+                path = store.layer_path(d)  # a packed layer is decompressed into the store
+                layers[d] = _Blob(d, path.stat().st_size, path, d)
         else:
             layers = _compress_layers(store, diff_ids, compression, cleanup)
         layer_type = {"none": mt.OCI_LAYER, "gzip": mt.OCI_LAYER_GZIP,
@@ -217,11 +220,13 @@ def save(
 def _archive_manifest(
     stored: bytes, image: Image, layers: dict[str, _Blob], layer_type: str
 ) -> bytes:
-    """The manifest to put in the archive: the store's own bytes when the layers go in as they
-    are stored (so the manifest digest is kept), else a copy naming the compressed blobs."""
-    if layer_type == mt.OCI_LAYER:
-        return stored
+    """The manifest to put in the archive: the store's own bytes when it names the blobs that
+    go in (so the manifest digest is kept), else a copy naming them."""
     doc = json.loads(stored)
+    if [(entry.get("mediaType"), entry.get("digest"), entry.get("size"))
+            for entry in doc.get("layers") or []] == \
+            [(layer_type, layers[d].digest, layers[d].size) for d in image.diff_ids]:
+        return stored
     doc["layers"] = [{"mediaType": layer_type, "digest": layers[d].digest,
                       "size": layers[d].size} for d in image.diff_ids]
     return _json(doc)
@@ -245,11 +250,17 @@ def _compress_layers(
     cleanup.callback(remove_all)
 
     def compress(diff_id: str) -> _Blob:
+        packed = None if store.blobs.has(diff_id) else store.packed_layer(diff_id)
+        if packed is not None and mt.layer_compression(packed.media_type) == kind \
+                and store.blobs.has(packed.digest):
+            # As the registry sent it (containerd, too, pushes a pulled layer's blob as is).
+            return _Blob(packed.digest, packed.size, store.blobs.path(packed.digest),
+                         packed.digest)
         fd, name = tempfile.mkstemp(prefix="save-", dir=store.tmp)
         path = Path(name)
         with lock:
             made.append(path)
-        with os.fdopen(fd, "wb") as raw, store.blobs.open(diff_id) as src:
+        with os.fdopen(fd, "wb") as raw, store.open_layer(diff_id) as src:
             reader = _HashingReader(src)
             writer = _HashingWriter(raw)
             compress_stream(reader, writer, kind)  # type: ignore[arg-type]

@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY,            -- config digest: docker's image ID
-    manifest TEXT NOT NULL,         -- digest of our (uncompressed-layer) OCI manifest
+    manifest TEXT NOT NULL,         -- digest of our OCI manifest (naming the stored blobs)
     created TEXT,                   -- from the config
     size INTEGER NOT NULL,          -- sum of the uncompressed layer sizes
     added TEXT NOT NULL             -- when this store got it
@@ -75,6 +75,12 @@ CREATE TABLE IF NOT EXISTS blob_locations (
     PRIMARY KEY (digest, repository)
 );
 CREATE INDEX IF NOT EXISTS blob_locations_diff_id ON blob_locations(diff_id);
+CREATE TABLE IF NOT EXISTS packed_layers (
+    diff_id TEXT PRIMARY KEY REFERENCES layers(diff_id),
+    digest TEXT NOT NULL,           -- the compressed blob that holds it, as a registry sent it
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL           -- of the compressed blob
+);
 CREATE TABLE IF NOT EXISTS build_memos (
     request TEXT PRIMARY KEY,       -- a build's command line and surroundings (build.fastlane)
     memo BLOB NOT NULL              -- what that fully cached build read and printed
@@ -181,13 +187,19 @@ class Meta:
     # ------------------------------------------------------------------ images
 
     def add_image(
-        self, row: ImageRow, layers: Iterable[tuple[str, int]], tags: Iterable[str], now: str
+        self, row: ImageRow, layers: Iterable[tuple[str, int]], tags: Iterable[str], now: str,
+        packed: Iterable[tuple[str, str, str, int]] = (),
     ) -> None:
+        """``packed``: (diff_id, blob digest, media type, blob size) of the layers that are
+        stored compressed only (see :meth:`Store.open_layer`)."""
         layers = list(layers)
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO layers(diff_id, size) VALUES (?, ?)", layers
             )
+            db.executemany(
+                "INSERT OR IGNORE INTO packed_layers(diff_id, digest, media_type, size)"
+                " VALUES (?,?,?,?)", list(packed))
             exists = db.execute("SELECT 1 FROM images WHERE id=?", (row.id,)).fetchone()
             if not exists:
                 db.execute(
@@ -293,8 +305,32 @@ class Meta:
         return {r[0] for r in self.db.execute("SELECT DISTINCT diff_id FROM image_layers")}
 
     def remove_layers(self, diff_ids: Iterable[str]) -> None:
+        gone = [(d,) for d in diff_ids]
         with self.transaction() as db:
-            db.executemany("DELETE FROM layers WHERE diff_id=?", [(d,) for d in diff_ids])
+            db.executemany("DELETE FROM packed_layers WHERE diff_id=?", gone)
+            db.executemany("DELETE FROM layers WHERE diff_id=?", gone)
+
+    def packed_layer(self, diff_id: str) -> tuple[str, str, int] | None:
+        """(blob digest, media type, blob size) of the compressed blob holding ``diff_id``."""
+        r = self.db.execute("SELECT digest, media_type, size FROM packed_layers WHERE diff_id=?",
+                            (diff_id,)).fetchone()
+        return (r[0], r[1], r[2]) if r else None
+
+    def packed_layers(self) -> list[tuple[str, str]]:
+        """(diff_id, blob digest) of every packed layer."""
+        return list(self.db.execute("SELECT diff_id, digest FROM packed_layers"))
+
+    def correct_layer_size(self, diff_id: str, size: int) -> None:
+        """Record a packed layer's size once it is known exactly (a pull records the size its
+        compressed blob announces), and the sizes of the images that hold it."""
+        with self.transaction() as db:
+            changed = db.execute("UPDATE layers SET size=? WHERE diff_id=? AND size!=?",
+                                 (size, diff_id, size)).rowcount
+            if changed:
+                db.execute(
+                    "UPDATE images SET size=(SELECT SUM(l.size) FROM image_layers il JOIN layers"
+                    " l USING (diff_id) WHERE il.image=images.id) WHERE id IN"
+                    " (SELECT image FROM image_layers WHERE diff_id=?)", (diff_id,))
 
     def add_snapshot(self, chain_id: str, parent: str | None, diff_id: str) -> None:
         with self.transaction() as db:

@@ -3,7 +3,8 @@
 Layout of ``root``::
 
     oci/                  an OCI image layout, kept in step with the tags (standard tools read it)
-      blobs/sha256/<hex>  every blob: configs, manifests, uncompressed layer tars
+      blobs/sha256/<hex>  every blob: configs, manifests, uncompressed layer tars, and the
+                          compressed blobs of pulled layers ("packed": see open_layer)
       index.json          one descriptor per image, tags in org.opencontainers.image.ref.name
     snapshots/<hex>/      a layer unpacked as an overlayfs lower dir, named by ChainID
     meta.db               SQLite: images, tags, layers, snapshots
@@ -32,6 +33,10 @@ from soute.errors import SouteError
 from soute.image.digest import chain_ids
 from soute.store.blobs import BlobStore, split_digest, write_atomic
 from soute.store.meta import ImageRow, Meta
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs a `soute run` time
+    from typing import BinaryIO
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -63,6 +68,18 @@ class Image:
     @property
     def diff_ids(self) -> list[str]:
         return [d for d, _ in self.layers]
+
+
+class PackedLayer:
+    """A layer the store holds only as the compressed blob a registry sent."""
+
+    __slots__ = ("diff_id", "digest", "media_type", "size")
+
+    def __init__(self, diff_id: str, digest: str, media_type: str, size: int) -> None:
+        self.diff_id = diff_id
+        self.digest = digest  # of the compressed blob
+        self.media_type = media_type
+        self.size = size  # of the compressed blob
 
 
 def now_rfc3339() -> str:
@@ -137,16 +154,28 @@ class Store:
         *,
         tags: Sequence[str] = (),
         manifest_annotations: dict[str, str] | None = None,
+        packed: Sequence[PackedLayer] = (),
     ) -> Image:
-        """Record an image whose layer blobs (uncompressed tars) are already stored.
+        """Record an image whose layers are already stored: as uncompressed tars, or as the
+        compressed blobs ``packed`` (committed already) describes.
 
-        Writes the config and an OCI manifest, then the image row and its ``tags``
-        (fully qualified names) in one transaction, then the OCI index.
+        Writes the config and an OCI manifest (naming each layer's blob as stored), then the
+        image row and its ``tags`` (fully qualified names) in one transaction, then the OCI
+        index.
         """
         with self.session():
-            for diff_id, _ in layers:
-                if not self.blobs.has(diff_id):
+            new_packed = {p.diff_id: p for p in packed}
+            descriptors: list[dict[str, object]] = []
+            for diff_id, size in layers:
+                if self.blobs.has(diff_id):
+                    descriptors.append({"mediaType": OCI_LAYER_TAR, "digest": diff_id,
+                                        "size": size})
+                    continue
+                held = new_packed.get(diff_id) or self.packed_layer(diff_id)
+                if held is None or not self.blobs.has(held.digest):
                     raise StoreError(f"layer {diff_id} is not in the store")
+                descriptors.append({"mediaType": held.media_type, "digest": held.digest,
+                                    "size": held.size})
             config_digest = self.blobs.write(config)
             if self.meta.image(config_digest) is not None:
                 # Known already (same config, so same layers): only the tags are new.
@@ -160,8 +189,7 @@ class Store:
                 "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
                            "size": len(config)},
-                "layers": [{"mediaType": OCI_LAYER_TAR, "digest": d, "size": s}
-                           for d, s in layers],
+                "layers": descriptors,
             }
             if manifest_annotations:
                 manifest["annotations"] = manifest_annotations
@@ -171,7 +199,8 @@ class Store:
             now = now_rfc3339()
             row = ImageRow(config_digest, manifest_digest, created,
                            sum(s for _, s in layers), now)
-            self.meta.add_image(row, layers, tags, now)
+            self.meta.add_image(row, layers, tags, now, [
+                (p.diff_id, p.digest, p.media_type, p.size) for p in new_packed.values()])
             self._write_index()
             return self.image(config_digest)
 
@@ -214,6 +243,72 @@ class Store:
             w.copy_from(stream)  # type: ignore[arg-type]
             return w.commit(), w.size
 
+    def has_layer(self, diff_id: str) -> bool:
+        """Whether the store holds the layer, as an uncompressed tar or packed."""
+        if self.blobs.has(diff_id):
+            return True
+        packed = self.packed_layer(diff_id)
+        return packed is not None and self.blobs.has(packed.digest)
+
+    def layer_size(self, diff_id: str) -> int:
+        """The size of a layer's uncompressed tar (a packed layer's as its blob announces it,
+        until it is first decompressed)."""
+        if self.blobs.has(diff_id):
+            return self.blobs.size(diff_id)
+        size = self.meta.layer_size(diff_id)
+        if size is None or self.packed_layer(diff_id) is None:
+            raise StoreError(f"layer {diff_id} is not in the store")
+        return size
+
+    def packed_layer(self, diff_id: str) -> PackedLayer | None:
+        """The compressed blob holding ``diff_id``, when a pull stored it so."""
+        row = self.meta.packed_layer(diff_id)
+        return PackedLayer(diff_id, *row) if row is not None else None
+
+    @contextmanager
+    def open_layer(self, diff_id: str) -> Iterator[BinaryIO]:
+        """The uncompressed tar of a layer, to read to its end.
+
+        A pull keeps the compressed blobs the registry sent, as they are, and records each
+        under the DiffID the image's config names (as containerd's content store does):
+        decompressing them is most of a pull's work, and a layer may never be used here.
+        Such a packed layer is decompressed as it is read, and its DiffID checked when the
+        reading ends: a mismatch raises :class:`StoreError` (whatever was made from it must
+        then be thrown away), a match records its exact size.
+        """
+        if self.blobs.has(diff_id):
+            with self.blobs.open(diff_id) as f:
+                yield f
+            return
+        packed = self.packed_layer(diff_id)
+        if packed is None or not self.blobs.has(packed.digest):
+            raise StoreError(f"layer {diff_id} is not in the store",
+                             "run 'soute fsck'; pull or load the image again")
+        from soute.layer import open_decompressed
+
+        with self.blobs.open(packed.digest) as raw:
+            try:
+                checked = _CheckedLayer(open_decompressed(raw))
+            except SouteError as e:
+                raise _damaged(packed, e.message) from None
+            yield checked
+            try:
+                got, size = checked.finish()
+            except SouteError as e:
+                raise _damaged(packed, e.message) from None
+        if got != diff_id:
+            raise _damaged(packed, f"it gives {got}")
+        self.meta.correct_layer_size(diff_id, size)
+
+    def layer_path(self, diff_id: str) -> Path:
+        """The file of a layer's uncompressed tar, decompressed from its packed blob into
+        the store first when there is no such file yet."""
+        if not self.blobs.has(diff_id):
+            with self.session(), self.blobs.writer(diff_id) as w, self.open_layer(diff_id) as f:
+                w.copy_from(f)
+                w.commit()
+        return self.blobs.path(diff_id)
+
     # ------------------------------------------------------------------ snapshots
 
     def snapshot_path(self, chain_id: str) -> Path:
@@ -233,7 +328,7 @@ class Store:
 
                     work = Path(tempfile.mkdtemp(prefix="snap-", dir=self.tmp))
                     try:
-                        with self.blobs.open(diff_id) as f:
+                        with self.open_layer(diff_id) as f:
                             apply_layer(f, work, overlay=True)
                         os.chmod(work, 0o755)
                         try:
@@ -312,6 +407,8 @@ class Store:
                 diff_ids = [d for d, _ in self.meta.image_layers(row.id)]
                 live_blobs |= set(diff_ids)
                 live_chains |= set(chain_ids(diff_ids))
+            live_blobs |= {blob for diff_id, blob in self.meta.packed_layers()
+                           if diff_id in live_blobs}
             for digest in list(self.blobs.digests()):
                 if digest not in live_blobs:
                     report.bytes += self.blobs.remove(digest)
@@ -344,6 +441,15 @@ class Store:
                     report.blobs += 1
                     if not self.blobs.verify(digest):
                         report.problems.append(f"blob {digest}: content does not match digest")
+                for diff_id, digest in self.meta.packed_layers():
+                    if self.blobs.has(diff_id) or not self.blobs.has(digest):
+                        continue  # checked above, or reported missing with its image
+                    try:  # the DiffID a pull could not check before the layer's first use
+                        with self.open_layer(diff_id) as f:
+                            while f.read(1 << 20):
+                                pass
+                    except SouteError as e:
+                        report.problems.append(e.message)
             for row in self.meta.images():
                 report.images += 1
                 self._check_image(row, report)
@@ -388,16 +494,31 @@ class Store:
             report.problems.append(f"{where}: manifest names another config")
         layers = self.meta.image_layers(row.id)
         in_manifest = [(l_.get("digest"), l_.get("size")) for l_ in manifest.get("layers", [])]
-        if in_manifest != layers:
+
+        def named(entry: tuple[object, object], layer: tuple[str, int]) -> bool:
+            packed = self.packed_layer(layer[0])
+            return entry == layer or (packed is not None
+                                      and entry == (packed.digest, packed.size))
+
+        if len(in_manifest) != len(layers) or not all(map(named, in_manifest, layers)):
             report.problems.append(f"{where}: manifest layers differ from the recorded ones")
         diff_ids = config.get("rootfs", {}).get("diff_ids") or []
         if diff_ids != [d for d, _ in layers]:
             report.problems.append(f"{where}: config diff_ids differ from its layers")
         for diff_id, size in layers:
-            if not self.blobs.has(diff_id):
+            if self.blobs.has(diff_id):
+                if self.blobs.size(diff_id) != size:
+                    report.problems.append(f"{where}: layer {diff_id} has the wrong size")
+                continue
+            packed = self.packed_layer(diff_id)
+            if packed is None:
                 report.problems.append(f"{where}: layer {diff_id} is missing")
-            elif self.blobs.size(diff_id) != size:
-                report.problems.append(f"{where}: layer {diff_id} has the wrong size")
+            elif not self.blobs.has(packed.digest):
+                report.problems.append(f"{where}: layer {diff_id} is missing (its packed blob "
+                                       f"{packed.digest})")
+            elif self.blobs.size(packed.digest) != packed.size:
+                report.problems.append(f"{where}: layer {diff_id}'s packed blob has the wrong "
+                                       "size")
 
     def _check_index(self, report: FsckReport) -> None:
         try:
@@ -411,6 +532,47 @@ class Store:
             row = self.meta.image(image_id)
             if row is not None and listed.get(name) != row.manifest:
                 report.problems.append(f"oci/index.json: {name} missing or stale")
+
+
+def _damaged(packed: PackedLayer, problem: str) -> StoreError:
+    return StoreError(f"layer {packed.diff_id} does not match its packed blob "
+                      f"{packed.digest}: {problem}",
+                      "remove the image and pull it again (soute fsck lists what else uses it)")
+
+
+class _CheckedLayer:
+    """A decompressed layer stream, hashed and counted as it is read."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        import hashlib
+
+        self._inner = inner
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        n = self._inner.readinto(buffer)  # type: ignore[attr-defined]
+        self._hash.update(memoryview(buffer)[:n])
+        self.size += n
+        return int(n)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def finish(self) -> tuple[str, int]:
+        """Read what the reader left (a tar's padding) and give (DiffID, size)."""
+        while self.read(1 << 20):
+            pass
+        return "sha256:" + self._hash.hexdigest(), self.size
 
 
 @dataclass
