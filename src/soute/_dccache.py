@@ -19,8 +19,11 @@ import marshal
 import os
 import sys
 import zlib
-from types import CodeType
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
+    from types import CodeType
+    from typing import Any
 
 _PATH = os.path.join(os.path.dirname(__file__), "__pycache__",
                      f"dataclass-methods.{sys.implementation.cache_tag}.bin")

@@ -268,9 +268,14 @@ def _main(argv: list[str], *, own_process: bool = False) -> int:
             install()
         module_name, stem, description = COMMANDS[command]
         module = importlib.import_module(f"soute.cli.{module_name}")
-        parser = _parser(f"soute {called}", description, own_process=own_process)
-        getattr(module, f"configure_{stem}")(parser)
-        ns = parser.parse_args(args)
+        # A command may read its usual command lines itself (fast_<stem>: None when not
+        # one of them), without argparse's import and set-up.
+        fast = getattr(module, f"fast_{stem}", None)
+        ns = fast(args) if fast is not None else None
+        if ns is None:
+            parser = _parser(f"soute {called}", description, own_process=own_process)
+            getattr(module, f"configure_{stem}")(parser)
+            ns = parser.parse_args(args)
         from pathlib import Path
 
         ctx = Context(Path(root), debug, build_request=request)

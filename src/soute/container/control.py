@@ -12,12 +12,12 @@ import os
 import shutil
 import signal
 import time
-from typing import TYPE_CHECKING
 
 from soute.container.record import Container, ContainerError, Containers, alive
 from soute.errors import SouteError
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
     from collections.abc import Iterator
     from pathlib import Path
 

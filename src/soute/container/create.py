@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from soute.container.record import (
     Container,
@@ -23,7 +22,8 @@ from soute.container.record import (
     valid_name,
 )
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
     from soute.image.config import ContainerConfig
     from soute.store.store import Store
 

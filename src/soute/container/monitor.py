@@ -29,7 +29,6 @@ import threading
 from collections.abc import Callable, Generator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from soute.container.record import (
     Container,
@@ -42,7 +41,10 @@ from soute.container.record import (
 )
 from soute.errors import SouteError
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
+    from typing import Any
+
     from soute.runtime import Spec
     from soute.store.store import Store
 

@@ -12,9 +12,12 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import IO
 
 from soute.errors import SouteError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
+    from typing import IO
 
 __all__ = [
     "SLIRP_DNS",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from soute.errors import SouteError
 from soute.image import gojson
@@ -40,7 +39,10 @@ from soute.image.model import (
 )
 from soute.image.timestamp import Timestamp
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported where used: reading a config (every `soute run`) needs none
+    from typing import Any, ClassVar, Self  # (nor typing: 3 ms)
+
     from soute.image.platforms import Platform
 
 # BuildKit's comment on history entries it adds for layers the config did not account for.
@@ -63,7 +65,10 @@ class Healthcheck(JSONObject):
     """``HEALTHCHECK``: ``test`` is ``[]`` (inherit), ``["NONE"]``, ``["CMD", args...]`` or
     ``["CMD-SHELL", command]``; durations are integer nanoseconds, 0 meaning the default."""
 
-    KEYS: ClassVar[tuple[str, ...]] = (
+    if TYPE_CHECKING:  # (dataclasses tell a ClassVar only with typing imported)
+        KEYS: ClassVar[tuple[str, ...]]
+        WHAT: ClassVar[str]
+    KEYS = (
         "Test",
         "Interval",
         "Timeout",
@@ -71,7 +76,7 @@ class Healthcheck(JSONObject):
         "StartInterval",
         "Retries",
     )
-    WHAT: ClassVar[str] = "healthcheck"
+    WHAT = "healthcheck"
 
     test: list[str] = field(default_factory=list)
     interval: int = 0
@@ -115,7 +120,10 @@ class ContainerConfig(JSONObject):
     (``"80/tcp"``, ``"/data"``); they are written sorted, as Go writes maps.
     """
 
-    KEYS: ClassVar[tuple[str, ...]] = (
+    if TYPE_CHECKING:  # (dataclasses tell a ClassVar only with typing imported)
+        KEYS: ClassVar[tuple[str, ...]]
+        WHAT: ClassVar[str]
+    KEYS = (
         "User",
         "ExposedPorts",
         "Env",
@@ -130,7 +138,7 @@ class ContainerConfig(JSONObject):
         "OnBuild",
         "Shell",
     )
-    WHAT: ClassVar[str] = "container config"
+    WHAT = "container config"
 
     user: str = ""
     exposed_ports: list[str] = field(default_factory=list)
@@ -216,8 +224,11 @@ class ContainerConfig(JSONObject):
 class RootFS(JSONObject):
     """``rootfs``: the DiffIDs (digests of the uncompressed layer tars), base layer first."""
 
-    KEYS: ClassVar[tuple[str, ...]] = ("type", "diff_ids")
-    WHAT: ClassVar[str] = "rootfs"
+    if TYPE_CHECKING:  # (dataclasses tell a ClassVar only with typing imported)
+        KEYS: ClassVar[tuple[str, ...]]
+        WHAT: ClassVar[str]
+    KEYS = ("type", "diff_ids")
+    WHAT = "rootfs"
 
     diff_ids: list[str] = field(default_factory=list)
     type: str = "layers"
@@ -242,8 +253,11 @@ class RootFS(JSONObject):
 class History(JSONObject):
     """One ``history`` entry; ``empty_layer`` entries made no layer."""
 
-    KEYS: ClassVar[tuple[str, ...]] = ("created", "created_by", "author", "comment", "empty_layer")
-    WHAT: ClassVar[str] = "history entry"
+    if TYPE_CHECKING:  # (dataclasses tell a ClassVar only with typing imported)
+        KEYS: ClassVar[tuple[str, ...]]
+        WHAT: ClassVar[str]
+    KEYS = ("created", "created_by", "author", "comment", "empty_layer")
+    WHAT = "history entry"
 
     created: Timestamp | None = None
     created_by: str = ""
@@ -281,7 +295,11 @@ class ImageConfig(JSONObject):
     """An image configuration. Unknown top-level keys (``container_config``, ``docker_version``,
     ``moby.buildkit.buildinfo.v1``...) are kept in ``extra``."""
 
-    KEYS: ClassVar[tuple[str, ...]] = (
+    if TYPE_CHECKING:  # (dataclasses tell a ClassVar only with typing imported)
+        KEYS: ClassVar[tuple[str, ...]]
+        SORT_KEYS: ClassVar[bool]
+        WHAT: ClassVar[str]
+    KEYS = (
         "architecture",
         "author",
         "config",
@@ -293,8 +311,8 @@ class ImageConfig(JSONObject):
         "rootfs",
         "variant",
     )
-    SORT_KEYS: ClassVar[bool] = True
-    WHAT: ClassVar[str] = "image config"
+    SORT_KEYS = True
+    WHAT = "image config"
 
     architecture: str = ""
     os: str = ""

@@ -49,7 +49,6 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, NoReturn
 
 from soute.errors import SouteError
 from soute.runtime import _linux
@@ -60,7 +59,9 @@ from soute.runtime.rootfs import (
     link_layers,
     make_stubs,
     mount_overlay,
+    mount_overlay_data,
     mountpoints_on_root,
+    overlay_in_place,
     remove_stubs,
 )
 from soute.runtime.spec import (
@@ -78,7 +79,12 @@ from soute.runtime.spec import (
     write_files,
 )
 
-Stdio = int | IO[Any] | None
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
+    from typing import IO, Any, NoReturn
+
+    Stdio = int | IO[Any] | None
+
 # on_created: given the container's pid; a generator runs in steps (see run()).
 CreatedHook = Callable[[int], Generator[None, None, None] | None]
 DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
@@ -182,13 +188,16 @@ def run(
     records: list[StubRecord] = []
     try:
         files = generated_files(spec)
+        overlay = overlay_in_place(layers)
         ctx = _Context(
             spec=spec, layers=layers, state=state,
             mounts=[*spec.mounts, *write_files(files, state / "files")],
             runtime_path=runtime_path,
             container_id=f"soute-{state.name.rsplit('-', 1)[-1]}",
+            overlay=overlay,
         )
-        link_layers(layers, state / "layers")
+        if overlay is None:
+            link_layers(layers, state / "layers")
         (state / "rootfs").mkdir()
         main = _init_container if runtime_path is None else _start_runtime
         new_pid_namespace = runtime_path is None and "pid" in spec.namespaces
@@ -304,6 +313,8 @@ class _Context:
     mounts: list[Mount]
     runtime_path: str | None
     container_id: str
+    # overlay_in_place's (directory, data); None: the links of link_layers in state/layers
+    overlay: tuple[str, str] | None = None
 
     @property
     def root(self) -> str:
@@ -320,7 +331,8 @@ class _SetupError(Exception):
 
 # A child's main: given the report pipe, its stdio descriptors and the pipe on which the
 # parent says "go on" after on_created (-1 without one). It never returns.
-_ChildMain = Callable[[int, list[int | None], int], NoReturn]
+if TYPE_CHECKING:
+    _ChildMain = Callable[[int, list[int | None], int], NoReturn]
 
 
 # ---------------------------------------------------------------------------- parent side
@@ -692,7 +704,10 @@ def _mount_root(ctx: _Context, report: int) -> set[str]:
     the cwd. Returns the paths of the stubs ("/etc/hosts")."""
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
     try:
-        mount_overlay(ctx.state / "layers", ctx.root)
+        if ctx.overlay is not None:
+            mount_overlay_data(*ctx.overlay, ctx.root)
+        else:
+            mount_overlay(ctx.state / "layers", ctx.root)
     except OSError as exc:
         raise _step("mounting the root filesystem (overlay)", exc) from None
     # Before the stubs: a volume is filled from what the image has, not from a stub.
