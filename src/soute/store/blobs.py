@@ -11,12 +11,13 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
 from soute.errors import SouteError
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs a `soute run` time
     import hashlib  # imported where blobs are hashed: its OpenSSL costs a `soute run` 3 ms
+    from typing import BinaryIO
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 20

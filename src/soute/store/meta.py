@@ -339,6 +339,20 @@ class Meta:
                 (chain_id, parent, diff_id),
             )
 
+    def add_snapshots(self, rows: list[tuple[str, str | None, str]]) -> None:
+        """Record snapshots (chain_id, parent, diff_id); one transaction, and none when
+        every one is recorded already (a container's start: read only)."""
+        if not rows:
+            return
+        known = {r[0] for r in self.db.execute(
+            f"SELECT chain_id FROM snapshots WHERE chain_id IN ({','.join('?' * len(rows))})",
+            [c for c, _, _ in rows])}
+        new = [row for row in rows if row[0] not in known]
+        if new:
+            with self.transaction() as db:
+                db.executemany("INSERT OR IGNORE INTO snapshots(chain_id, parent, diff_id)"
+                               " VALUES (?,?,?)", new)
+
     def snapshots(self) -> list[tuple[str, str | None, str]]:
         return list(self.db.execute("SELECT chain_id, parent, diff_id FROM snapshots"))
 
