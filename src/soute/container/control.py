@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import time
 
@@ -155,6 +154,8 @@ def export(store: Store, container: Container, output: str) -> None:
     except OSError as exc:
         raise Error(f"cannot export {container.name} to {output}: {exc.strerror}") from None
     finally:
+        import shutil  # here: every `soute run` imports this module
+
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             os.unlink(tmp_out)

@@ -299,7 +299,7 @@ class Containers:
         final = self.root / spec.id
         os.rename(tmp, final)
         if not self.store.meta.add_container(spec.id, spec.name, spec.image, spec.created):
-            _remove_tree(final)
+            remove_tree(final)
             other = self.store.meta.container_by_name(spec.name) or "?"
             raise ContainerError(
                 f'Conflict. The container name "/{spec.name}" is already in use by container '
@@ -345,7 +345,7 @@ class Containers:
         """Remove the record first, then the files: a kill in between leaves only files,
         which :meth:`sweep` removes."""
         self.store.meta.remove_container(container.id)
-        _remove_tree(container.dir)
+        remove_tree(container.dir)
 
     def sweep(self) -> int:
         """Remove directories without a record (an interrupted create or rm)."""
@@ -354,7 +354,7 @@ class Containers:
         recent = time.time() - 60  # a create renames its directory in just before its record
         for entry in os.scandir(self.root):
             if entry.name not in known and entry.stat().st_mtime < recent:
-                _remove_tree(Path(entry.path))
+                remove_tree(Path(entry.path))
                 removed += 1
         return removed
 
@@ -408,8 +408,9 @@ def _choice(words: tuple[str, ...]) -> str:
             return words[value]
 
 
-def _remove_tree(path: Path) -> None:
-    """rm -rf that never follows symlinks and survives files already gone."""
-    import shutil
+def remove_tree(path: Path | str) -> None:
+    """rm -rf that never follows symlinks (the runtime's: imported here only when used, as
+    `soute ps` needs no runtime)."""
+    from soute.runtime.paths import remove_tree as remove
 
-    shutil.rmtree(path, ignore_errors=True)
+    remove(path)

@@ -52,7 +52,7 @@ from types import FrameType
 
 from soute.errors import SouteError
 from soute.runtime import _linux
-from soute.runtime.paths import is_within, scoped_path
+from soute.runtime.paths import is_within, remove_tree, scoped_path
 from soute.runtime.rootfs import (
     Layers,
     StubRecord,
@@ -605,20 +605,7 @@ def _remove_state(state: Path) -> None:
         pass
     except OSError:
         return  # still a mountpoint somewhere? never recurse into a root filesystem
-    _remove_tree(str(state))
-
-
-def _remove_tree(path: str) -> None:
-    """rm -rf of our own scratch directory (never follows symlinks)."""
-    with contextlib.suppress(OSError), os.scandir(path) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                _remove_tree(entry.path)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-    with contextlib.suppress(OSError):
-        os.rmdir(path)
+    remove_tree(str(state))
 
 
 def _which(name: str) -> str | None:

@@ -7,6 +7,7 @@ An image may hold ``/etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf`` 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -69,3 +70,30 @@ def _join(root: str, parts: list[str]) -> str:
     if not parts:
         return root
     return (root if root != "/" else "") + "/" + "/".join(parts)
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """rm -rf that never follows symlinks and survives entries already gone (shutil's
+    rmtree, with the bz2 and lzma it imports, would cost `soute run --rm` 2-4 ms)."""
+    try:
+        entries = None if os.path.islink(path) else list(os.scandir(path))
+    except NotADirectoryError:
+        entries = None
+    except OSError:
+        return
+    if entries is None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            remove_tree(entry.path)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
