@@ -120,3 +120,25 @@ import soute.container.record
 print(sorted(set(seen)))
 """
     assert python(program).strip() == "['code']"
+
+
+DEFERRED_URLS = """
+import sys
+from soute._lazy import Deferred, defer_url_parsing
+
+defer_url_parsing()
+import pathlib
+print(type(sys.modules["urllib.parse"]) is Deferred)  # pathlib took the stand-in
+print(pathlib.Path("/a b").as_uri())
+from urllib.parse import urlsplit
+print(urlsplit("http://host:5000/v2/").port)
+import urllib.parse
+print(urllib.parse.quote("x y"), type(sys.modules["urllib.parse"]) is Deferred)
+"""
+
+
+def test_pathlib_gets_url_parsing_when_first_used() -> None:
+    """The soute command's process defers urllib.parse (3 ms: it imports ipaddress); every
+    way of importing it still gives the real module's functions."""
+    assert python(DEFERRED_URLS).split("\n") == [
+        "True", "file:///a%20b", "5000", "x%20y False", ""]

@@ -34,22 +34,13 @@ def _magic() -> bytes:
     return sys.modules["_frozen_importlib_external"].MAGIC_NUMBER  # type: ignore[no-any-return]
 
 
-class _Deferred(type(sys)):  # type: ignore[misc]
-    """A stand-in for a module not imported yet: the first attribute asked of it imports the
-    module, which then takes its place in ``sys.modules``."""
-
-    def __getattr__(self, name: str) -> Any:
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        real = __import__(self.__name__)
-        return getattr(real, name)
-
-
 def _defer_inspect() -> None:
     """``dataclasses`` imports ``inspect`` (with ast, dis and tokenize: about 4 ms of every
     command) for one call, made only for a class without a docstring."""
     if "inspect" not in sys.modules and "dataclasses" not in sys.modules:
-        sys.modules["inspect"] = _Deferred("inspect")
+        from soute._lazy import Deferred
+
+        sys.modules["inspect"] = Deferred("inspect")
 
 
 def install(path: str = _PATH) -> bool:

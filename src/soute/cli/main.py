@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         # collector runs some 30 times before a container starts (3 ms). Long-lived monitors
         # still collect, less often.
         gc.set_threshold(50_000, 20, 20)
+        from soute._lazy import defer_url_parsing
+
+        defer_url_parsing()
     code = _main(sys.argv[1:] if argv is None else argv, own_process=argv is None)
     if argv is None:
         # Nothing is left to free but what the interpreter's teardown would search for
