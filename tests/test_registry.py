@@ -739,3 +739,117 @@ def test_a_layer_unlike_its_diff_id_is_refused_when_first_used(
     assert not list((root / "tmp").iterdir())
     fsck = soute_cli(root, "fsck")
     assert "does not match its packed blob" in fsck.out + fsck.err
+
+
+def test_sizes_of_layers_whose_blobs_announce_none(plain: RunningRegistry, source: Path,
+                                                   tmp_path: Path) -> None:
+    """soute's zstd frames carry no content size: a pulled layer's size is a guess until it is
+    decompressed. An image built on it, or its tars loaded meanwhile, get the real sizes."""
+    name = f"{plain.host}/it/packed-sizes:v1"
+    push_as(source, name, "--compression", "zstd")
+    with Store(source) as store:
+        app = store.image(image_id(source, "app"))
+    root = tmp_path / "store"
+    soute_cli(root, "pull", name).ok()
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "f").write_text("f\n")
+    (context / "Dockerfile").write_text(f"FROM {name}\nCOPY f /f\n")
+    soute_cli(root, "build", "-q", "-t", "built", str(context)).ok()
+    with Store(root) as store:
+        for image in store.images():
+            assert image.size == sum(size for _, size in image.layers)
+        assert store.image(app.id).size == app.size
+    # The same layers loaded as tars before the pulled ones were ever used.
+    other = tmp_path / "other"
+    soute_cli(other, "pull", name).ok()
+    archive = tmp_path / "app.tar"
+    soute_cli(source, "save", "-o", str(archive), "app").ok()
+    soute_cli(other, "load", "-i", str(archive)).ok()
+    assert "0 problem(s)" in soute_cli(other, "fsck").ok()
+    assert json.loads(soute_cli(other, "inspect", name).ok())[0]["Size"] == app.size
+
+
+def test_garbage_collection_keeps_every_blob_a_manifest_names(
+        plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    """Two pulls side by side of images sharing a layer that their registries compressed
+    differently: each manifest names its own blob, packed_layers records the first."""
+    import gzip
+
+    from soute.store.names import layout_ref_name
+    from soute.store.store import PackedLayer
+
+    name = f"{plain.host}/it/packed-twice:v1"
+    push_as(source, name)
+    root = tmp_path / "store"
+    soute_cli(root, "pull", name).ok()
+    second = f"{plain.host}/it/packed-twice:v2"
+    with Store(root) as store:
+        image = store.image(image_id(root, name))
+        top = image.diff_ids[-1]
+        with store.open_layer(top) as f:
+            blob = gzip.compress(f.read(), compresslevel=1, mtime=1)
+        digest = store.blobs.write(blob)
+        config = json.loads(store.blobs.read(image.id))
+        config["author"] = "the other pull"
+        store.add_image(json.dumps(config).encode(), image.layers, tags=[second],
+                        packed=[PackedLayer(top, digest, mt.OCI_LAYER_GZIP, len(blob))])
+    soute_cli(root, "image", "prune", "-f").ok()
+    assert digest in _blob_files(root)
+    skopeo("copy", "-q", f"oci:{root / 'oci'}:{layout_ref_name(second)}",
+           f"dir:{tmp_path / 'copy'}")
+
+
+def test_save_gzip_of_a_blob_its_registry_calls_gzip_wrongly(
+        plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    push_as(source, f"{plain.host}/it/mislabelled:zstd", "--compression", "zstd")
+    manifest = _registry_manifest(plain, "it/mislabelled", "zstd")
+    for layer in manifest["layers"]:
+        layer["mediaType"] = mt.OCI_LAYER_GZIP
+    registry_put(f"{plain.url}/v2/it/mislabelled/manifests/gzip", json.dumps(manifest).encode(),
+                 mt.OCI_MANIFEST)
+    root = tmp_path / "store"
+    name = f"{plain.host}/it/mislabelled:gzip"
+    soute_cli(root, "pull", name).ok()
+    archive = tmp_path / "app.tar"
+    soute_cli(root, "save", "--compression", "gzip", "-o", str(archive), name).ok()
+    with tarfile.open(archive) as t:
+        [entry] = json.load(t.extractfile("manifest.json"))  # type: ignore[arg-type]
+        for member in entry["Layers"]:
+            assert t.extractfile(member).read(2) == b"\x1f\x8b"  # type: ignore[union-attr]
+
+
+def test_an_image_lying_about_a_layer_does_not_poison_the_genuine_one(
+        plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    """An image whose config claims another image's layer for a blob that holds something
+    else: pulled (its DiffIDs are checked at first use), it must not stand in for that layer
+    when the genuine image is pulled, run or pushed."""
+    push_as(source, f"{plain.host}/it/genuine:v1")
+    api = f"{plain.url}/v2/it/genuine"
+    genuine = _registry_manifest(plain, "it/genuine", "v1")
+    config = json.loads(registry_get(f"{api}/blobs/{genuine['config']['digest']}"))
+    base_blob, top_blob = genuine["layers"]
+    # The lie: the top layer's blob presented as the base layer.
+    config["rootfs"]["diff_ids"] = config["rootfs"]["diff_ids"][:1]
+    config["history"] = config["history"][:1]
+    lying = json.dumps(config).encode()
+    upload_blob(api, lying)
+    manifest = {**genuine, "layers": [top_blob], "config": {
+        "mediaType": mt.OCI_CONFIG, "digest": sha256(lying), "size": len(lying)}}
+    registry_put(f"{api}/manifests/lie", json.dumps(manifest).encode(), mt.OCI_MANIFEST)
+
+    root = tmp_path / "store"
+    soute_cli(root, "pull", f"{plain.host}/it/genuine:lie").ok()
+    pulled = soute_cli(root, "pull", f"{plain.host}/it/genuine:v1")
+    assert pulled.code == 0, pulled.err
+    assert pulled.err.count("Pull complete") == 2  # the base layer too, checked this time
+    assert soute_run(root, f"{plain.host}/it/genuine:v1") == HELLO.decode()
+    # Pushed elsewhere in the registry, the base layer is its own blob, not the lie's.
+    copy = f"{plain.host}/it/genuine-copy:v1"
+    soute_cli(root, "tag", f"{plain.host}/it/genuine:v1", copy).ok()
+    soute_cli(root, "push", copy).ok()
+    assert _registry_manifest(plain, "it/genuine-copy", "v1")["layers"][0]["digest"] == \
+        base_blob["digest"]
+    assert "0 problem(s)" in soute_cli(root, "fsck").ok()

@@ -54,6 +54,12 @@ def forget(store: Store, digest: str, repository: str) -> None:
                    (digest, repository))
 
 
+def vouched(store: Store, digest: str, diff_id: str) -> bool:
+    """Whether blob ``digest`` is known to hold ``diff_id`` (in whatever repository)."""
+    return store.meta.db.execute("SELECT 1 FROM blob_locations WHERE digest=? AND diff_id=?"
+                                 " LIMIT 1", (digest, diff_id)).fetchone() is not None
+
+
 def known(store: Store, diff_id: str, compression: str | None) -> list[Location]:
     """The blobs known to hold ``diff_id`` compressed with ``compression`` (``gzip``,
     ``zstd``, None for plain tar, ``config`` for configs)."""
@@ -69,4 +75,14 @@ def known(store: Store, diff_id: str, compression: str | None) -> list[Location]
         elif loc.media_type in mt.LAYER_TYPES and \
                 mt.layer_compression(loc.media_type) == compression:
             out.append(loc)
+    if compression != "config" and not store.blobs.has(diff_id):
+        # A layer held packed goes as its own blob (when so compressed) whatever it holds:
+        # where it came from, it can be found or mounted instead of uploaded.
+        packed = store.packed_layer(diff_id)
+        if packed is not None and packed.repository and packed.media_type in mt.LAYER_TYPES \
+                and mt.layer_compression(packed.media_type) == compression:
+            held = Location(packed.digest, packed.repository, diff_id, packed.media_type,
+                            packed.size)
+            if held not in out:
+                out.append(held)
     return out

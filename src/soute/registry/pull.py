@@ -167,6 +167,9 @@ class _Download:
     writer: BlobWriter | None = None
     packed: bool = False  # kept compressed (see the module's docstring)
     size_hint: int = 0  # the uncompressed size a packed blob announces
+    # Packed, but its DiffID checked now: another blob of the store claims the same DiffID,
+    # unchecked, and at most one of them can hold it.
+    check: bool = False
 
     @property
     def can_pack(self) -> bool:
@@ -265,15 +268,26 @@ class _Puller:
             if desc.media_type not in mt.LAYER_TYPES:
                 raise RegistryError(f"{ref}: layer {short_id(desc.digest)} has media type "
                                     f"{desc.media_type}, not a layer")
-            found.append(Location(desc.digest, self.repository, diff_id, desc.media_type,
-                                  desc.size))
+            here = Location(desc.digest, self.repository, diff_id, desc.media_type, desc.size)
             if diff_id in downloads:
                 continue
-            if self.store.has_layer(diff_id):
+            held = self.store.packed_layer(diff_id)
+            if held is not None and not self.store.blobs.has(held.digest):
+                held = None
+            if self.store.blobs.has(diff_id) or (held is not None and (
+                    held.verified or held.digest == desc.digest)):
                 self.progress.item(short_id(desc.digest), "Already exists")
+                # That this registry's blob holds the layer is known only if some check saw
+                # it: an image config's word is not enough for a later push to rely on.
+                if (held is not None and held.verified and held.digest == desc.digest) \
+                        or locations.vouched(self.store, desc.digest, diff_id):
+                    found.append(here)
                 continue
-            downloads[diff_id] = _Download(desc, diff_id)
-            downloads[diff_id].packed = downloads[diff_id].can_pack
+            download = downloads[diff_id] = _Download(desc, diff_id)
+            download.packed = download.can_pack
+            download.check = download.packed and held is not None
+            if not download.packed or download.check:
+                found.append(here)  # its DiffID is checked below
             self.progress.item(short_id(desc.digest), "Pulling fs layer")
 
         with ExitStack() as cleanup:
@@ -298,7 +312,8 @@ class _Puller:
                 d.writer.commit()
                 self.progress.item(short_id(d.desc.digest), "Pull complete")
         packed = [PackedLayer(d.diff_id, d.desc.digest, mt.to_oci(d.desc.media_type),
-                              d.desc.size) for d in downloads.values() if d.packed]
+                              d.desc.size, d.check, self.repository)
+                  for d in downloads.values() if d.packed]
         hints = {d.diff_id: d.size_hint for d in downloads.values() if d.packed}
         sizes = [(d, hints[d] if d in hints else self.store.layer_size(d)) for d in diff_ids]
         full = str(ref)
@@ -365,7 +380,32 @@ class _Puller:
                                 "content; nothing was stored")
         download.size_hint = size_hint(head, tail, desc.size)
         writer.sync()  # beside the other layers' downloads, not one after another at commit
+        if download.check:
+            self._check_diff_id(download)
         self.progress.item(short_id(desc.digest), "Download complete")
+
+    def _check_diff_id(self, download: _Download) -> None:
+        """Decompress a downloaded packed blob (not committed yet) to check its DiffID."""
+        from soute.layer import open_decompressed
+
+        assert download.writer is not None
+        short = short_id(download.desc.digest)
+        digest = hashlib.sha256()
+        try:
+            with open(download.writer.path, "rb") as raw, open_decompressed(raw) as layer:
+                while chunk := layer.read(_CHUNK):
+                    if self.cancelled.is_set():
+                        raise _Cancelled("cancelled")
+                    digest.update(chunk)
+        except SouteError as e:
+            if isinstance(e, RegistryError):
+                raise
+            raise RegistryError(f"layer {short} of {self.ref} cannot be read: {e.message}") \
+                from None
+        got = "sha256:" + digest.hexdigest()
+        if got != download.diff_id:
+            raise RegistryError(f"layer {short} of {self.ref} does not match the image config: "
+                                f"its content is {got}, the config expects {download.diff_id}")
 
     def _layer(self, download: _Download) -> None:
         if download.packed:

@@ -252,7 +252,8 @@ def _compress_layers(
     def compress(diff_id: str) -> _Blob:
         packed = None if store.blobs.has(diff_id) else store.packed_layer(diff_id)
         if packed is not None and mt.layer_compression(packed.media_type) == kind \
-                and store.blobs.has(packed.digest):
+                and store.blobs.has(packed.digest) \
+                and _compressed_as(store, packed.digest) == kind:
             # As the registry sent it (containerd, too, pushes a pulled layer's blob as is).
             return _Blob(packed.digest, packed.size, store.blobs.path(packed.digest),
                          packed.digest)
@@ -273,6 +274,14 @@ def _compress_layers(
         futures = [pool.submit(compress, d) for d in diff_ids]
         blobs = [f.result() for f in futures]
     return dict(zip(diff_ids, blobs, strict=True))
+
+
+def _compressed_as(store: Store, digest: str) -> str:
+    """What a stored blob's bytes are (a registry may call zstd bytes gzip)."""
+    from soute.layer import detect
+
+    with store.blobs.open(digest) as f:
+        return detect(f.read(8))
 
 
 class _TarWriter:

@@ -54,6 +54,11 @@ class BlobWriter:
         self.digest: str | None = None
 
     @property
+    def path(self) -> Path:
+        """The temporary file being written (flushed by :meth:`sync`)."""
+        return self._tmp
+
+    @property
     def sha256(self) -> hashlib._Hash:
         """The running sha256 of everything written so far: a writer that hashes its stream
         anyway (the layer writer) reads it instead of hashing the same bytes twice."""

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -79,7 +79,9 @@ CREATE TABLE IF NOT EXISTS packed_layers (
     diff_id TEXT PRIMARY KEY REFERENCES layers(diff_id),
     digest TEXT NOT NULL,           -- the compressed blob that holds it, as a registry sent it
     media_type TEXT NOT NULL,
-    size INTEGER NOT NULL           -- of the compressed blob
+    size INTEGER NOT NULL,          -- of the compressed blob
+    verified INTEGER NOT NULL DEFAULT 0,  -- 1 once it decompressed to its DiffID
+    repository TEXT                 -- HOST/PATH it came from: a blob location once verified
 );
 CREATE TABLE IF NOT EXISTS build_memos (
     request TEXT PRIMARY KEY,       -- a build's command line and surroundings (build.fastlane)
@@ -131,6 +133,11 @@ class Meta:
                         db.execute(statement)
                 for statement in _TRIGGERS:
                     db.execute(statement)
+                # Columns added since the table was made (v6: the first packed layers).
+                have = {r[1] for r in db.execute("PRAGMA table_info(packed_layers)")}
+                for column in ("verified INTEGER NOT NULL DEFAULT 0", "repository TEXT"):
+                    if column.split()[0] not in have:
+                        db.execute(f"ALTER TABLE packed_layers ADD COLUMN {column}")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @property
@@ -188,18 +195,20 @@ class Meta:
 
     def add_image(
         self, row: ImageRow, layers: Iterable[tuple[str, int]], tags: Iterable[str], now: str,
-        packed: Iterable[tuple[str, str, str, int]] = (),
+        packed: Iterable[tuple[str, str, str, int, bool, str | None]] = (),
     ) -> None:
-        """``packed``: (diff_id, blob digest, media type, blob size) of the layers that are
-        stored compressed only (see :meth:`Store.open_layer`)."""
+        """``packed``: (diff_id, blob digest, media type, blob size, verified, repository) of
+        the layers that are stored compressed only (see :meth:`Store.open_layer`). A verified
+        one replaces the record of an unverified blob claiming the same DiffID."""
         layers = list(layers)
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO layers(diff_id, size) VALUES (?, ?)", layers
             )
-            db.executemany(
-                "INSERT OR IGNORE INTO packed_layers(diff_id, digest, media_type, size)"
-                " VALUES (?,?,?,?)", list(packed))
+            for held in packed:
+                db.execute(f"INSERT OR {'REPLACE' if held[4] else 'IGNORE'} INTO packed_layers"
+                           "(diff_id, digest, media_type, size, verified, repository)"
+                           " VALUES (?,?,?,?,?,?)", (*held[:4], int(held[4]), held[5]))
             exists = db.execute("SELECT 1 FROM images WHERE id=?", (row.id,)).fetchone()
             if not exists:
                 db.execute(
@@ -310,11 +319,27 @@ class Meta:
             db.executemany("DELETE FROM packed_layers WHERE diff_id=?", gone)
             db.executemany("DELETE FROM layers WHERE diff_id=?", gone)
 
-    def packed_layer(self, diff_id: str) -> tuple[str, str, int] | None:
-        """(blob digest, media type, blob size) of the compressed blob holding ``diff_id``."""
-        r = self.db.execute("SELECT digest, media_type, size FROM packed_layers WHERE diff_id=?",
-                            (diff_id,)).fetchone()
-        return (r[0], r[1], r[2]) if r else None
+    def packed_layer(self, diff_id: str) -> tuple[str, str, int, bool, str | None] | None:
+        """(blob digest, media type, blob size, verified, repository) of the compressed blob
+        holding ``diff_id``."""
+        r = self.db.execute("SELECT digest, media_type, size, verified, repository"
+                            " FROM packed_layers WHERE diff_id=?", (diff_id,)).fetchone()
+        return (r[0], r[1], r[2], bool(r[3]), r[4]) if r else None
+
+    def packed_verified(self, diff_id: str, digest: str) -> None:
+        """A packed layer decompressed to its DiffID: its blob is now a known location of it
+        (in its repository, when it came from one)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT media_type, size, repository FROM packed_layers"
+                             " WHERE diff_id=? AND digest=? AND verified=0",
+                             (diff_id, digest)).fetchone()
+            if row is None:
+                return
+            db.execute("UPDATE packed_layers SET verified=1 WHERE diff_id=?", (diff_id,))
+            if row[2]:
+                db.execute("INSERT OR REPLACE INTO blob_locations(digest, repository, diff_id,"
+                           " media_type, size) VALUES (?,?,?,?,?)",
+                           (digest, row[2], diff_id, row[0], row[1]))
 
     def packed_layers(self) -> list[tuple[str, str]]:
         """(diff_id, blob digest) of every packed layer."""

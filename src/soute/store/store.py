@@ -71,13 +71,18 @@ class Image:
 class PackedLayer:
     """A layer the store holds only as the compressed blob a registry sent."""
 
-    __slots__ = ("diff_id", "digest", "media_type", "size")
+    __slots__ = ("diff_id", "digest", "media_type", "repository", "size", "verified")
 
-    def __init__(self, diff_id: str, digest: str, media_type: str, size: int) -> None:
+    def __init__(self, diff_id: str, digest: str, media_type: str, size: int,
+                 verified: bool = False, repository: str | None = None) -> None:
         self.diff_id = diff_id
         self.digest = digest  # of the compressed blob
         self.media_type = media_type
         self.size = size  # of the compressed blob
+        # Whether it was seen to decompress to diff_id: until then the DiffID is only what
+        # an image config claims.
+        self.verified = verified
+        self.repository = repository  # HOST/PATH it was pulled from
 
 
 def now_rfc3339() -> str:
@@ -166,16 +171,27 @@ class Store:
         with self.session():
             new_packed = {p.diff_id: p for p in packed}
             descriptors: list[dict[str, object]] = []
+            # The sizes as the store knows them: a caller's may be a packed layer's size hint
+            # read before the layer was first decompressed (a build FROM a pulled image).
+            known: list[tuple[str, int]] = []
             for diff_id, size in layers:
                 if self.blobs.has(diff_id):
+                    size = self.blobs.size(diff_id)
+                    if self.meta.layer_size(diff_id) not in (None, size):
+                        # A packed layer's hint, its tar now stored by a load or a build.
+                        self.meta.correct_layer_size(diff_id, size)
                     descriptors.append({"mediaType": OCI_LAYER_TAR, "digest": diff_id,
                                         "size": size})
+                    known.append((diff_id, size))
                     continue
                 held = new_packed.get(diff_id) or self.packed_layer(diff_id)
                 if held is None or not self.blobs.has(held.digest):
                     raise StoreError(f"layer {diff_id} is not in the store")
                 descriptors.append({"mediaType": held.media_type, "digest": held.digest,
                                     "size": held.size})
+                recorded = self.meta.layer_size(diff_id)
+                known.append((diff_id, size if recorded is None else recorded))
+            layers = known
             config_digest = self.blobs.write(config)
             if self.meta.image(config_digest) is not None:
                 # Known already (same config, so same layers): only the tags are new.
@@ -200,7 +216,8 @@ class Store:
             row = ImageRow(config_digest, manifest_digest, created,
                            sum(s for _, s in layers), now)
             self.meta.add_image(row, layers, tags, now, [
-                (p.diff_id, p.digest, p.media_type, p.size) for p in new_packed.values()])
+                (p.diff_id, p.digest, p.media_type, p.size, p.verified, p.repository)
+                for p in new_packed.values()])
             self._write_index()
             return self.image(config_digest)
 
@@ -299,6 +316,8 @@ class Store:
         if got != diff_id:
             raise _damaged(packed, f"it gives {got}")
         self.meta.correct_layer_size(diff_id, size)
+        if not packed.verified:
+            self.meta.packed_verified(diff_id, packed.digest)
 
     def layer_path(self, diff_id: str) -> Path:
         """The file of a layer's uncompressed tar, decompressed from its packed blob into
@@ -415,6 +434,10 @@ class Store:
                 diff_ids = [d for d, _ in self.meta.image_layers(row.id)]
                 live_blobs |= set(diff_ids)
                 live_chains |= set(chain_ids(diff_ids))
+                # The blobs its manifest names: two pulls of a layer from registries that
+                # compressed it differently, side by side, each name their own packed blob
+                # while packed_layers records one.
+                live_blobs |= self._manifest_layers(row.manifest)
             live_blobs |= {blob for diff_id, blob in self.meta.packed_layers()
                            if diff_id in live_blobs}
             for digest in list(self.blobs.digests()):
@@ -440,8 +463,17 @@ class Store:
             self._write_index()
         return report
 
+    def _manifest_layers(self, manifest: str) -> set[str]:
+        """The layer blobs an image's manifest names (none when it cannot be read)."""
+        try:
+            doc = json.loads(self.blobs.read(manifest))
+            return {str(layer["digest"]) for layer in doc.get("layers") or []}
+        except (SouteError, OSError, ValueError, TypeError, KeyError, AttributeError):
+            return set()
+
     def fsck(self, *, verify_blobs: bool = True) -> FsckReport:
-        """Check every blob digest, image, tag, snapshot and the OCI index; change nothing."""
+        """Check every blob digest, image, tag, snapshot and the OCI index; change nothing but
+        what the check of a packed layer learns (its exact size, that it was checked)."""
         report = FsckReport()
         with self.session():
             if verify_blobs:
@@ -504,9 +536,10 @@ class Store:
         in_manifest = [(l_.get("digest"), l_.get("size")) for l_ in manifest.get("layers", [])]
 
         def named(entry: tuple[object, object], layer: tuple[str, int]) -> bool:
-            packed = self.packed_layer(layer[0])
-            return entry == layer or (packed is not None
-                                      and entry == (packed.digest, packed.size))
+            # Its tar, or a packed blob: the one recorded, or another that an earlier pull
+            # took for the same DiffID before a checked one replaced it.
+            return entry == layer or (self.packed_layer(layer[0]) is not None
+                                      and isinstance(entry[0], str) and self.blobs.has(entry[0]))
 
         if len(in_manifest) != len(layers) or not all(map(named, in_manifest, layers)):
             report.problems.append(f"{where}: manifest layers differ from the recorded ones")
