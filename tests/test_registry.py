@@ -853,3 +853,25 @@ def test_an_image_lying_about_a_layer_does_not_poison_the_genuine_one(
     assert _registry_manifest(plain, "it/genuine-copy", "v1")["layers"][0]["digest"] == \
         base_blob["digest"]
     assert "0 problem(s)" in soute_cli(root, "fsck").ok()
+
+
+def test_load_of_an_archive_without_a_layer_the_store_holds_packed(
+        plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    name = f"{plain.host}/it/packed-load:v1"
+    push_as(source, name)
+    root = tmp_path / "store"
+    soute_cli(root, "pull", name).ok()
+    full = tmp_path / "full.tar"
+    soute_cli(source, "save", "-o", str(full), "app").ok()
+    with Store(source) as store:
+        base = store.image(image_id(source, "app")).diff_ids[0]
+    partial = tmp_path / "partial.tar"
+    with tarfile.open(full) as src, tarfile.open(partial, "w") as dst:
+        for member in src.getmembers():
+            if base.partition(":")[2] not in member.name:  # the base layer left out
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    soute_cli(root, "load", "-i", str(partial)).ok()
+    assert soute_run(root, "app") == HELLO.decode()
+    assert "0 problem(s)" in soute_cli(root, "fsck").ok()

@@ -400,7 +400,7 @@ def load(store: Store, stream: BinaryIO) -> list[LoadedImage]:
                     committed.add(id(layer))
         loaded: list[LoadedImage] = []
         for plan in planned.values():
-            sizes = [(d, layer.size if layer else store.blobs.size(d)) for d, layer in plan.layers]
+            sizes = [(d, layer.size if layer else store.layer_size(d)) for d, layer in plan.layers]
             image = store.add_image(plan.config, sizes, tags=plan.tags,
                                     manifest_annotations=plan.annotations or None)
             loaded.append(LoadedImage(image, tuple(plan.tags)))
@@ -565,7 +565,7 @@ class _ArchiveReader:
         the archive lacks it but the store has it (docker load reuses layers it has)."""
         entry = self.lookup(path)
         if entry is None:
-            if self.store.blobs.has(diff_id):
+            if self.store.has_layer(diff_id):
                 return None
             raise SouteError(f"layer {position} ({path}) is missing from the archive",
                              hint=_CORRUPT_HINT)
