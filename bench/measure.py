@@ -70,6 +70,10 @@ def run_case(case: Case, *, runs: int, quick: bool) -> dict[str, Outcome]:
     Under ``quick``: cold cases have no warm-up, ``once_quick`` cases one run; elsewhere
     only soute and the case's reference peer warm up, and another peer whose counted run
     took longer than QUICK_SLOW_SECONDS is counted once."""
+    # What earlier cases (and their prunes) left dirty goes to disk now, not during this
+    # case's runs: a few seconds of writeback behind it slowed every tool's small writes and
+    # syncs by tens of milliseconds, more for whichever tool ran first.
+    os.sync()
     keys = {"soute", case.reference}
     warmups = {name: int(not quick or (not case.cold and not case.once_quick and name in keys))
                for name in case.trials}

@@ -875,3 +875,25 @@ def test_load_of_an_archive_without_a_layer_the_store_holds_packed(
     soute_cli(root, "load", "-i", str(partial)).ok()
     assert soute_run(root, "app") == HELLO.decode()
     assert "0 problem(s)" in soute_cli(root, "fsck").ok()
+
+
+def test_a_lost_packed_blob_is_replaced_by_the_next_pull(
+        plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
+    name = f"{plain.host}/it/packed-lost:v1"
+    push_as(source, name)
+    root = tmp_path / "store"
+    soute_cli(root, "pull", name).ok()
+    with Store(root) as store:
+        top = store.image(image_id(root, name)).diff_ids[-1]
+        packed = store.packed_layer(top)
+        assert packed is not None and not packed.verified
+        store.blobs.path(packed.digest).unlink()
+    assert "is missing" in soute_cli(root, "fsck").out
+    again = soute_cli(root, "pull", name)
+    assert again.code == 0, again.err
+    assert again.err.count("Pull complete") == 1  # the lost one, checked as it came
+    with Store(root) as store:
+        replaced = store.packed_layer(top)
+        assert replaced is not None and replaced.verified
+    assert soute_run(root, name) == HELLO.decode()
+    assert "0 problem(s)" in soute_cli(root, "fsck").ok()

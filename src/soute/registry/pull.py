@@ -271,9 +271,9 @@ class _Puller:
             here = Location(desc.digest, self.repository, diff_id, desc.media_type, desc.size)
             if diff_id in downloads:
                 continue
-            held = self.store.packed_layer(diff_id)
+            recorded = held = self.store.packed_layer(diff_id)
             if held is not None and not self.store.blobs.has(held.digest):
-                held = None
+                held = None  # its blob is lost: this pull replaces it
             if self.store.blobs.has(diff_id) or (held is not None and (
                     held.verified or held.digest == desc.digest)):
                 self.progress.item(short_id(desc.digest), "Already exists")
@@ -285,7 +285,7 @@ class _Puller:
                 continue
             download = downloads[diff_id] = _Download(desc, diff_id)
             download.packed = download.can_pack
-            download.check = download.packed and held is not None
+            download.check = download.packed and recorded is not None
             if not download.packed or download.check:
                 found.append(here)  # its DiffID is checked below
             self.progress.item(short_id(desc.digest), "Pulling fs layer")

@@ -250,7 +250,9 @@ def _compress_layers(
     cleanup.callback(remove_all)
 
     def compress(diff_id: str) -> _Blob:
-        packed = None if store.blobs.has(diff_id) else store.packed_layer(diff_id)
+        packed = store.packed_layer(diff_id)
+        if packed is not None and store.blobs.has(diff_id) and not packed.verified:
+            packed = None  # its tar, stored since, is sure to be the layer; the blob is not
         if packed is not None and mt.layer_compression(packed.media_type) == kind \
                 and store.blobs.has(packed.digest) \
                 and _compressed_as(store, packed.digest) == kind:

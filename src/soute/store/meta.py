@@ -205,10 +205,7 @@ class Meta:
             db.executemany(
                 "INSERT OR IGNORE INTO layers(diff_id, size) VALUES (?, ?)", layers
             )
-            for held in packed:
-                db.execute(f"INSERT OR {'REPLACE' if held[4] else 'IGNORE'} INTO packed_layers"
-                           "(diff_id, digest, media_type, size, verified, repository)"
-                           " VALUES (?,?,?,?,?,?)", (*held[:4], int(held[4]), held[5]))
+            _add_packed(db, packed)
             exists = db.execute("SELECT 1 FROM images WHERE id=?", (row.id,)).fetchone()
             if not exists:
                 db.execute(
@@ -318,6 +315,11 @@ class Meta:
         with self.transaction() as db:
             db.executemany("DELETE FROM packed_layers WHERE diff_id=?", gone)
             db.executemany("DELETE FROM layers WHERE diff_id=?", gone)
+
+    def add_packed(self, packed: Iterable[tuple[str, str, str, int, bool, str | None]]) -> None:
+        """Record packed layers of a known image (as :meth:`add_image` does)."""
+        with self.transaction() as db:
+            _add_packed(db, packed)
 
     def packed_layer(self, diff_id: str) -> tuple[str, str, int, bool, str | None] | None:
         """(blob digest, media type, blob size, verified, repository) of the compressed blob
@@ -460,3 +462,13 @@ class Meta:
     def containers_using(self, image_id: str) -> list[str]:
         rows = self.db.execute("SELECT id FROM containers WHERE image = ?", (image_id,))
         return [r[0] for r in rows]
+
+
+def _add_packed(db: sqlite3.Connection,
+                packed: Iterable[tuple[str, str, str, int, bool, str | None]]) -> None:
+    # A checked blob replaces whatever was recorded for its DiffID; an unchecked one only
+    # fills a gap.
+    for held in packed:
+        db.execute(f"INSERT OR {'REPLACE' if held[4] else 'IGNORE'} INTO packed_layers"
+                   "(diff_id, digest, media_type, size, verified, repository)"
+                   " VALUES (?,?,?,?,?,?)", (*held[:4], int(held[4]), held[5]))

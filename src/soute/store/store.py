@@ -193,8 +193,13 @@ class Store:
                 known.append((diff_id, size if recorded is None else recorded))
             layers = known
             config_digest = self.blobs.write(config)
+            packed_rows = [(p.diff_id, p.digest, p.media_type, p.size, p.verified, p.repository)
+                           for p in new_packed.values()]
             if self.meta.image(config_digest) is not None:
-                # Known already (same config, so same layers): only the tags are new.
+                # Known already (same config, so same layers): only the tags are new, and
+                # blobs of its layers (one lost, say, pulled again).
+                if packed_rows:
+                    self.meta.add_packed(packed_rows)
                 now = now_rfc3339()
                 for tag in tags:
                     self.meta.tag(tag, config_digest, now)
@@ -215,9 +220,7 @@ class Store:
             now = now_rfc3339()
             row = ImageRow(config_digest, manifest_digest, created,
                            sum(s for _, s in layers), now)
-            self.meta.add_image(row, layers, tags, now, [
-                (p.diff_id, p.digest, p.media_type, p.size, p.verified, p.repository)
-                for p in new_packed.values()])
+            self.meta.add_image(row, layers, tags, now, packed_rows)
             self._write_index()
             return self.image(config_digest)
 
