@@ -630,6 +630,16 @@ def _blob_files(root: Path) -> set[str]:
     return {"sha256:" + p.name for p in (root / "oci" / "blobs" / "sha256").iterdir()}
 
 
+def _pushed_and_pulled(plain: RunningRegistry, source: Path, tmp_path: Path,
+                       repository: str) -> tuple[str, Path]:
+    """``app`` pushed as REPOSITORY:v1, then pulled into a new store: (name, store root)."""
+    name = f"{plain.host}/{repository}:v1"
+    push_as(source, name)
+    root = tmp_path / "store"
+    soute_cli(root, "pull", name).ok()
+    return name, root
+
+
 def _registry_manifest(reg: RunningRegistry, path: str, tag: str) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(registry_get(f"{reg.url}/v2/{path}/manifests/{tag}",
                                                   accept=mt.OCI_MANIFEST))
@@ -779,10 +789,7 @@ def test_garbage_collection_keeps_every_blob_a_manifest_names(
     from soute.store.names import layout_ref_name
     from soute.store.store import PackedLayer
 
-    name = f"{plain.host}/it/packed-twice:v1"
-    push_as(source, name)
-    root = tmp_path / "store"
-    soute_cli(root, "pull", name).ok()
+    name, root = _pushed_and_pulled(plain, source, tmp_path, "it/packed-twice")
     second = f"{plain.host}/it/packed-twice:v2"
     with Store(root) as store:
         image = store.image(image_id(root, name))
@@ -859,10 +866,7 @@ def test_load_of_an_archive_without_a_layer_the_store_holds_packed(
         plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
     import tarfile
 
-    name = f"{plain.host}/it/packed-load:v1"
-    push_as(source, name)
-    root = tmp_path / "store"
-    soute_cli(root, "pull", name).ok()
+    _, root = _pushed_and_pulled(plain, source, tmp_path, "it/packed-load")
     full = tmp_path / "full.tar"
     soute_cli(source, "save", "-o", str(full), "app").ok()
     with Store(source) as store:
@@ -879,10 +883,7 @@ def test_load_of_an_archive_without_a_layer_the_store_holds_packed(
 
 def test_a_lost_packed_blob_is_replaced_by_the_next_pull(
         plain: RunningRegistry, source: Path, tmp_path: Path) -> None:
-    name = f"{plain.host}/it/packed-lost:v1"
-    push_as(source, name)
-    root = tmp_path / "store"
-    soute_cli(root, "pull", name).ok()
+    name, root = _pushed_and_pulled(plain, source, tmp_path, "it/packed-lost")
     with Store(root) as store:
         top = store.image(image_id(root, name)).diff_ids[-1]
         packed = store.packed_layer(top)

@@ -733,3 +733,34 @@ def test_scoped_path(tmp_path: Path) -> None:
     assert scoped_path(r, "/") == r
     with pytest.raises(OSError, match="Too many levels"):
         scoped_path(r, "/loop")
+
+
+def test_remove_tree_goes_deep_and_follows_no_symlink(tmp_path: Path) -> None:
+    from soute.runtime.paths import remove_tree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("kept\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "link").symlink_to(outside)
+    locked = tree / "locked"
+    locked.mkdir()
+    (locked / "f").write_text("x")
+    locked.chmod(0)
+    # Deeper than PATH_MAX: made from inside, a level at a time.
+    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(30):
+        os.mkdir("d" * 200, dir_fd=fd)
+        child = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    os.close(fd)
+    remove_tree(tree)
+    assert not tree.exists()
+    assert (outside / "keep").read_text() == "kept\n"
+    remove_tree(tree)  # gone already: nothing to do
+    (tmp_path / "file").write_text("x")
+    remove_tree(tmp_path / "file")
+    assert not (tmp_path / "file").exists()

@@ -7,6 +7,7 @@ imports the real module, which then takes its place.
 
 from __future__ import annotations
 
+import _thread
 import sys
 
 TYPE_CHECKING = False
@@ -19,20 +20,24 @@ class Deferred(type(sys)):  # type: ignore[misc]
     module, which then takes its place in ``sys.modules`` (and in its package)."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name.endswith("__"):
-            # The import system's probes (``__path__`` for ``from M import x``): a module,
-            # not a package, whatever it turns out to be.
+        if name == "__path__":
+            # The import system's probe for ``from M import x``: a module, not a package,
+            # whatever it turns out to be.
             raise AttributeError(name)
         return getattr(_load(self), name)
+
+
+_swap = _thread.allocate_lock()  # two threads' first uses: one import, no half-swapped module
 
 
 def _load(stand_in: Deferred) -> Any:
     """The real module of ``stand_in``, imported now if it was not."""
     name = stand_in.__name__
-    if sys.modules.get(name) is stand_in:
-        del sys.modules[name]
-    __import__(name)
-    return sys.modules[name]
+    with _swap:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        __import__(name)
+        return sys.modules[name]
 
 
 def defer_url_parsing() -> None:

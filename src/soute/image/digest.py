@@ -34,9 +34,12 @@ def sha256_digest(data: bytes) -> str:
     if hashlib is None and len(data) < _SMALL:
         try:
             from _sha256 import sha256
-        except ImportError:  # an interpreter without it
-            pass
-        else:
+        except ImportError:
+            try:
+                from _sha2 import sha256  # Python 3.12's name for it
+            except ImportError:  # an interpreter without either
+                sha256 = None
+        if sha256 is not None:
             return "sha256:" + sha256(data).hexdigest()
     import hashlib
 

@@ -74,16 +74,35 @@ def _join(root: str, parts: list[str]) -> str:
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
     """rm -rf that never follows symlinks and survives entries already gone (shutil's
-    rmtree, with the bz2 and lzma it imports, would cost `soute run --rm` 2-4 ms)."""
+    rmtree, with the bz2 and lzma it imports, would cost `soute run --rm` 2-4 ms). It walks
+    by directory handles, as shutil does: no path grows past PATH_MAX however deep the tree,
+    and nothing swapped for a symlink meanwhile is followed."""
     try:
-        entries = None if os.path.islink(path) else list(os.scandir(path))
-    except NotADirectoryError:
-        entries = None
+        st = os.lstat(path)
     except OSError:
         return
-    if entries is None:
+    if not stat.S_ISDIR(st.st_mode):
         with contextlib.suppress(OSError):
             os.unlink(path)
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, _DIR_FLAGS)
+        try:
+            _empty(fd)
+        finally:
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _empty(fd: int) -> None:
+    """Remove what the directory open as ``fd`` holds (what cannot go stays)."""
+    try:
+        entries = list(os.scandir(fd))
+    except OSError:
         return
     for entry in entries:
         try:
@@ -91,9 +110,14 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
         except OSError:
             is_dir = False
         if is_dir:
-            remove_tree(entry.path)
+            with contextlib.suppress(OSError):
+                child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    _empty(child)
+                finally:
+                    os.close(child)
+            with contextlib.suppress(OSError):
+                os.rmdir(entry.name, dir_fd=fd)
         else:
             with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-    with contextlib.suppress(OSError):
-        os.rmdir(path)
+                os.unlink(entry.name, dir_fd=fd)
