@@ -303,3 +303,16 @@ def test_history_flags(tmp_path: Path) -> None:
                                                   "x")).splitlines()]
     assert rows[0]["ID"] == image_id[7:19] and rows[0]["Comment"] == "m" * 60
     assert ok(soute(tmp_path, "history", "-q", "x")).split() == [image_id[7:19]]
+
+
+def test_a_store_from_a_newer_soute_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from soute.errors import SouteError
+    from soute.store.meta import SCHEMA_VERSION
+
+    Store(tmp_path / "s").close()
+    with sqlite3.connect(tmp_path / "s" / "meta.db") as db:
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(SouteError, match="made by a newer soute"):
+        Store(tmp_path / "s")

@@ -125,6 +125,13 @@ class Meta:
         self._opened: list[sqlite3.Connection] = []  # every thread's, closed by close()
         self._guard = threading.Lock()
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            from soute.errors import SouteError
+
+            self.close()
+            raise SouteError(f"{path}: this store was made by a newer soute (schema {version}, "
+                             f"this soute knows {SCHEMA_VERSION})",
+                             "use that soute, or another store with --root")
         if version < SCHEMA_VERSION:
             with self.transaction() as db:
                 # Statement by statement: executescript() would commit our transaction.
