@@ -211,3 +211,22 @@ def test_size_hint_reads_what_a_blob_announces() -> None:
     blob = out.getvalue()
     assert hint(blob) == len(blob)
     assert hint(b"plain tar bytes") == len(b"plain tar bytes")
+
+
+def test_read_ahead_gives_the_same_bytes_and_the_source_errors() -> None:
+    from soute.layer.compress import ReadAhead
+
+    blob = _compress(PAYLOAD, "gzip")
+    with ReadAhead(open_decompressed(io.BytesIO(blob)), chunk=4096, depth=2) as ahead:
+        got = io.BufferedReader(ahead).read()
+    assert got == PAYLOAD
+    # A truncated blob: the decompressor's error reaches the reader, after the good bytes.
+    with ReadAhead(open_decompressed(io.BytesIO(blob[: len(blob) // 2]))) as ahead, \
+            pytest.raises(SouteError, match="cannot decompress gzip"):
+        while ahead.read(1 << 16):
+            pass
+    # Closed early (the reader gave up): the thread stops though nobody reads its chunks.
+    ahead = ReadAhead(io.BytesIO(PAYLOAD * 20), chunk=1024, depth=1)
+    ahead.read(10)
+    ahead.close()
+    assert not ahead._thread.is_alive()

@@ -261,3 +261,71 @@ def size_hint(head: bytes, tail: bytes, compressed_size: int) -> int:
             value = int.from_bytes(head[at:at + width], "little")
             return value + 256 if width == 2 else value
     return compressed_size
+
+
+class ReadAhead(io.RawIOBase):
+    """``source`` read by a thread of its own, a few chunks ahead of the reader: a
+    decompressor and a hash (which release the GIL) then run beside whatever consumes the
+    bytes, e.g. a tar being unpacked. Errors of the source reach the reader at that point
+    of the stream. Close it, also on errors: the thread stops at its next chunk."""
+
+    def __init__(self, source: BinaryIO, *, depth: int = 8, chunk: int = _CHUNK) -> None:
+        import queue
+        import threading
+
+        self._source = source
+        self._chunk = chunk
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._data = memoryview(b"")
+        self._done = False
+        self._thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._source.read(self._chunk)
+                if not data:
+                    break
+                self._put(data)
+        except BaseException as e:  # handed to the reader, raised there
+            self._put(e)
+            return
+        self._put(None)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._data:
+            if self._done:
+                return 0
+            item = self._queue.get()
+            if item is None:
+                self._done = True
+                return 0
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._data = memoryview(item)
+        n = min(len(buffer), len(self._data))
+        buffer[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            self._thread.join()
+        super().close()
