@@ -230,3 +230,12 @@ def test_read_ahead_gives_the_same_bytes_and_the_source_errors() -> None:
     ahead.read(10)
     ahead.close()
     assert not ahead._thread.is_alive()
+
+
+def test_read_ahead_closed_refuses_reads_instead_of_waiting() -> None:
+    from soute.layer.compress import ReadAhead
+
+    ahead = ReadAhead(io.BytesIO(PAYLOAD), chunk=1024, depth=1)
+    ahead.close()
+    with pytest.raises(ValueError, match="closed"):
+        ahead.read(10)

@@ -275,6 +275,7 @@ class ReadAhead(io.RawIOBase):
 
         self._source = source
         self._chunk = chunk
+        self._full = queue.Full
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
         self._stop = threading.Event()
         self._data = memoryview(b"")
@@ -295,19 +296,19 @@ class ReadAhead(io.RawIOBase):
         self._put(None)
 
     def _put(self, item: bytes | BaseException | None) -> None:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
                 return
-            except queue.Full:
+            except self._full:
                 continue
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self.closed:  # its thread is gone: nothing more would come
+            raise ValueError("read of a closed ReadAhead")
         while not self._data:
             if self._done:
                 return 0

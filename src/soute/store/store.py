@@ -317,8 +317,13 @@ class Store:
             # Decompressed and hashed in a thread of its own, beside the reader: for a layer
             # being unpacked, a third of the time.
             ahead = ReadAhead(checked)
+            # Held here: dropped by the caller, the reader would close `ahead` with it.
+            reader = io.BufferedReader(ahead, 1 << 20)  # type: ignore[misc]
             try:
-                yield io.BufferedReader(ahead, 1 << 20)  # type: ignore[misc]
+                yield reader
+                if ahead.closed:
+                    raise StoreError(f"internal: layer {diff_id} was closed before its end, "
+                                     "its DiffID unchecked")
                 try:
                     while ahead.read(1 << 20):  # what the reader left (a tar's padding)
                         pass
@@ -499,9 +504,8 @@ class Store:
                     if self.blobs.has(diff_id) or not self.blobs.has(digest):
                         continue  # checked above, or reported missing with its image
                     try:  # the DiffID a pull could not check before the layer's first use
-                        with self.open_layer(diff_id) as f:
-                            while f.read(1 << 20):
-                                pass
+                        with self.open_layer(diff_id):
+                            pass  # it reads the rest itself, and checks
                     except SouteError as e:
                         report.problems.append(e.message)
             for row in self.meta.images():
@@ -602,7 +606,7 @@ def _damaged(packed: PackedLayer, problem: str) -> StoreError:
 
 
 class _CheckedLayer:
-    """A decompressed layer stream, hashed and counted as it is read."""
+    """A decompressed layer stream, hashed and counted as it is read (by a ReadAhead)."""
 
     def __init__(self, inner: BinaryIO) -> None:
         import hashlib
@@ -617,22 +621,8 @@ class _CheckedLayer:
         self.size += len(data)
         return data
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        n = self._inner.readinto(buffer)  # type: ignore[attr-defined]
-        self._hash.update(memoryview(buffer)[:n])
-        self.size += n
-        return int(n)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
     def finish(self) -> tuple[str, int]:
-        """Read what the reader left (a tar's padding) and give (DiffID, size)."""
-        while self.read(1 << 20):
-            pass
+        """(DiffID, size) of what was read: the whole stream, once it was read to its end."""
         return "sha256:" + self._hash.hexdigest(), self.size
 
 
