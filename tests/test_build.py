@@ -423,3 +423,38 @@ def test_copy_chown_unknown_user_names_the_line(root: Path, tmp_path: Path) -> N
     p = soute(root, "build", "--no-cache", str(tmp_path))
     assert p.returncode == 1
     assert "Dockerfile:2: --chown: unknown user 'nosuchuser'" in p.stderr
+
+
+def test_copy_layers_are_the_tar_of_their_snapshot(tmp_path: Path, root: Path) -> None:
+    """A COPY into a new directory writes its layer while the copy runs; one the layer
+    writer cannot follow (a hardlink group, a second source) is written afterwards. Either
+    way each layer is the tar of the snapshot it records, byte for byte."""
+    import io
+
+    from soute.image.digest import chain_ids
+    from soute.layer import write_layer
+    from soute.store.names import resolve
+    from soute.store.store import Store
+
+    ctx = tmp_path / "ctx"
+    (ctx / "app" / "sub").mkdir(parents=True)
+    for i in range(50):
+        (ctx / "app" / f"f{i:02d}").write_bytes(os.urandom(i * 97))
+    (ctx / "app" / "sub" / "b").write_text("b\n")
+    (ctx / "hard").mkdir()
+    (ctx / "hard" / "one").write_text("1\n")
+    os.link(ctx / "hard" / "one", ctx / "hard" / "two")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox AS base\nCOPY app /srv/app\n"
+        "FROM busybox\nCOPY --chown=1:2 app /deep/er/\nCOPY hard /hard\n"
+        "COPY app/f01 app/f02 /two/\nCOPY --from=base /srv /fromstage\n"
+        "RUN test -f /deep/er/sub/b && test /hard/one -ef /hard/two\n")
+    p = soute(root, "build", "-t", "streamed", str(ctx))
+    assert p.returncode == 0, p.stderr
+    with Store(root) as store:
+        diff_ids = resolve(store, "streamed").diff_ids
+        chains = chain_ids(diff_ids)
+        for diff_id, chain in zip(diff_ids[-5:], chains[-5:], strict=True):
+            layer = write_layer(store.snapshot_path(chain), io.BytesIO())
+            assert layer.diff_id == diff_id
+            assert store.layer_size(diff_id) == layer.size

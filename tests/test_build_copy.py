@@ -1982,3 +1982,68 @@ def test_copy_step_goes_through_the_overlay_where_a_layer_has_the_path(tmp_path:
     assert not _dest_is_new("/srv/app", "/", lowers)  # its parent is in a layer
     assert _dest_is_new("/app", "/", lowers)
     assert _dest_is_new("../app/x/", "/srv", lowers)
+
+
+@needs_root
+@pytest.mark.parametrize("dest, options, streamed", [
+    ("/app", {}, True),
+    ("/app2/", {"chown": "nobody:nogroup"}, True),
+    ("/new/deep/", {"chmod": "u+x,g-w"}, True),
+    ("/ex/", {"excludes": ["*.log"]}, True),
+    ("rel/", {"workdir": "/wd", "chown": "7:8"}, True),
+    ("/epoch", {"epoch": 150}, True),
+    ("/long/", {"source": "long"}, True),
+    ("/hard/", {"source": "hard"}, False),  # a hardlink group: its first path changes
+    ("/dirx/", {"source": "dirx"}, False),  # a directory's xattr is not announced
+    ("/file/", {"source": "f.txt"}, False),  # not a directory
+    ("/two/", {"sources": [{"path": "d"}, {"path": "f.txt"}]}, False),
+    ("/glob/", {"source": "d*"}, False),  # two matches
+])
+def test_copy_step_writes_its_layer_while_it_copies(
+    tmp_path: Path, dest: str, options: dict[str, object], streamed: bool
+) -> None:
+    """A copy of one directory into a new one writes its layer as the child announces the
+    entries it finishes: the layer must be exactly write_layer's of the finished upper dir,
+    and anything the announcements cannot follow falls back to it (None)."""
+    from soute.build.copystep import _in_child
+    from soute.layer import LayerStream, write_layer
+
+    lower = tmp_path / "lower"
+    build(lower, {"etc/passwd": "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+                  "etc/group": "root:x:0:\nnogroup:x:65534:\n"})
+    ctx = tmp_path / "ctx"
+    build(ctx, {"d/a": "a" * 5000, "d/sub/b": "b", "d/sub/deeper/c": "c", "d/empty/": D(),
+                "d/skip.log": "nope", "d/link": L("a"), "f.txt": "file", "dd/x": "x",
+                "hard/one": "1", "dirx/sub/f": "f",
+                "long/" + "n" * 120 + "/" + "m" * 130: "long names"})
+    os.link(ctx / "hard/one", ctx / "hard/two")
+    os.mkfifo(ctx / "d/fifo", 0o640)
+    os.chmod(ctx / "d/sub", 0o2775)
+    os.chmod(ctx / "d/sub/deeper", 0o500)
+    os.chown(ctx / "d/sub", 0, 50)
+    os.chmod(ctx / "d/a", 0o4755)
+    os.setxattr(ctx / "d/a", "user.note", b"kept")
+    os.setxattr(ctx / "dirx/sub", "user.note", b"on a directory")
+    for path in ["d/sub/deeper", "d/sub", "d"]:
+        os.utime(ctx / path, ns=(1, 100 * 10**9 + 5))
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    sources = options.get("sources", [{"path": options.get("source", "d")}])
+    workdir = str(options.get("workdir", "/"))
+    job = {
+        "lowers": [str(lower)], "upper": str(upper), "sources": sources, "contents": [],
+        "context": str(ctx), "dockerfile": "", "source_layers": None, "dest": dest,
+        "workdir": workdir, "chown": options.get("chown"), "chmod": options.get("chmod"),
+        "parents": False, "excludes": options.get("excludes", []), "unpack": False,
+        "tmp": str(tmp_path), "direct": True,
+    }
+    epoch = options.get("epoch")
+    out = io.BytesIO()
+    stream = LayerStream(upper, out, epoch=epoch)  # type: ignore[arg-type]
+    assert _in_child(job, stream) is None
+    layer = stream.finish()
+    assert (layer is not None) == streamed, stream.failure
+    if layer is not None:
+        expected = io.BytesIO()
+        assert write_layer(upper, expected, epoch=epoch) == layer  # type: ignore[arg-type]
+        assert out.getvalue() == expected.getvalue()

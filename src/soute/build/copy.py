@@ -53,7 +53,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,6 +72,7 @@ from soute.build.context import SourceTree
 from soute.errors import SouteError
 
 if TYPE_CHECKING:
+    from soute.build.copyevents import CopyEvents
     from soute.dockerfile.ignore import PatternMatcher
 
 __all__ = [
@@ -407,6 +408,8 @@ class _View:
         self._lower_dirs: dict[str, bool] = {"": True}
         self.hidden: set[str] = set()  # lower directories replaced by upper non-directories
         self.times: dict[bytes, tuple[int, int]] = {}  # upper dir -> (atime, mtime), set last
+        # Called before anything but a plain create: a copy-up, a removal, an opaque dir.
+        self.disturbed: Callable[[], None] = _nothing
 
     def host_path(self, rel: str) -> bytes:
         """Where ``rel`` is read from now (upper if it is there)."""
@@ -476,6 +479,7 @@ class _View:
         lower_st = self.lstat(rel)
         if lower_st is None or not stat.S_ISDIR(lower_st.st_mode):
             raise SouteError(f"mkdir /{rel}: not a directory")
+        self.disturbed()
         os.mkdir(path, 0o700)
         lower = self.lower + b"/" + os.fsencode(rel)
         _lchown(path, lower_st.st_uid, lower_st.st_gid)
@@ -490,6 +494,7 @@ class _View:
         path = self.upper_path(rel)
         os.mkdir(path, 0o700)
         if rel in self.hidden:
+            self.disturbed()
             _set_opaque(path)  # the lower directory it replaces stays hidden
         os.chmod(path, mode)
         return path
@@ -504,6 +509,7 @@ class _View:
         except FileNotFoundError:
             st = None
         if st is not None:
+            self.disturbed()
             if stat.S_ISDIR(st.st_mode):
                 shutil.rmtree(path)
             else:
@@ -511,6 +517,7 @@ class _View:
         if not self.direct:
             lower = self._lower_visible(rel) and os.path.isdir(self.lower + b"/" + os.fsencode(rel))
             if lower and not os.path.islink(self.lower + b"/" + os.fsencode(rel)):
+                self.disturbed()
                 self.hidden.add(rel)
         return path
 
@@ -523,6 +530,10 @@ class _View:
             except FileNotFoundError:
                 continue
         self.times.clear()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _set_opaque(path: bytes) -> None:
@@ -653,8 +664,12 @@ class _Copier:
         chmod: Chmod | None,
         exclude: PatternMatcher | None,
         timestamp_ns: int | None,
+        events: CopyEvents | None = None,
     ) -> None:
         self.view = view
+        self.events = events
+        if events is not None:
+            view.disturbed = events.stop
         self.owner = owner
         self.chmod = chmod
         self.exclude = exclude
@@ -723,8 +738,35 @@ class _Copier:
         if not src_is_dir and dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
             dst = _join(dst, go_base(src))
         self.mkdir_all(dst if src_is_dir and dst_st is None else _parent(dst))
+        if self.events is not None and self.events.on:
+            self._announce_dest(dst, src_st)
         walk = _Walk(tree, include=include, inodes={})
         self._copy(walk, src_rel, "", dst, False, None, None)
+
+    def _announce_dest(self, dst: str, src_st: os.stat_result) -> None:
+        """Announce the directories down to ``dst`` (the first source only): the copy of a
+        directory into a new one writes nothing else into them, and gives ``dst`` the
+        source's times."""
+        events = self.events
+        assert events is not None
+        if events.started or not dst or not stat.S_ISDIR(src_st.st_mode):
+            events.stop()
+            return
+        events.started = True
+        parts = dst.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            path = self.view.upper_path(sub)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                events.stop()
+                return
+            _, mtime = self._times(src_st) if sub == dst else self.view.times.get(
+                path, (0, st.st_mtime_ns))
+            events.directory(sub, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, mtime)
 
     def _copy(
         self,
@@ -794,6 +836,8 @@ class _Copier:
         elif restore_time and target_st is not None:
             path = self.view.upper_dir(dst)
             self.view.times[path] = self._times(st)
+        if not is_dir and included and self.events is not None:
+            self.events.entry(dst)
 
     def _copy_dir(
         self,
@@ -814,6 +858,15 @@ class _Copier:
         if included:
             created = self._dir_only(dst, st, overwrite, fresh)
             pending.copied = True
+        if self.events is not None and self.events.on:
+            if created:  # it ends with what _copy_info gives it once its children are made
+                uid, gid = self._owner(walk.tree, st)
+                mode = stat.S_IMODE(st.st_mode)
+                if self.chmod is not None:
+                    mode = self.chmod.apply(mode, is_dir=True)
+                self.events.directory(dst, mode, uid, gid, self._times(st)[1])
+            elif components or not included:  # a merge, or a directory made later if at all
+                self.events.stop()
         walk.parents.append(pending)
         try:
             if excluded and (self.exclude is None or not self.exclude.has_exceptions):
@@ -870,6 +923,8 @@ class _Copier:
         if fmt == stat.S_IFREG:
             first = walk.inodes.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
             if first is not None:
+                if self.events is not None:
+                    self.events.stop()  # the first path's header changes (a hardlink group)
                 os.link(first, target)
             else:
                 self._write_file(walk.tree, source, st, target)
@@ -951,6 +1006,8 @@ class _Copier:
         src_rel = tree.resolve(src)
         if src_rel is None or not is_archive(tree.fspath(src_rel)):
             return False
+        if self.events is not None:
+            self.events.stop()
         base = self.view.resolve(go_clean(dest))
         self.mkdir_all(_rel(base), _DEFAULT_DIR_MODE)  # unpacking ignores --chmod
         scratch = tempfile.mkdtemp(prefix=".soute-unpack-", dir=os.fsdecode(self.view.upper))
@@ -1334,6 +1391,7 @@ def copy_into(
     excludes: Sequence[str] = (),
     unpack: bool = False,
     timestamp_ns: int | None = None,
+    events: CopyEvents | None = None,
 ) -> CopyResult:
     """Copy ``sources`` to ``dest`` in the image, as COPY (``unpack=False``) or ADD does.
 
@@ -1343,6 +1401,7 @@ def copy_into(
     against the image's ``/etc/passwd`` and ``/etc/group`` (:func:`resolve_chown`).
     ``timestamp_ns`` sets every copied entry's mtime (BuildKit's copy ``CreatedTime``).
     ``unpack`` is ADD's archive unpacking (``--unpack=false`` turns it off).
+    ``events`` announces finished entries to a layer writer (:mod:`soute.build.copyevents`).
     """
     from soute.dockerfile.ignore import PatternMatcher
 
@@ -1357,6 +1416,7 @@ def copy_into(
         chmod=mode if isinstance(mode, Chmod) else None,
         exclude=PatternMatcher(list(excludes)) if excludes else None,
         timestamp_ns=timestamp_ns,
+        events=events,
     )
     target = dest_path(dest, workdir)
     try:
@@ -1374,11 +1434,15 @@ def copy_into(
         raise SouteError(f"copy to {target} failed:{where}: {err.strerror or err}") from err
     finally:
         view.finish()
+        if events is not None:
+            events.flush()
     return copier.result
 
 
 def _copy_inline(copier: _Copier, source: InlineSource, dest: str) -> None:
     """A heredoc: a 0644 root-owned file made in a scratch tree, then copied like a file."""
+    if copier.events is not None:
+        copier.events.stop()
     if "/" in source.name.strip("/") or source.name in ("", ".", ".."):
         raise SouteError(f"mkfile /{source.name}: no such file or directory")
     with tempfile.TemporaryDirectory(prefix="soute-heredoc-") as scratch:

@@ -9,6 +9,11 @@ a base without ``/app``), the copy writes straight into the upper dir instead, r
 image through a read-only overlay of the parents: every entry is new, so the upper dir ends
 up the same as through the overlay (no copy-up, whiteout or opaque directory is possible),
 and a create there costs a plain ``openat`` instead of overlayfs' (about 25 times more).
+
+A ``COPY`` of one source into such a directory also writes its layer while it copies: the
+child announces each entry it finishes (:mod:`soute.build.copyevents`) and this process
+tars it on the other core (:class:`soute.layer.LayerStream`), instead of walking the
+finished tree afterwards. What the announcements cannot follow falls back to that walk.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from soute.dockerfile import instructions as ins
 from soute.errors import LocatedError, SouteError
 
 if TYPE_CHECKING:
+    from soute.build.copyevents import CopyEvents
     from soute.build.engine import Builder
     from soute.build.git import Resolved
     from soute.dockerfile.stages import StageScope
     from soute.image.config import ImageConfig
+    from soute.layer.write import LayerDigest, LayerStream
 
 
 def copy_step(
@@ -102,7 +109,7 @@ def copy_step(
         unpack,
     )
 
-    def make(upper: Path, lowers: list[Path]) -> None:
+    def make(upper: Path, lowers: list[Path]) -> LayerDigest | None:
         sources: list[dict[str, object]] = []
         for i, (path, kind) in enumerate(zip(instr.sources, kinds, strict=True)):
             if kind == "git":
@@ -143,9 +150,32 @@ def copy_step(
             "tmp": str(builder.store.tmp),
             "direct": _dest_is_new(instr.dest, workdir, lowers),
         }
-        error = _in_child(job)
-        if error is not None:
-            raise LocatedError(error, file=file, line=instr.line)
+        # A COPY of one source into a new directory writes its layer while it copies.
+        if not (job["direct"] and isinstance(instr, ins.Copy) and len(sources) == 1
+                and not contents and not job["parents"]):
+            error = _in_child(job)
+            if error is not None:
+                raise LocatedError(error, file=file, line=instr.line)
+            return None
+        from soute.layer import LayerStream
+
+        epoch = builder._epoch()
+        with builder.store.blobs.writer() as w:
+            stream = LayerStream(upper, w, epoch=epoch.seconds if epoch is not None else None)
+            try:
+                error = _in_child(job, stream)
+            except BaseException:
+                stream.fail("interrupted")  # its writing thread stops before w goes
+                raise
+            if error is not None:
+                stream.fail("the copy failed")
+                raise LocatedError(error, file=file, line=instr.line)
+            layer = stream.finish()
+            if layer is None:
+                w.abort()  # the engine writes it from the finished tree
+                return None
+            w.commit()
+            return layer
 
     return builder._layer_step(config, layers, step_key, _created_by(instr), make)
 
@@ -278,27 +308,37 @@ def _created_by(instr: ins.Copy | ins.Add) -> str:
 # ---------------------------------------------------------------------------- the copy
 
 
-def _in_child(job: dict[str, Any]) -> str | None:
-    """Run the copy in a child with its own mount namespace; its error message, or None."""
+def _in_child(job: dict[str, Any], stream: LayerStream | None = None) -> str | None:
+    """Run the copy in a child with its own mount namespace; its error message, or None.
+
+    With ``stream``, the child announces the entries it finishes and they are written to
+    ``stream`` here, while it copies."""
     # The scratch dir holds the mountpoints: it is removed by us once the child (and with it
     # its mount namespace) is gone, never while an overlay is mounted on it.
     scratch = Path(tempfile.mkdtemp(prefix="copy-", dir=job["tmp"]))
     try:
-        return _fork_copy({**job, "scratch": str(scratch)})
+        return _fork_copy({**job, "scratch": str(scratch)}, stream)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _fork_copy(job: dict[str, Any]) -> str | None:
+def _fork_copy(job: dict[str, Any], stream: LayerStream | None = None) -> str | None:
     read_fd, write_fd = os.pipe()
+    events_r, events_w = os.pipe() if stream is not None else (-1, -1)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child; its effects are tested
         from soute.build.engine import close_inherited_fds
 
-        close_inherited_fds(write_fd)  # another stage's pipes must not wait for this copy
+        # Another stage's pipes must not wait for this copy.
+        close_inherited_fds(write_fd, *([events_w] if stream is not None else []))
         code = 0
         try:
-            _copy_in_namespace(job)
+            events = None
+            if stream is not None:
+                from soute.build.copyevents import CopyEvents
+
+                events = CopyEvents(events_w)
+            _copy_in_namespace(job, events)
         except SouteError as e:
             os.write(write_fd, str(e).encode())
             code = 1
@@ -308,6 +348,14 @@ def _fork_copy(job: dict[str, Any]) -> str | None:
             code = 2
         os._exit(code)
     os.close(write_fd)
+    if stream is not None:
+        from soute.build.copyevents import follow
+
+        os.close(events_w)
+        try:
+            follow(events_r, stream)  # until the child ends
+        finally:
+            os.close(events_r)
     with os.fdopen(read_fd, "rb") as f:
         message = f.read().decode("utf-8", "replace")
     _, status = os.waitpid(pid, 0)
@@ -316,7 +364,7 @@ def _fork_copy(job: dict[str, Any]) -> str | None:
     return message or f"copy failed (status {status})"
 
 
-def _copy_in_namespace(job: dict[str, Any]) -> None:
+def _copy_in_namespace(job: dict[str, Any], events: CopyEvents | None = None) -> None:
     from soute.build.context import BuildContext, SourceTree
     from soute.build.copy import InlineSource, Source, copy_into
     from soute.runtime import _linux
@@ -360,7 +408,8 @@ def _copy_in_namespace(job: dict[str, Any]) -> None:
                 for n, d in job["contents"]]
     copy_into(sources, job["dest"], target_root=target, write_root=write,
               workdir=job["workdir"], chown=job["chown"], chmod=job["chmod"],
-              parents=job["parents"], excludes=job["excludes"], unpack=job["unpack"])
+              parents=job["parents"], excludes=job["excludes"], unpack=job["unpack"],
+              events=events)
 
 
 def _mount_readonly(

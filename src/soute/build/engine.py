@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from soute.dockerfile.stages import BuildScope, StageScope
     from soute.image.config import ImageConfig
     from soute.image.timestamp import Timestamp
+    from soute.layer.write import LayerDigest
     from soute.store.store import Image, Store
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -406,7 +407,7 @@ class Builder:
         layers: list[tuple[str, int]],
         key: str,
         created_by: str,
-        make: Callable[[Path, list[Path]], None],
+        make: Callable[[Path, list[Path]], LayerDigest | None],
         *,
         suffix: bool = True,
     ) -> tuple[str, tuple[str, int] | None]:
@@ -424,7 +425,7 @@ class Builder:
         layers: list[tuple[str, int]],
         key: str,
         created_by: str,
-        make: Callable[[Path, list[Path]], None],
+        make: Callable[[Path, list[Path]], LayerDigest | None],
         *,
         suffix: bool = True,
     ) -> tuple[str, tuple[str, int] | None]:
@@ -461,28 +462,31 @@ class Builder:
         if top is not None:
             os.chown(upper, top.st_uid, top.st_gid)
         try:
-            make(upper, lowers)
+            made = make(upper, lowers)
             created = self._now()
-            if not any(os.scandir(upper)):
+            if made is None and not any(os.scandir(upper)):
                 # Nothing changed on disk: docker records the step without a layer.
                 self.store.meta.cache_put(key, None, 0, None, created.format(), created.format())
                 if self.remote is not None:
                     self._record(key, None, created.format())
                 self._history(config, text, empty=True, created=created)
                 return key, None
-            from soute.layer import write_layer  # here: a cached step needs no layer writer
+            if made is not None:
+                layer, diff_id = made, made.diff_id  # written while the step ran (a COPY)
+            else:
+                from soute.layer import write_layer  # here: a cached step needs none
 
-            with self.store.blobs.writer() as w:
-                # Under SOURCE_DATE_EPOCH, mtimes are clamped to it (BuildKit's
-                # rewrite-timestamp) so that the same build gives the same layers.
-                epoch = self._epoch()
-                layer = write_layer(
-                    upper,
-                    w,
-                    overlay=True,  # type: ignore[arg-type]
-                    epoch=epoch.seconds if epoch is not None else None,
-                )
-                diff_id = w.commit()
+                with self.store.blobs.writer() as w:
+                    # Under SOURCE_DATE_EPOCH, mtimes are clamped to it (BuildKit's
+                    # rewrite-timestamp) so that the same build gives the same layers.
+                    epoch = self._epoch()
+                    layer = write_layer(
+                        upper,
+                        w,
+                        overlay=True,  # type: ignore[arg-type]
+                        epoch=epoch.seconds if epoch is not None else None,
+                    )
+                    diff_id = w.commit()
             chain = chain_ids([*[d for d, _ in layers], diff_id])[-1]
             snapshot = self.store.snapshot_path(chain)
             if not snapshot.is_dir():

@@ -4,6 +4,8 @@ The lowest layer of soute: it imports nothing from soute but :mod:`soute.errors`
 
 - :func:`write_layer` streams a deterministic PAX tar of a tree (a full tree or an overlayfs
   upper dir) and returns its :class:`LayerDigest` (DiffID and size).
+- :class:`LayerStream` writes the same tar while the tree is still being made, told which
+  entries are final (a COPY into a new directory), and falls back when told wrong.
 - :func:`apply_layer` applies a layer tar onto a full tree, or unpacks it as an overlayfs
   lower dir, refusing entries that would write outside the destination.
 - :func:`compress_stream`, :func:`open_decompressed` and :func:`detect` handle the gzip and
@@ -20,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from soute.layer.apply import apply_layer
     from soute.layer.compress import compress_stream, detect, open_decompressed
-    from soute.layer.write import LayerDigest, write_layer
+    from soute.layer.write import LayerDigest, LayerStream, write_layer
 
 __all__ = [
     "LayerDigest",
+    "LayerStream",
     "apply_layer",
     "compress_stream",
     "detect",
@@ -33,6 +36,7 @@ __all__ = [
 
 _HOME = {
     "LayerDigest": "write",
+    "LayerStream": "write",
     "write_layer": "write",
     "apply_layer": "apply",
     "compress_stream": "compress",

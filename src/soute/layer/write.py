@@ -25,7 +25,7 @@ import os
 import queue
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -114,6 +114,123 @@ def write_layer(
         raise
     sink.close()
     return LayerDigest(diff_id="sha256:" + sink.hexdigest(), size=sink.size)
+
+
+class LayerStream:
+    """A layer written while its tree is still being made, for a copy into a new directory.
+
+    The maker tells, in archive order, which entries are final: :meth:`directory` before a
+    directory's children, with the mode, owner and mtime it will end with (a copy sets a
+    directory's metadata after its children, and making each child moves its mtime), and
+    :meth:`entry` once a non-directory is complete. Entries are read and written as they
+    come, on another core than the maker's, instead of after it has finished.
+
+    :meth:`finish` then checks the prediction: each announced directory's header is
+    encoded again from the finished tree, and each directory holds exactly the children
+    announced. Any difference (or :meth:`fail`, or an announcement out of order) makes it
+    return None: the caller writes the layer from the finished tree with
+    :func:`write_layer`, so the layer is always exactly the one that function writes.
+    """
+
+    def __init__(self, root: Path, out: BinaryIO, *, epoch: int | None = None) -> None:
+        self._top = os.fsencode(os.path.abspath(root))
+        self._sink = _HashingSink(out)
+        self._writer = _TreeWriter(self._top, self._sink, overlay=True, epoch=epoch)
+        self._headers: list[tuple[bytes, bytes]] = []  # (directory, header written)
+        self._children: dict[bytes, list[bytes]] = {b"": []}
+        self._open: list[bytes] = [b""]  # the directories entries may still come into
+        self.failure: str | None = None
+
+    def directory(self, rel: bytes, perm: int, uid: int, gid: int, mtime_ns: int) -> None:
+        """Directory ``rel`` (relative, no trailing slash) will end with these values."""
+        if not self._place(rel):
+            return
+        header = _header(rel + b"/", perm, uid, gid, 0, self._writer._mtime_of(mtime_ns), _TYPE_DIR)
+        self._headers.append((rel, header))
+        self._children[rel] = []
+        self._open.append(rel)
+        self._write(lambda: self._sink.write(header))
+
+    def entry(self, rel: bytes) -> None:
+        """Non-directory ``rel`` is complete."""
+        if not self._place(rel):
+            return
+        path = self._top + b"/" + rel
+        try:
+            st = os.lstat(path)
+        except OSError as err:
+            self.fail(f"{os.fsdecode(rel)}: {err.strerror}")
+            return
+        if stat.S_ISDIR(st.st_mode) or st.st_nlink > 1 or self._writer._is_whiteout(st):
+            # A hardlink's first path and a whiteout's place depend on entries yet to come.
+            self.fail(f"{os.fsdecode(rel)} is a directory, a hardlink or a whiteout")
+            return
+        self._write(lambda: self._writer._emit(path, rel, st))
+
+    def fail(self, why: str) -> None:
+        """Stop streaming: the maker did something this stream cannot follow."""
+        if self.failure is None:
+            self.failure = why
+            self._sink.close(quiet=True)
+
+    def finish(self) -> LayerDigest | None:
+        """End the layer once the tree is finished; None when it must be written anew."""
+        if self.failure is None:
+            self._check()
+        if self.failure is not None:
+            self._sink.close(quiet=True)
+            return None
+        sink = self._sink
+        sink.write(_ZERO_BLOCK * 2)
+        sink.write(bytes(-(sink.size + len(sink.pending)) % RECORD))
+        sink.flush()
+        sink.close()
+        return LayerDigest(diff_id="sha256:" + sink.hexdigest(), size=sink.size)
+
+    def _place(self, rel: bytes) -> bool:
+        """Whether ``rel`` comes next in archive order: in an open directory, after its
+        siblings so far (each directory's children in byte order, as _children sorts)."""
+        if self.failure is not None:
+            return False
+        parent, _, name = rel.rpartition(b"/")
+        while self._open and self._open[-1] != parent:
+            self._open.pop()
+        siblings = self._children.get(parent)
+        if not self._open or siblings is None or (siblings and siblings[-1] >= name):
+            self.fail(f"{os.fsdecode(rel)} comes out of order")
+            return False
+        siblings.append(name)
+        return True
+
+    def _write(self, write: Callable[[], object]) -> None:
+        try:
+            write()
+        except (OSError, SouteError) as err:  # the walk of the finished tree reports it
+            self.fail(str(err))
+
+    def _check(self) -> None:
+        for rel, header in self._headers:
+            path = self._top + b"/" + rel
+            try:
+                st = os.lstat(path)
+                xattrs, opaque = self._writer._xattrs(path, directory=True)
+            except (OSError, SouteError) as err:
+                self.fail(str(err))
+                return
+            real = _header(rel + b"/", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0,
+                           self._writer._mtime(st), _TYPE_DIR, xattrs=xattrs)
+            if opaque or real != header:
+                self.fail(f"{os.fsdecode(rel)} did not end as announced")
+                return
+        for rel, names in self._children.items():
+            try:
+                found = sorted(os.listdir(self._top + b"/" + rel if rel else self._top))
+            except OSError as err:
+                self.fail(str(err))
+                return
+            if found != names:
+                self.fail(f"/{os.fsdecode(rel)} holds other entries than announced")
+                return
 
 
 class _HashingSink:
@@ -253,7 +370,10 @@ class _TreeWriter:
         return self._overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
     def _mtime(self, st: os.stat_result) -> int:
-        mtime = st.st_mtime_ns // 1_000_000_000  # floor, also for times before 1970
+        return self._mtime_of(st.st_mtime_ns)
+
+    def _mtime_of(self, mtime_ns: int) -> int:
+        mtime = mtime_ns // 1_000_000_000  # floor, also for times before 1970
         if self._epoch is not None and mtime > self._epoch:
             return self._epoch
         return mtime
