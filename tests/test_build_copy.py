@@ -2047,3 +2047,58 @@ def test_copy_step_writes_its_layer_while_it_copies(
         expected = io.BytesIO()
         assert write_layer(upper, expected, epoch=epoch) == layer  # type: ignore[arg-type]
         assert out.getvalue() == expected.getvalue()
+
+
+def _stream_job(tmp_path: Path, ctx: Path) -> tuple[dict[str, object], Path]:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    job = {
+        "lowers": [], "upper": str(upper), "sources": [{"path": "d"}], "contents": [],
+        "context": str(ctx), "dockerfile": "", "source_layers": None, "dest": "/app",
+        "workdir": "/", "chown": None, "chmod": None, "parents": False, "excludes": [],
+        "unpack": False, "tmp": str(tmp_path), "direct": True,
+    }
+    return job, upper
+
+
+@needs_root
+def test_a_streamed_copy_reports_a_long_error_instead_of_waiting(tmp_path: Path) -> None:
+    """The child's report (a traceback of 100 KB here, from a tree deeper than Python's
+    recursion) comes after it has closed its announcements: nothing waits on a full pipe."""
+    import threading
+
+    from soute.build.copystep import _in_child
+    from soute.layer import LayerStream
+
+    deep = tmp_path / "ctx" / "d"
+    for _ in range(600):
+        deep = deep / "a"
+    deep.mkdir(parents=True)
+    job, upper = _stream_job(tmp_path, tmp_path / "ctx")
+    stream = LayerStream(upper, io.BytesIO())
+    result: list[str | None] = []
+    thread = threading.Thread(target=lambda: result.append(_in_child(job, stream)), daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the copy child and its reader wait on each other"
+    assert result[0] is not None and "RecursionError" in result[0]
+    stream.fail("the copy failed")
+
+
+@needs_root
+def test_a_streamed_copy_of_a_far_future_directory_falls_back(tmp_path: Path) -> None:
+    """A directory time past what the announcement holds (2262) stops the stream; the layer
+    is then written from the finished tree, which keeps that time (a PAX record)."""
+    from soute.build.copystep import _in_child
+    from soute.layer import LayerStream, write_layer
+
+    build(tmp_path / "ctx", {"d/f": "x"})
+    os.utime(tmp_path / "ctx" / "d", (10_500_000_000, 10_500_000_000))
+    job, upper = _stream_job(tmp_path, tmp_path / "ctx")
+    stream = LayerStream(upper, io.BytesIO())
+    assert _in_child(job, stream) is None
+    assert stream.finish() is None
+    out = io.BytesIO()
+    write_layer(upper, out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
+        assert tar.getmember("app").mtime == 10_500_000_000

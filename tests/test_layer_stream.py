@@ -71,7 +71,8 @@ def test_a_directory_announced_before_its_final_mtime(tmp_path: Path) -> None:
     assert out.getvalue() == _expected(tmp_path)
 
 
-@pytest.mark.parametrize("change", ["mtime", "mode", "xattr", "extra file", "extra dir"])
+@pytest.mark.parametrize("change", ["mtime", "mode", "xattr", "extra file", "extra dir",
+                                    "dir to symlink"])
 def test_a_wrong_announcement_gives_up(tmp_path: Path, change: str) -> None:
     _tree(tmp_path)
     stream = LayerStream(tmp_path, io.BytesIO())
@@ -82,6 +83,12 @@ def test_a_wrong_announcement_gives_up(tmp_path: Path, change: str) -> None:
         os.chmod(tmp_path / "app", 0o700)
     elif change == "xattr":
         os.setxattr(tmp_path / "app/sub", "user.note", b"x")
+    elif change == "dir to symlink":
+        elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"  # outside the tree
+        elsewhere.mkdir()
+        (tmp_path / "app/sub/b").rename(elsewhere / "b")
+        (tmp_path / "app/sub").rmdir()
+        (tmp_path / "app/sub").symlink_to(elsewhere)
     elif change == "extra file":
         (tmp_path / "app/sub/late").write_bytes(b"")
     else:

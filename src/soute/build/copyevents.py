@@ -11,6 +11,7 @@ uid, gid and mtime the directory will end with, then the path's length and bytes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from typing import TYPE_CHECKING
@@ -35,8 +36,12 @@ class CopyEvents:
     def directory(self, rel: str, perm: int, uid: int, gid: int, mtime_ns: int) -> None:
         if self.on:
             path = os.fsencode(rel)
-            self._buffer += _HEAD.pack(b"D", len(path)) + _DIR.pack(perm, uid, gid, mtime_ns)
-            self._buffer += path
+            try:
+                fields = _DIR.pack(perm, uid, gid, mtime_ns)
+            except struct.error:  # a time past 2262, an id past 32 bits: write_layer's job
+                self.stop()
+                return
+            self._buffer += _HEAD.pack(b"D", len(path)) + fields + path
             self._maybe_flush()
 
     def entry(self, rel: str) -> None:
@@ -53,7 +58,18 @@ class CopyEvents:
             self._buffer += _HEAD.pack(b"X", 0)
             self.flush()
 
+    def close(self) -> None:
+        """Flush and close: the reader sees the end before the child reports anything else
+        (a report longer than a pipe holds would otherwise wait on a reader still here)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):  # the reader is gone (interrupted)
+                self.flush()
+            os.close(self._fd)
+            self._fd = -1
+
     def flush(self) -> None:
+        if self._fd < 0:
+            return
         data = memoryview(self._buffer)
         while data:
             data = data[os.write(self._fd, data):]

@@ -332,17 +332,23 @@ def _fork_copy(job: dict[str, Any], stream: LayerStream | None = None) -> str | 
         # Another stage's pipes must not wait for this copy.
         close_inherited_fds(write_fd, *([events_w] if stream is not None else []))
         code = 0
+        events = None
         try:
-            events = None
             if stream is not None:
                 from soute.build.copyevents import CopyEvents
 
                 events = CopyEvents(events_w)
             _copy_in_namespace(job, events)
+            if events is not None:
+                events.close()
         except SouteError as e:
+            if events is not None:
+                events.close()
             os.write(write_fd, str(e).encode())
             code = 1
         except BaseException as e:
+            if events is not None:
+                events.close()
             os.write(write_fd, f"internal error: {type(e).__name__}: {e}\n"
                      f"{traceback.format_exc()}".encode())
             code = 2
@@ -354,8 +360,13 @@ def _fork_copy(job: dict[str, Any], stream: LayerStream | None = None) -> str | 
         os.close(events_w)
         try:
             follow(events_r, stream)  # until the child ends
-        finally:
+        except BaseException:
+            # Interrupted: the child ends at its next announcement (a closed pipe).
             os.close(events_r)
+            os.close(read_fd)
+            os.waitpid(pid, 0)
+            raise
+        os.close(events_r)
     with os.fdopen(read_fd, "rb") as f:
         message = f.read().decode("utf-8", "replace")
     _, status = os.waitpid(pid, 0)

@@ -129,7 +129,9 @@ class LayerStream:
     encoded again from the finished tree, and each directory holds exactly the children
     announced. Any difference (or :meth:`fail`, or an announcement out of order) makes it
     return None: the caller writes the layer from the finished tree with
-    :func:`write_layer`, so the layer is always exactly the one that function writes.
+    :func:`write_layer`. Non-directories are read once, when announced: the maker must not
+    change them afterwards (the copy never does; it stops the stream before a removal, a
+    copy-up or a hardlink).
     """
 
     def __init__(self, root: Path, out: BinaryIO, *, epoch: int | None = None) -> None:
@@ -181,9 +183,13 @@ class LayerStream:
             self._sink.close(quiet=True)
             return None
         sink = self._sink
-        sink.write(_ZERO_BLOCK * 2)
-        sink.write(bytes(-(sink.size + len(sink.pending)) % RECORD))
-        sink.flush()
+        try:
+            sink.write(_ZERO_BLOCK * 2)
+            sink.write(bytes(-(sink.size + len(sink.pending)) % RECORD))
+            sink.flush()
+        except BaseException:
+            sink.close(quiet=True)  # its writing thread ends; the first error is the one
+            raise
         sink.close()
         return LayerDigest(diff_id="sha256:" + sink.hexdigest(), size=sink.size)
 
@@ -219,7 +225,7 @@ class LayerStream:
                 return
             real = _header(rel + b"/", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0,
                            self._writer._mtime(st), _TYPE_DIR, xattrs=xattrs)
-            if opaque or real != header:
+            if opaque or not stat.S_ISDIR(st.st_mode) or real != header:
                 self.fail(f"{os.fsdecode(rel)} did not end as announced")
                 return
         for rel, names in self._children.items():
