@@ -323,6 +323,16 @@ def _in_child(job: dict[str, Any], stream: LayerStream | None = None) -> str | N
 
 
 def _fork_copy(job: dict[str, Any], stream: LayerStream | None = None) -> str | None:
+    # Everything the child imports is imported here first. A child forked while another
+    # stage's thread holds a module's import lock (importing the same module) would wait
+    # on that lock forever: only the forking thread goes on in the child.
+    import soute.build.context
+    import soute.build.copy
+    import soute.build.copyevents
+    import soute.build.engine
+    import soute.runtime._linux
+    import soute.runtime.rootfs  # noqa: F401
+
     read_fd, write_fd = os.pipe()
     events_r, events_w = os.pipe() if stream is not None else (-1, -1)
     pid = os.fork()
