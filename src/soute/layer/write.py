@@ -105,10 +105,7 @@ def write_layer(
     try:
         writer = _TreeWriter(top, sink, overlay=overlay, epoch=epoch)
         writer.run()
-        # Two zero blocks end the archive; pad to whole records like tar(1) and tarfile do.
-        sink.write(_ZERO_BLOCK * 2)
-        sink.write(bytes(-(sink.size + len(sink.pending)) % RECORD))
-        sink.flush()
+        sink.end_archive()
     except BaseException:
         sink.close(quiet=True)  # the walk's own error is the one to report
         raise
@@ -184,9 +181,7 @@ class LayerStream:
             return None
         sink = self._sink
         try:
-            sink.write(_ZERO_BLOCK * 2)
-            sink.write(bytes(-(sink.size + len(sink.pending)) % RECORD))
-            sink.flush()
+            sink.end_archive()
         except BaseException:
             sink.close(quiet=True)  # its writing thread ends; the first error is the one
             raise
@@ -219,12 +214,10 @@ class LayerStream:
             path = self._top + b"/" + rel
             try:
                 st = os.lstat(path)
-                xattrs, opaque = self._writer._xattrs(path, directory=True)
+                real, opaque = self._writer._dir_header(path, rel, st)
             except (OSError, SouteError) as err:
                 self.fail(str(err))
                 return
-            real = _header(rel + b"/", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0,
-                           self._writer._mtime(st), _TYPE_DIR, xattrs=xattrs)
             if opaque or not stat.S_ISDIR(st.st_mode) or real != header:
                 self.fail(f"{os.fsdecode(rel)} did not end as announced")
                 return
@@ -270,6 +263,12 @@ class _HashingSink:
         """``data`` goes to the writing thread as it is: the caller must not reuse it."""
         self.flush()
         self._emit(data)
+
+    def end_archive(self) -> None:
+        """Two zero blocks end the archive; pad to whole records like tar(1) and tarfile do."""
+        self.write(_ZERO_BLOCK * 2)
+        self.write(bytes(-(self.size + len(self.pending)) % RECORD))
+        self.flush()
 
     def flush(self) -> None:
         if self.pending:
@@ -398,10 +397,8 @@ class _TreeWriter:
         perm = stat.S_IMODE(mode)
         mtime = self._mtime(st)
         if stat.S_ISDIR(mode):
-            xattrs, opaque = self._xattrs(path, directory=True)
-            sink.write(
-                _header(name + b"/", perm, st.st_uid, st.st_gid, 0, mtime, _TYPE_DIR, xattrs=xattrs)
-            )
+            header, opaque = self._dir_header(path, name, st)
+            sink.write(header)
             if opaque:
                 sink.write(_header(name + b"/" + OPAQUE_MARKER, 0o600, 0, 0, 0, 0, _TYPE_REG))
             return True
@@ -461,6 +458,13 @@ class _TreeWriter:
                 _header(name, perm, st.st_uid, st.st_gid, 0, mtime, _TYPE_FIFO, xattrs=xattrs)
             )
         return False
+
+    def _dir_header(self, path: bytes, name: bytes, st: os.stat_result) -> tuple[bytes, bool]:
+        """A directory's header, and whether it is overlay-opaque."""
+        xattrs, opaque = self._xattrs(path, directory=True)
+        perm = stat.S_IMODE(st.st_mode)
+        return _header(name + b"/", perm, st.st_uid, st.st_gid, 0, self._mtime(st), _TYPE_DIR,
+                       xattrs=xattrs), opaque
 
     def _xattrs(self, path: bytes, *, directory: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
         """The xattrs to record, sorted by name, and whether the directory is overlay-opaque."""
