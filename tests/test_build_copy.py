@@ -2049,9 +2049,12 @@ def test_copy_step_writes_its_layer_while_it_copies(
         assert out.getvalue() == expected.getvalue()
 
 
-def _stream_job(tmp_path: Path, ctx: Path) -> tuple[dict[str, object], Path]:
-    upper = tmp_path / "upper"
-    upper.mkdir()
+def _stream_job(
+    tmp_path: Path, ctx: Path, upper: Path | None = None
+) -> tuple[dict[str, object], Path]:
+    if upper is None:
+        upper = tmp_path / "upper"
+        upper.mkdir()
     job = {
         "lowers": [], "upper": str(upper), "sources": [{"path": "d"}], "contents": [],
         "context": str(ctx), "dockerfile": "", "source_layers": None, "dest": "/app",
@@ -2102,3 +2105,46 @@ def test_a_streamed_copy_of_a_far_future_directory_falls_back(tmp_path: Path) ->
     write_layer(upper, out)
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
         assert tar.getmember("app").mtime == 10_500_000_000
+
+
+
+@needs_root
+def test_a_file_the_writer_process_cannot_write_fails_the_copy(tmp_path: Path) -> None:
+    """The streamed copy hands its files to a writer process: a write that fails there
+    fails the copy with its error, as one on the walk's side would, nothing after it is
+    written, and the layer is left to write_layer (the stream stops)."""
+    from soute.build.copystep import _in_child
+    from soute.layer import LayerStream
+
+    ctx = tmp_path / "ctx"
+    build(ctx, {"d/a": "a", "d/b/big": "x" * (1 << 20), "d/b/c": "c", "d/z": "z"})
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(upper)], check=True)
+    try:
+        job, _ = _stream_job(tmp_path, ctx, upper=upper)
+        stream = LayerStream(upper, io.BytesIO())  # type: ignore[arg-type]
+        assert _in_child(job, stream) == "copy to /app failed: No space left on device"
+        assert stream.finish() is None
+        assert (upper / "app/a").read_text() == "a"
+        assert not (upper / "app/b/c").exists() and not (upper / "app/z").exists()
+    finally:
+        subprocess.run(["umount", str(upper)], check=True)
+
+
+@needs_root
+def test_a_full_disk_fails_the_copy_instead_of_cutting_the_file(tmp_path: Path) -> None:
+    """copy_file_range reports a full destination by copying nothing more (0), not by an
+    error: the copy must then fail with ENOSPC, never keep a short file."""
+    ctx = tmp_path / "ctx"
+    build(ctx, {"big": "x" * (1 << 20)})
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    lower.mkdir()
+    upper.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(upper)], check=True)
+    try:
+        with pytest.raises(SouteError, match=r"^copy to /big failed: No space left on device$"):
+            copy_into([Source("big", BuildContext(ctx))], "/big", target_root=lower,
+                      write_root=upper)
+    finally:
+        subprocess.run(["umount", str(upper)], check=True)

@@ -676,6 +676,13 @@ class _Copier:
         self.timestamp_ns = timestamp_ns
         self.result = CopyResult()
         self.dir_mode = chmod.dir_mode if chmod is not None else _DEFAULT_DIR_MODE
+        self._privileged = os.geteuid() == 0
+
+    def settle(self) -> None:
+        """Wait for the writes handed to the events' writer process (raising the first
+        failure): before the copy touches a path that one of them may create."""
+        if self.events is not None:
+            self.events.settle()
 
     # -- directories for dest
 
@@ -733,6 +740,7 @@ class _Copier:
         src_st = None if src_rel is None else tree.lstat(src_rel)
         if src_rel is None or src_st is None:
             raise SouteError(f"lstat {src}: no such file or directory")
+        self.settle()  # an earlier source may have queued a write to what this one replaces
         dst_st = self.view.lstat(dst)
         src_is_dir = stat.S_ISDIR(src_st.st_mode)
         if not src_is_dir and dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
@@ -740,8 +748,9 @@ class _Copier:
         self.mkdir_all(dst if src_is_dir and dst_st is None else _parent(dst))
         if self.events is not None and self.events.on:
             self._announce_dest(dst, src_st)
-        walk = _Walk(tree, include=include, inodes={})
+        walk = _Walk(tree, include=include, inodes={}, made_dest=src_is_dir and dst_st is None)
         self._copy(walk, src_rel, "", dst, False, None, None)
+        self.settle()  # a heredoc's scratch file is removed once this returns
 
     def _announce_dest(self, dst: str, src_st: os.stat_result) -> None:
         """Announce the directories down to ``dst`` (the first source only): the copy of a
@@ -880,7 +889,8 @@ class _Copier:
                     True,
                     include_info,
                     exclude_info,
-                    created,  # a directory this walk made holds only what it puts there
+                    # A directory this walk made holds only what it puts there.
+                    created or (not components and walk.made_dest),
                 )
         finally:
             walk.parents.pop()
@@ -916,6 +926,8 @@ class _Copier:
     ) -> bool:
         """Create ``dst`` from the non-directory ``src``; True when its info (owner, mode,
         times, xattrs) is set too."""
+        if not fresh:
+            self.settle()
         target = self.view.upper_path(dst) if fresh else self.view.clear(dst)
         source = walk.tree.fspath(src)
         fmt = stat.S_IFMT(st.st_mode)
@@ -925,9 +937,10 @@ class _Copier:
             if first is not None:
                 if self.events is not None:
                     self.events.stop()  # the first path's header changes (a hardlink group)
+                self.settle()
                 os.link(first, target)
             else:
-                self._write_file(walk.tree, source, st, target)
+                self._write_file(walk.tree, source, st, target, hand_over=fresh)
                 info_done = True
                 if st.st_nlink > 1:
                     walk.inodes[(st.st_dev, st.st_ino)] = target
@@ -941,34 +954,20 @@ class _Copier:
         return info_done
 
     def _write_file(
-        self, tree: SourceTree, source: bytes, st: os.stat_result, target: bytes
+        self, tree: SourceTree, source: bytes, st: os.stat_result, target: bytes,
+        *, hand_over: bool = False,
     ) -> None:
-        """Copy a regular file and set its info as :meth:`_copy_info` does, through the
-        open descriptors: no path lookup per call, no chown or chmod that changes nothing."""
+        """Copy a regular file and set its info as :meth:`_copy_info` does. ``hand_over``:
+        the events' writer process may do it (nothing may look at ``target`` until
+        :meth:`settle`)."""
         uid, gid = self._owner(tree, st)
         mode = stat.S_IMODE(st.st_mode)
         if self.chmod is not None:
             mode = self.chmod.apply(mode, is_dir=False)
-        src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            dst_fd = os.open(
-                target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                _copy_data(src_fd, dst_fd)
-                made = os.fstat(dst_fd)
-                chowned = (made.st_uid, made.st_gid) != (uid, gid)
-                if chowned:
-                    _lchown(dst_fd, uid, gid)
-                # After the chown, which clears setuid and setgid.
-                if chowned or stat.S_IMODE(made.st_mode) != mode:
-                    os.fchmod(dst_fd, mode)
-                os.utime(dst_fd, ns=self._times(st))
-                _copy_xattrs(src_fd, dst_fd, target)
-            finally:
-                os.close(dst_fd)
-        finally:
-            os.close(src_fd)
+        times = self._times(st)
+        if not (hand_over and self.events is not None
+                and self.events.write_file(source, target, uid, gid, mode, times, _write_regular)):
+            _write_regular(source, target, uid, gid, mode, times)
 
     def _owner(self, tree: SourceTree, st: os.stat_result) -> tuple[int, int]:
         if self.owner is not None:
@@ -987,6 +986,8 @@ class _Copier:
             mode = stat.S_IMODE(st.st_mode)
             if self.chmod is not None:
                 mode = self.chmod.apply(mode, is_dir=stat.S_ISDIR(st.st_mode))
+            if stat.S_ISDIR(st.st_mode) and (mode & 0o300 != 0o300 or not self._privileged):
+                self.settle()  # queued writes into it may need to search and write it
             os.chmod(path, mode)
         times = self._times(st)
         if stat.S_ISDIR(st.st_mode):
@@ -1030,6 +1031,34 @@ class _Walk:
     include: PatternMatcher | None
     inodes: dict[tuple[int, int], bytes]
     parents: list[_Pending] = field(default_factory=list)
+    made_dest: bool = False  # the walk's destination directory was just made: it is empty
+
+
+def _write_regular(
+    source: bytes, target: bytes, uid: int, gid: int, mode: int, times: tuple[int, int]
+) -> None:
+    """Copy a regular file and set its info through the open descriptors: no path lookup
+    per call, no chown or chmod that changes nothing."""
+    src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst_fd = os.open(
+            target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            _copy_data(src_fd, dst_fd)
+            made = os.fstat(dst_fd)
+            chowned = (made.st_uid, made.st_gid) != (uid, gid)
+            if chowned:
+                _lchown(dst_fd, uid, gid)
+            # After the chown, which clears setuid and setgid.
+            if chowned or stat.S_IMODE(made.st_mode) != mode:
+                os.fchmod(dst_fd, mode)
+            os.utime(dst_fd, ns=times)
+            _copy_xattrs(src_fd, dst_fd, target)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
 
 
 def _copy_data(src_fd: int, dst_fd: int) -> None:
@@ -1051,8 +1080,13 @@ def _copy_data(src_fd: int, dst_fd: int) -> None:
             errno.EINVAL,
         ):
             raise
+    if copied < size:
+        # Not copied in the kernel, or stopped short: the source shrank, or the disk is
+        # full, which a write reports as ENOSPC (copy_file_range just returns 0).
         while chunk := os.read(src_fd, 1 << 20):
-            os.write(dst_fd, chunk)
+            data = memoryview(chunk)
+            while data:
+                data = data[os.write(dst_fd, data):]
 
 
 def _resolve_wildcards(tree: SourceTree, src: str) -> list[str]:
@@ -1419,6 +1453,7 @@ def copy_into(
         events=events,
     )
     target = dest_path(dest, workdir)
+    done = False
     try:
         for source in sources:
             if isinstance(source, InlineSource):
@@ -1429,10 +1464,14 @@ def copy_into(
                     unpack=unpack if source.unpack is None else source.unpack,
                     literal=source.literal,
                 )
+        done = True
     except OSError as err:
-        where = f" {os.fsdecode(err.filename)}" if err.filename else ""
-        raise SouteError(f"copy to {target} failed:{where}: {err.strerror or err}") from err
+        where = f" {os.fsdecode(err.filename)}:" if err.filename else ""
+        raise SouteError(f"copy to {target} failed:{where} {err.strerror or err}") from err
     finally:
+        if events is not None:
+            # After a failure, the writes still queued are dropped (before the times are set).
+            events.end_writer(abort=not done)
         view.finish()
         if events is not None:
             events.flush()
