@@ -23,8 +23,8 @@ import fcntl
 import os
 import signal
 import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from soute.layer.write import LayerStream
@@ -51,7 +51,7 @@ class CopyEvents:
         self.on = True  # False once stopped: nothing more is announced
         self.started = False  # a source's walk began (a second one stops the stream)
         self._writer = 0  # the writer's pid, once started
-        self._replies = -1  # the writer's answers to S
+        self._replies: BinaryIO | None = None  # the writer's answers to S
 
     def write_file(
         self, source: bytes, target: bytes, uid: int, gid: int, mode: int,
@@ -74,18 +74,19 @@ class CopyEvents:
     def settle(self) -> None:
         """Wait until the writer wrote every file handed to it; its first failure is raised
         here (an OSError naming the file)."""
-        if not self._writer or self._replies < 0:
+        if self._replies is None:
             return
         self._buffer += _HEAD.pack(b"S", 0)
         self.flush()
-        reply = _read_exactly(self._replies, 1)
+        replies = self._replies
+        reply = replies.read(1)
         if reply == b".":
             return
         if reply != b"!":
             raise OSError(0, "the copy's writer process ended early")
-        code, name_len, text_len = _FAILED.unpack(_read_exactly(self._replies, _FAILED.size))
-        name = _read_exactly(self._replies, name_len)
-        text = _read_exactly(self._replies, text_len).decode("utf-8", "replace")
+        code, name_len, text_len = _FAILED.unpack(replies.read(_FAILED.size))
+        name = replies.read(name_len)
+        text = replies.read(text_len).decode("utf-8", "replace")
         raise OSError(code, text, name) if name else OSError(code, text)
 
     def end_writer(self, *, abort: bool = False) -> None:
@@ -100,8 +101,9 @@ class CopyEvents:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        os.close(self._replies)
-        self._replies = -1
+        if self._replies is not None:
+            self._replies.close()
+            self._replies = None
         os.waitpid(self._writer, 0)
         self._writer = 0
 
@@ -125,7 +127,7 @@ class CopyEvents:
         os.close(replies_w)
         os.close(self._fd)  # the writer holds the parent's pipe now
         self._fd = jobs_w
-        self._replies = replies_r
+        self._replies = os.fdopen(replies_r, "rb")
         self._writer = pid
         self._flush_at = _WRITER_FLUSH
 
@@ -178,14 +180,28 @@ class CopyEvents:
             self.flush()
 
 
-def _read_exactly(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
+def _frames(fd: int) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The whole frames read from ``fd``, (kind, frame) with the head, one list per read."""
+    pending = b""
+    while chunk := os.read(fd, 1 << 16):
+        pending += chunk
+        found = []
+        at = 0
+        while len(pending) - at >= _HEAD.size:
+            kind, length = _HEAD.unpack_from(pending, at)
+            end = at + _HEAD.size + length
+            if kind == b"D":
+                end += _DIR.size
+            elif kind == b"W":
+                if len(pending) - at < _HEAD.size + _WRITE.size:
+                    break
+                end += _WRITE.size + _WRITE.unpack_from(pending, at + _HEAD.size)[0]
+            if end > len(pending):
+                break
+            found.append((kind, pending[at:end]))
+            at = end
+        pending = pending[at:]
+        yield found
 
 
 def _failed(error: OSError) -> bytes:
@@ -200,7 +216,6 @@ def _relay(jobs: int, out: int, replies: int, write: WriteFile) -> None:
     announced (an ``X`` tells the parent), and the failure is the next answer."""
     failure: OSError | None = None
     forward = bytearray()
-    pending = b""
 
     def send() -> None:
         nonlocal forward
@@ -209,65 +224,44 @@ def _relay(jobs: int, out: int, replies: int, write: WriteFile) -> None:
             data = data[os.write(out, data):]
         forward = bytearray()
 
-    while chunk := os.read(jobs, 1 << 16):
-        pending += chunk
-        at = 0
-        while len(pending) - at >= _HEAD.size:
-            kind, length = _HEAD.unpack_from(pending, at)
-            body = at + _HEAD.size
+    for frames in _frames(jobs):
+        for kind, frame in frames:
             if kind == b"W":
-                if len(pending) - body < _WRITE.size:
-                    break
-                target_len, uid, gid, mode, atime, mtime = _WRITE.unpack_from(pending, body)
-                end = body + _WRITE.size + length + target_len
-                if end > len(pending):
-                    break
                 if failure is None:
-                    source = pending[body + _WRITE.size:body + _WRITE.size + length]
+                    source_len = _HEAD.unpack_from(frame)[1]
+                    target_len, uid, gid, mode, atime, mtime = _WRITE.unpack_from(
+                        frame, _HEAD.size)
+                    source = frame[_HEAD.size + _WRITE.size:][:source_len]
                     try:
-                        write(source, pending[end - target_len:end], uid, gid, mode,
+                        write(source, frame[len(frame) - target_len:], uid, gid, mode,
                               (atime, mtime))
                     except OSError as e:
                         failure = e
                         forward += _HEAD.pack(b"X", 0)
-            else:
-                end = body + (_DIR.size if kind == b"D" else 0) + length
-                if end > len(pending):
-                    break
-                if kind == b"S":
-                    send()
-                    os.write(replies, b"." if failure is None else _failed(failure))
-                elif failure is None:
-                    forward += pending[at:end]
-            at = end
-        pending = pending[at:]
+            elif kind == b"S":
+                send()
+                os.write(replies, b"." if failure is None else _failed(failure))
+            elif failure is None:
+                forward += frame
         send()  # the parent tars what is final while the next files are written
-    send()
 
 
 def follow(fd: int, stream: LayerStream) -> None:
     """The parent's side: feed the announcements read from ``fd`` to ``stream`` until the
     child closes it (always read to the end, so that the child never blocks)."""
-    pending = b""
-    while chunk := os.read(fd, 1 << 16):
-        pending += chunk
-        at = 0
-        while len(pending) - at >= _HEAD.size:
-            kind, length = _HEAD.unpack_from(pending, at)
-            extra = _DIR.size if kind == b"D" else 0
-            end = at + _HEAD.size + extra + length
-            if end > len(pending):
+    for frames in _frames(fd):
+        if stream.failure is not None:
+            continue
+        for kind, frame in frames:
+            try:
+                if kind == b"D":
+                    stream.directory(frame[_HEAD.size + _DIR.size:],
+                                     *_DIR.unpack_from(frame, _HEAD.size))
+                elif kind == b"E":
+                    stream.entry(frame[_HEAD.size:])
+                else:
+                    stream.fail("the copy stopped announcing")
+            except Exception as e:  # the layer is then written from the finished tree
+                stream.fail(f"internal error: {e!r}")
+            if stream.failure is not None:
                 break
-            path = pending[at + _HEAD.size + extra:end]
-            if stream.failure is None:
-                try:
-                    if kind == b"D":
-                        stream.directory(path, *_DIR.unpack_from(pending, at + _HEAD.size))
-                    elif kind == b"E":
-                        stream.entry(path)
-                    else:
-                        stream.fail("the copy stopped announcing")
-                except Exception as e:  # the layer is then written from the finished tree
-                    stream.fail(f"internal error: {e!r}")
-            at = end
-        pending = pending[at:]
