@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from soute.container.threads import start_thread
+
 Sink = Callable[[bytes], None]
 
 
@@ -43,9 +45,7 @@ def pump(source: int, sinks: list[Sink], *, close: bool = True) -> threading.Thr
                 with contextlib.suppress(OSError):
                     os.close(source)
 
-    thread = threading.Thread(target=run, daemon=True, name=f"pump-{source}")
-    thread.start()
-    return thread
+    return start_thread(run, f"pump-{source}")
 
 
 def fd_writer(fd: int) -> Sink:
@@ -71,9 +71,7 @@ def feed(source: int, target: int, *, close_target: bool = True) -> threading.Th
                 with contextlib.suppress(OSError):
                     os.close(target)
 
-    thread = threading.Thread(target=run, daemon=True, name="stdin")
-    thread.start()
-    return thread
+    return start_thread(run, "stdin")
 
 
 def window_size(fd: int) -> bytes | None:

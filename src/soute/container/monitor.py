@@ -380,6 +380,7 @@ class Monitor:
         if not spec.health:
             return
         from soute.container.health import HealthConfig, HealthMonitor, HealthState
+        from soute.container.threads import start_thread
 
         config = HealthConfig(**spec.health)
         self._update(health=HealthState().to_json())
@@ -391,7 +392,7 @@ class Monitor:
             return exec_probe(self.container, pid, argv, timeout)
 
         monitor = HealthMonitor(config, probe, on_change)
-        threading.Thread(target=monitor.run, args=(stop,), daemon=True, name="health").start()
+        start_thread(monitor.run, "health", (stop,))
 
 
 def exec_probe(container: Container, pid: int, argv: list[str], timeout: float

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
+from soute.container.threads import start_without_signals
 from soute.errors import SouteError
 
 __all__ = [
@@ -258,7 +259,7 @@ class _NetnsSocketFactory:
         self._thread = threading.Thread(
             target=self._serve, args=(ready,), name=f"soute-netns {netns}", daemon=True
         )
-        self._thread.start()
+        start_without_signals(self._thread)
         try:
             ready.result(timeout=_FACTORY_TIMEOUT)
         except OSError as err:
@@ -441,7 +442,7 @@ class PortProxy:
                 return False
             self._threads.add(thread)
         try:
-            thread.start()
+            start_without_signals(thread)
         except RuntimeError:  # out of threads: this one connection fails, the proxy goes on
             with self._lock:
                 self._threads.discard(thread)
