@@ -583,6 +583,41 @@ def test_signals_reach_a_foreground_container(root: Path) -> None:
         cli.wait()
 
 
+def test_interrupting_a_start_that_waits_for_its_network_ends_it(root: Path,
+                                                                    tmp_path: Path) -> None:
+    # A slirp4netns that never says tap0 is up: the start would wait 10 s for it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    spawned = tmp_path / "spawned"
+    fake = bin_dir / "slirp4netns"
+    fake.write_text(f"#!/bin/sh\necho $$ > {spawned}.tmp && mv {spawned}.tmp {spawned}\n"
+                    "exec sleep 60\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    cli = subprocess.Popen([sys.executable, "-m", "soute.cli.main", "--root", str(root), "run",
+                            "--rm", "--name", "cancelled", "busybox", "true"],
+                           env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if spawned.exists() or cli.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert spawned.exists(), cli.communicate(timeout=20)
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=5)  # before: it ended only when the 10 s were up
+    finally:
+        cli.kill()
+        cli.wait()
+    assert (cli.returncode, err) == (130, "soute: interrupted\n")
+    assert "cancelled" not in ok(soute(root, "ps", "-a", "--format", "{{.Names}}"))
+    helper = Path(f"/proc/{spawned.read_text().strip()}/stat")
+    for _ in range(100):  # stopped, not left running (nor a zombie once its reaper ran)
+        if not helper.exists() or helper.read_text().split(") ")[1][0] == "Z":
+            break
+        time.sleep(0.05)
+    assert not helper.exists() or helper.read_text().split(") ")[1][0] == "Z"
+
+
 def test_terminal_resize_follows_ours(root: Path) -> None:
     pid, fd = pty.fork()
     if pid == 0:

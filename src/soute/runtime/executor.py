@@ -131,6 +131,7 @@ _DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
               ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
               signal.SIGUSR2)
+_CANCELLING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 # statvfs f_flag bits that are also per-mount flags (a read-only remount must keep them).
 _KEPT_MOUNT_FLAGS = (_linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC | _linux.MS_NOATIME
                      | _linux.MS_NODIRATIME)
@@ -363,7 +364,8 @@ def _supervise(
     steps: Generator[None, None, None] | None = None  # on_created's, when a generator
     failed: Exception | None = None  # raised by its middle step
     # Handlers go in before the fork: a ^C right after it must reach the container too.
-    forwarder = _Forwarder()
+    # Without on_created the parent has nothing to wait for before the command runs.
+    forwarder = _Forwarder(started=on_created is None)
     try:
         with forwarder:
             pid = fork()
@@ -406,6 +408,7 @@ def _supervise(
                     if steps is not None:
                         for _ in steps:
                             pass
+                    forwarder.started = True  # the command runs next: signals are its
                     os.write(resume_w, b"\n")
                     os.close(resume_w)
                     resume_w = -1
@@ -522,9 +525,16 @@ def _killer(ctx: _Context, pid: int) -> Callable[[], None]:
 class _Forwarder:
     """Pass our SIGINT/SIGTERM/... on to the container; a second SIGINT or SIGTERM kills it
     (PID 1 ignores signals it has no handler for, as under docker). Signals that arrive
-    before the container's pid is known are passed on once it is."""
+    before the container's pid is known are passed on once it is.
 
-    def __init__(self) -> None:
+    Until ``started`` (the parent still sets the container up: network, ports, cgroup),
+    SIGINT, SIGTERM, SIGHUP and SIGQUIT cancel the start instead, as KeyboardInterrupt: the
+    setup may wait seconds on a helper (slirp4netns getting ready), and a ^C passed to a
+    child that has not run its command yet would only end the child, not that wait."""
+
+    def __init__(self, *, started: bool = True) -> None:
+        self.started = started
+        self.cancelled = False
         self.pid: int | None = None
         self.escalate: Callable[[], None] | None = None
         self.interrupts = 0
@@ -546,12 +556,19 @@ class _Forwarder:
     def attach(self, pid: int, escalate: Callable[[], None]) -> None:
         self.pid, self.escalate = pid, escalate
         pending, self.pending = self.pending, []
+        if not self.started and any(s in _CANCELLING for s in pending):
+            self.cancelled = True
+            raise KeyboardInterrupt
         for signum in pending:
             self._deliver(signum)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         if signum in (signal.SIGINT, signal.SIGTERM):
             self.interrupts += 1
+        if (not self.started and not self.cancelled and self.pid is not None
+                and signum in _CANCELLING):
+            self.cancelled = True  # raised once: a second one must not cut the clean-up
+            raise KeyboardInterrupt  # _supervise kills the child on the way out
         if self.pid is None:
             self.pending.append(signum)
         else:
