@@ -29,6 +29,16 @@ def ok(p: subprocess.CompletedProcess[str]) -> str:
     return p.stdout
 
 
+def fake_command(bin_dir: Path, name: str, script: str) -> dict[str, str]:
+    """A shell script standing in for command ``name``, in ``bin_dir``; the PATH that finds
+    it first (as ``{"PATH": ...}``)."""
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / name
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
 def busybox_store(factory: pytest.TempPathFactory) -> Path:
     """A new store holding ``busybox`` (``soute bootstrap busybox``)."""
     path = factory.mktemp("store")

@@ -25,7 +25,7 @@ import pytest
 
 from soute.build import git as gitsrc
 from soute.errors import SouteError
-from soute_cli import busybox_store, ok, soute
+from soute_cli import busybox_store, fake_command, ok, soute
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
@@ -497,14 +497,11 @@ def test_scp_style_urls_go_through_ssh(tmp_path: Path, root: Path, repos: Repos,
                                        project: dict[str, str]) -> None:
     """``git@host:path`` runs ssh as BuildKit does (no config file, host keys accepted),
     with soute's own agent. A fake ssh runs the remote command here."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     log = tmp_path / "ssh.log"
-    fake = bin_dir / "ssh"
-    fake.write_text(f'#!/bin/sh\necho "$SSH_AUTH_SOCK $*" >> {log}\n'
-                    'for last; do :; done\nexec sh -c "$last"\n')
-    fake.chmod(0o755)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SSH_AUTH_SOCK": "/agent.sock"}
+    env = {**fake_command(tmp_path / "bin", "ssh",
+                          f'echo "$SSH_AUTH_SOCK $*" >> {log}\n'
+                          'for last; do :; done\nexec sh -c "$last"\n'),
+           "SSH_AUTH_SOCK": "/agent.sock"}
     src = f"git@fakehost:{repos.srv}/project.git#v1"
     ok(soute(root, "build", "-t", "viassh", "-", env=env,
              input=f"FROM busybox\nADD {src} /s\n"))

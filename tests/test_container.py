@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from soute_cli import busybox_store, ok, soute
+from soute_cli import busybox_store, fake_command, ok, soute
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 
@@ -586,14 +586,10 @@ def test_signals_reach_a_foreground_container(root: Path) -> None:
 def test_interrupting_a_start_that_waits_for_its_network_ends_it(root: Path,
                                                                     tmp_path: Path) -> None:
     # A slirp4netns that never says tap0 is up: the start would wait 10 s for it.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     spawned = tmp_path / "spawned"
-    fake = bin_dir / "slirp4netns"
-    fake.write_text(f"#!/bin/sh\necho $$ > {spawned}.tmp && mv {spawned}.tmp {spawned}\n"
-                    "exec sleep 60\n")
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**os.environ, **fake_command(
+        tmp_path / "bin", "slirp4netns",
+        f"echo $$ > {spawned}.tmp && mv {spawned}.tmp {spawned}\nexec sleep 60\n")}
     cli = subprocess.Popen([sys.executable, "-m", "soute.cli.main", "--root", str(root), "run",
                             "--rm", "--name", "cancelled", "busybox", "true"],
                            env=env, stderr=subprocess.PIPE, text=True)
