@@ -7,6 +7,9 @@ process to any thread that does not block it: to a pump blocked in ``read``, say
 thread then never wakes for it, and the handler waits until the container ends. A helper
 thread started here blocks them, so the kernel picks the main thread, whose ``waitpid`` is
 interrupted, the handler runs, and the wait goes on (PEP 475).
+
+A process forked from such a thread inherits the mask too: the runtime's children clear it
+before they exec (``runtime.executor._common_setup``); anything else forked there must.
 """
 
 from __future__ import annotations
