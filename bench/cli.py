@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print("scripts/bench: run it as root (dockerd, buildah and soute's runs need it)",
               file=sys.stderr)
         return 2
+    # Killed with SIGTERM (a timeout): unwind, so that dockerd and the registry are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
