@@ -297,39 +297,69 @@ def test_the_first_failure_cancels_the_other_stages(root: Path, tmp_path: Path) 
     assert_store_clean(root)
 
 
-def test_ctrl_c_cancels_the_stages_the_same_way(root: Path, tmp_path: Path) -> None:
-    cache = cache_dir(root, "par-int")
+def _two_sleeping_stages(root: Path, cache_id: str, command: list[str]
+                         ) -> subprocess.Popen[str]:
+    """``command`` (a soute build reading its Dockerfile on stdin) building two stages whose
+    RUNs sleep 30 s at once, returned once both run."""
+    cache = cache_dir(root, cache_id)
     for name in ("a", "b"):
         (cache / name).unlink(missing_ok=True)
-    dockerfile = """\
-FROM busybox AS a
-RUN --mount=type=cache,target=/c,id=par-int touch /c/a; sleep 30; echo par-marker-int
-FROM busybox AS b
-RUN --mount=type=cache,target=/c,id=par-int touch /c/b; sleep 30; echo par-marker-int
-FROM busybox
-COPY --from=a /etc/passwd /a
-COPY --from=b /etc/passwd /b
-"""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "soute.cli.main", "--root", str(root), "build", "--no-cache",
-         "--progress", "plain", "-"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **JOBS},
-    )
+    run = f"RUN --mount=type=cache,target=/c,id={cache_id} touch /c/{{}}; sleep 30; " \
+          f"echo par-marker-{cache_id}"
+    dockerfile = (f"FROM busybox AS a\n{run.format('a')}\nFROM busybox AS b\n"
+                  f"{run.format('b')}\nFROM busybox\nCOPY --from=a /etc/passwd /a\n"
+                  "COPY --from=b /etc/passwd /b\n")
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **JOBS})
     assert proc.stdin is not None
     proc.stdin.write(dockerfile)
     proc.stdin.close()
     proc.stdin = None
     deadline = time.monotonic() + 60
-    while not ((cache / "a").exists() and (cache / "b").exists()):  # both RUNs are running
+    while not ((cache / "a").exists() and (cache / "b").exists()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
+    return proc
+
+
+def test_ctrl_c_cancels_the_stages_the_same_way(root: Path, tmp_path: Path) -> None:
+    proc = _two_sleeping_stages(root, "par-int", [
+        sys.executable, "-m", "soute.cli.main", "--root", str(root), "build", "--no-cache",
+        "--progress", "plain", "-"])
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.endswith("soute: interrupted\n"), err
     assert sorted(lines[-1] for lines in steps(err).values() if " RUN " in lines[0]) == [
         "CANCELED", "CANCELED"]
-    assert leftovers("par-marker-int") == []
+    assert leftovers("par-marker-par-int") == []
+    assert_store_clean(root)
+
+
+def test_ctrl_c_taken_by_a_stage_thread_still_cancels(root: Path, tmp_path: Path) -> None:
+    """The kernel may hand a signal sent to soute to any of its threads; Python runs the
+    handler in the main thread only, which waits while the stages run in threads."""
+    go = tmp_path / "go"
+    # soute in a process of its own, beside a thread that takes a SIGINT itself on "go".
+    program = (
+        "import os, signal, sys, threading, time\n"
+        "from soute.cli.main import main\n"
+        "def poke():\n"
+        f"    while not os.path.exists({str(go)!r}):\n"
+        "        time.sleep(0.02)\n"
+        "    signal.pthread_kill(threading.get_ident(), signal.SIGINT)\n"
+        "threading.Thread(target=poke, daemon=True).start()\n"
+        f"sys.argv = ['soute', '--root', {str(root)!r}, 'build', '--no-cache', '-q', '-']\n"
+        "sys.exit(main())\n"
+    )
+    proc = _two_sleeping_stages(root, "par-int2", [sys.executable, "-c", program])
+    go.touch()
+    try:
+        _, err = proc.communicate(timeout=20)  # before: only once the RUNs' 30 s were over
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and err.endswith("soute: interrupted\n"), err
+    assert leftovers("par-marker-par-int2") == []
     assert_store_clean(root)
 
 

@@ -701,6 +701,9 @@ class Builder:
         return self.store.add_image(config.to_json(), result.layers, tags=list(self.opts.tags))
 
 
+_HANDLERS_EVERY = 0.2  # seconds: how often the calling thread looks for signal handlers
+
+
 class _Scheduler:
     """Builds the planned stages, each once the stages it reads are built.
 
@@ -774,7 +777,9 @@ class _Scheduler:
                         "circular dependency between stages",
                         "a stage's ONBUILD triggers read a stage that needs it")
                     break
-                self.cond.wait()
+                # Not forever: Python runs signal handlers in this thread only, and a ^C the
+                # kernel gave a stage's thread (blocked in waitpid) does not wake this one.
+                self.cond.wait(_HANDLERS_EVERY)
         return None
 
     def _start(self, stage: Stage) -> None:
