@@ -39,6 +39,19 @@ def fake_command(bin_dir: Path, name: str, script: str) -> dict[str, str]:
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
+def threads_of(pid: int) -> list[tuple[int, set[int]]]:
+    """The threads of process ``pid`` but its main one: (id, the signals it blocks)."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if int(tid) == pid:
+            continue
+        fields = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines())
+        mask = int(fields["SigBlk"], 16)
+        found.append((int(tid), {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}))
+    return found
+
+
 def busybox_store(factory: pytest.TempPathFactory) -> Path:
     """A new store holding ``busybox`` (``soute bootstrap busybox``)."""
     path = factory.mktemp("store")

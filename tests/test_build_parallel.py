@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from soute.build.progress import Progress
-from soute_cli import busybox_store, ok, soute
+from soute_cli import busybox_store, ok, soute, threads_of
 from test_build_progress import FakeClock, Screen, plain_frame, view
 
 JOBS = {"SOUTE_BUILD_JOBS": "2"}  # whatever the machine's CPUs, two stages at once
@@ -297,18 +297,19 @@ def test_the_first_failure_cancels_the_other_stages(root: Path, tmp_path: Path) 
     assert_store_clean(root)
 
 
-def _two_sleeping_stages(root: Path, cache_id: str, command: list[str]
-                         ) -> subprocess.Popen[str]:
+def _two_sleeping_stages(root: Path, cache_id: str, command: list[str], *,
+                         stages: tuple[str, ...] = ("a", "b")) -> subprocess.Popen[str]:
     """``command`` (a soute build reading its Dockerfile on stdin) building two stages whose
-    RUNs sleep 30 s at once, returned once both run."""
+    RUNs sleep 30 s at once (or the one of ``stages=("a",)``), returned once they run."""
     cache = cache_dir(root, cache_id)
-    for name in ("a", "b"):
+    for name in stages:
         (cache / name).unlink(missing_ok=True)
     run = f"RUN --mount=type=cache,target=/c,id={cache_id} touch /c/{{}}; sleep 30; " \
           f"echo par-marker-{cache_id}"
     dockerfile = (f"FROM busybox AS a\n{run.format('a')}\nFROM busybox AS b\n"
                   f"{run.format('b')}\nFROM busybox\nCOPY --from=a /etc/passwd /a\n"
-                  "COPY --from=b /etc/passwd /b\n")
+                  "COPY --from=b /etc/passwd /b\n") if len(stages) > 1 else \
+        f"FROM busybox\n{run.format('a')}\n"
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **JOBS})
     assert proc.stdin is not None
@@ -316,7 +317,7 @@ def _two_sleeping_stages(root: Path, cache_id: str, command: list[str]
     proc.stdin.close()
     proc.stdin = None
     deadline = time.monotonic() + 60
-    while not ((cache / "a").exists() and (cache / "b").exists()):
+    while not all((cache / name).exists() for name in stages):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     return proc
@@ -360,6 +361,29 @@ def test_ctrl_c_taken_by_a_stage_thread_still_cancels(root: Path, tmp_path: Path
         proc.wait()
     assert proc.returncode == 130 and err.endswith("soute: interrupted\n"), err
     assert leftovers("par-marker-par-int2") == []
+    assert_store_clean(root)
+
+
+def test_one_ctrl_c_cancels_a_sequential_run_step(root: Path) -> None:
+    # The main thread waits for the RUN and acts on ^C: a helper thread that took the
+    # signal instead would leave it unseen until the RUN ends.
+    proc = _two_sleeping_stages(root, "sig-mask", [
+        sys.executable, "-m", "soute.cli.main", "--root", str(root), "build", "--no-cache",
+        "--progress", "plain", "-"], stages=("a",))
+    try:
+        helpers = threads_of(proc.pid)
+        assert helpers, "the RUN's output has a pump thread"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            assert [tid for tid, blocked in helpers if sig not in blocked] == [], sig
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    # One ^C cancels the build, as with docker build (PID 1 of the RUN would ignore it).
+    assert proc.returncode == 130 and err.endswith("soute: interrupted\n"), err
+    assert steps(err)[2][-1] == "CANCELED", err
+    assert leftovers("par-marker-sig-mask") == []
     assert_store_clean(root)
 
 

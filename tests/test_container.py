@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from soute_cli import busybox_store, fake_command, ok, soute
+from soute_cli import busybox_store, fake_command, ok, soute, threads_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 
@@ -628,7 +628,7 @@ def test_terminal_resize_follows_ours(root: Path) -> None:
         # The kernel gives a signal sent to soute to any thread not blocking it. The resize
         # handler runs only in the main thread, so a pump that took the signal would leave
         # it waiting until the container ends (seen under load): none may take it.
-        helpers = _threads_of(pid)
+        helpers = threads_of(pid)
         assert len(helpers) >= 2, helpers  # a pump for the terminal, one feeding our input
         for sig in (signal.SIGWINCH, signal.SIGTERM, signal.SIGINT):
             assert [tid for tid, blocked in helpers if sig not in blocked] == [], sig
@@ -647,19 +647,6 @@ def test_terminal_resize_follows_ours(root: Path) -> None:
     finally:
         os.waitpid(pid, 0)
         os.close(fd)
-
-
-def _threads_of(pid: int) -> list[tuple[int, set[int]]]:
-    """The threads of process ``pid`` but its main one: (id, the signals it blocks)."""
-    found = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        if int(tid) == pid:
-            continue
-        fields = dict(line.split(":", 1) for line in
-                      Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines())
-        mask = int(fields["SigBlk"], 16)
-        found.append((int(tid), {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}))
-    return found
 
 
 def test_more_bad_input_is_one_line(root: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO, cast
 
+from soute._threads import start_without_signals
 from soute.errors import SouteError
 
 Clock = Callable[[], float]
@@ -124,7 +125,11 @@ class Progress:
                 self.out.flush()
 
     def close(self, error: BaseException | None = None) -> None:
-        """The build is over (``error``: why it failed). Plain lines need no ending."""
+        """The build is over (``error``: why it failed). Plain lines need no ending, but a
+        step of the calling thread that an interrupt stopped ends CANCELED, as BuildKit
+        shows it (stages in threads cancel their own)."""
+        if isinstance(error, KeyboardInterrupt) and self._main is not None:
+            self._main.cancel()
 
     # -- what a lane asks of the view; the live view draws the same events its way
 
@@ -321,7 +326,7 @@ class TtyProgress(Progress):
             self._changed()
             if self._ticker and self._thread is None:
                 self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
-                self._thread.start()
+                start_without_signals(self._thread)
         return step
 
     def say(self, line: str) -> None:

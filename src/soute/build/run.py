@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from soute._threads import start_without_signals
 from soute.errors import LocatedError, SouteError
 
 if TYPE_CHECKING:
@@ -122,19 +123,20 @@ def run_step(
             # Forked before the pump thread starts: the child is a copy of one thread only.
             helper = _start_with_trees(
                 lambda resolved: run(spec(resolved), layers, stdout=write_fd, stderr=write_fd,
-                                     state_dir=state),
+                                     state_dir=state, interrupt=True),
                 mounts, state, read_fd, keep=(write_fd,),
             )
-            pump.start()
+            start_without_signals(pump)
             for agent in agents:  # after the fork too: the child needs no relay of its own
                 agent.start()
             code = _wait_helper(*helper)
         else:
-            pump.start()
+            start_without_signals(pump)
             for agent in agents:
                 agent.start()
             plain = [m for m in mounts if not isinstance(m, _FromMount)]
-            code = run(spec(plain), layers, stdout=write_fd, stderr=write_fd, state_dir=state)
+            code = run(spec(plain), layers, stdout=write_fd, stderr=write_fd, state_dir=state,
+                       interrupt=True)
     except SouteError as e:
         if isinstance(e, LocatedError):
             raise

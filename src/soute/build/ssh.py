@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from soute._threads import start_without_signals
 from soute.errors import SouteError
 
 DEFAULT_ID = "default"
@@ -278,7 +279,7 @@ class AgentSocket:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._accept, name="ssh-agent", daemon=True)
-        self._thread.start()
+        start_without_signals(self._thread)
 
     def close(self) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from soute.container.threads import start_thread
+from soute._threads import start_thread
 
 Sink = Callable[[bytes], None]
 

@@ -379,8 +379,8 @@ class Monitor:
         spec = self.container.spec
         if not spec.health:
             return
+        from soute._threads import start_thread
         from soute.container.health import HealthConfig, HealthMonitor, HealthState
-        from soute.container.threads import start_thread
 
         config = HealthConfig(**spec.health)
         self._update(health=HealthState().to_json())

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
-from soute.container.threads import start_without_signals
+from soute._threads import start_without_signals
 from soute.errors import SouteError
 
 __all__ = [

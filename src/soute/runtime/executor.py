@@ -149,6 +149,7 @@ def run(
     state_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_created: CreatedHook | None = None,
+    interrupt: bool = False,
 ) -> int:
     """Run ``spec`` on ``layers`` and return its exit code (128+N when killed by signal N).
 
@@ -169,6 +170,10 @@ def run(
     until it ends. If it raises, the container is killed and the exception comes out of
     ``run`` (raised in the middle step, it does so once the container waits again). Both
     need ``runtime="soute"``.
+
+    The signals soute gets (SIGINT, SIGTERM...) are passed on to the command once it runs;
+    with ``interrupt``, SIGINT, SIGTERM, SIGHUP and SIGQUIT kill it instead and come out of
+    ``run`` as KeyboardInterrupt (a build's RUN: a ^C cancels the build, as with docker).
     Raises :class:`SouteError` when the container cannot start.
     """
     spec.validate()
@@ -213,7 +218,8 @@ def run(
         try:
             return _supervise(functools.partial(main, ctx), (stdin, stdout, stderr), fork=fork,
                               killer=functools.partial(_killer, ctx), records=records,
-                              on_start=on_start, on_created=on_created)
+                              on_start=on_start, on_created=on_created,
+                              interrupt=interrupt)
         finally:
             remove_stubs(layers.upper, records)
     finally:
@@ -348,8 +354,10 @@ def _supervise(
     records: list[StubRecord],
     on_start: Callable[[int], None] | None,
     on_created: CreatedHook | None = None,
+    interrupt: bool = False,
 ) -> int:
-    """Fork ``child_main``, relay its reports (stubs into ``records``) and wait for it."""
+    """Fork ``child_main``, relay its reports (stubs into ``records``) and wait for it
+    (``interrupt``: see :func:`run`)."""
     fds, opened = _stdio_fds(stdio)
     for stream in (*stdio, sys.stdout, sys.stderr):
         flush = getattr(stream, "flush", None)
@@ -365,7 +373,7 @@ def _supervise(
     failed: Exception | None = None  # raised by its middle step
     # Handlers go in before the fork: a ^C right after it must reach the container too.
     # Without on_created the parent has nothing to wait for before the command runs.
-    forwarder = _Forwarder(started=on_created is None)
+    forwarder = _Forwarder(started=on_created is None and not interrupt)
     try:
         with forwarder:
             pid = fork()
@@ -408,7 +416,7 @@ def _supervise(
                     if steps is not None:
                         for _ in steps:
                             pass
-                    forwarder.started = True  # the command runs next: signals are its
+                    forwarder.started = not interrupt  # the command runs next: signals are its
                     os.write(resume_w, b"\n")
                     os.close(resume_w)
                     resume_w = -1
@@ -527,10 +535,11 @@ class _Forwarder:
     (PID 1 ignores signals it has no handler for, as under docker). Signals that arrive
     before the container's pid is known are passed on once it is.
 
-    Until ``started`` (the parent still sets the container up: network, ports, cgroup),
-    SIGINT, SIGTERM, SIGHUP and SIGQUIT cancel the start instead, as KeyboardInterrupt: the
-    setup may wait seconds on a helper (slirp4netns getting ready), and a ^C passed to a
-    child that has not run its command yet would only end the child, not that wait."""
+    Until ``started`` (the parent still sets the container up: network, ports, cgroup; or
+    for good, for a build's RUN), SIGINT, SIGTERM, SIGHUP and SIGQUIT cancel the run
+    instead, as KeyboardInterrupt: the setup may wait seconds on a helper (slirp4netns
+    getting ready), and a ^C passed to a child that has not run its command yet would only
+    end the child, not that wait."""
 
     def __init__(self, *, started: bool = True) -> None:
         self.started = started

@@ -1,15 +1,16 @@
-"""Helper threads of a container's monitor that leave every signal to the main thread.
+"""Helper threads that leave every signal to the main thread.
 
-The monitor's signal handlers (passing SIGINT, SIGTERM... on to the container, copying our
-terminal's size on SIGWINCH) are Python handlers, which run only in the main thread; that
-thread spends the container's life in ``waitpid``. The kernel hands a signal sent to the
+soute's signal handlers (passing SIGINT, SIGTERM... on to a container or a RUN, copying our
+terminal's size on SIGWINCH, ^C) are Python handlers, which run only in the main thread; that
+thread spends a container's or a RUN's life in ``waitpid``. The kernel hands a signal sent to the
 process to any thread that does not block it: to a pump blocked in ``read``, say. The main
 thread then never wakes for it, and the handler waits until the container ends. A helper
 thread started here blocks them, so the kernel picks the main thread, whose ``waitpid`` is
 interrupted, the handler runs, and the wait goes on (PEP 475).
 
 A process forked from such a thread inherits the mask too: the runtime's children clear it
-before they exec (``runtime.executor._common_setup``); anything else forked there must.
+before they exec (``runtime.executor._common_setup``); anything else forked there must. So
+a build's stage threads, which fork copies, git and ssh, are not started here.
 """
 
 from __future__ import annotations
