@@ -297,15 +297,32 @@ def test_the_first_failure_cancels_the_other_stages(root: Path, tmp_path: Path) 
     assert_store_clean(root)
 
 
+def _plain_build(root: Path) -> list[str]:
+    return [sys.executable, "-m", "soute.cli.main", "--root", str(root), "build",
+            "--no-cache", "--progress", "plain", "-"]
+
+
+def _interrupted(proc: subprocess.Popen[str], timeout: float = 20) -> str:
+    """Send ``proc`` a SIGINT (to it alone) and return its standard error once it ends."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _two_sleeping_stages(root: Path, cache_id: str, command: list[str], *,
-                         stages: tuple[str, ...] = ("a", "b")) -> subprocess.Popen[str]:
+                         stages: tuple[str, ...] = ("a", "b"), mounts: str = ""
+                         ) -> subprocess.Popen[str]:
     """``command`` (a soute build reading its Dockerfile on stdin) building two stages whose
-    RUNs sleep 30 s at once (or the one of ``stages=("a",)``), returned once they run."""
+    RUNs sleep 30 s at once (or the one of ``stages=("a",)``; ``mounts``: more --mount
+    flags), returned once they run."""
     cache = cache_dir(root, cache_id)
     for name in stages:
         (cache / name).unlink(missing_ok=True)
-    run = f"RUN --mount=type=cache,target=/c,id={cache_id} touch /c/{{}}; sleep 30; " \
-          f"echo par-marker-{cache_id}"
+    run = f"RUN --mount=type=cache,target=/c,id={cache_id} {mounts} touch /c/{{}}; " \
+          f"sleep 30; echo par-marker-{cache_id}"
     dockerfile = (f"FROM busybox AS a\n{run.format('a')}\nFROM busybox AS b\n"
                   f"{run.format('b')}\nFROM busybox\nCOPY --from=a /etc/passwd /a\n"
                   "COPY --from=b /etc/passwd /b\n") if len(stages) > 1 else \
@@ -324,11 +341,8 @@ def _two_sleeping_stages(root: Path, cache_id: str, command: list[str], *,
 
 
 def test_ctrl_c_cancels_the_stages_the_same_way(root: Path, tmp_path: Path) -> None:
-    proc = _two_sleeping_stages(root, "par-int", [
-        sys.executable, "-m", "soute.cli.main", "--root", str(root), "build", "--no-cache",
-        "--progress", "plain", "-"])
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    proc = _two_sleeping_stages(root, "par-int", _plain_build(root))
+    err = _interrupted(proc, timeout=60)
     assert proc.returncode == 130 and err.endswith("soute: interrupted\n"), err
     assert sorted(lines[-1] for lines in steps(err).values() if " RUN " in lines[0]) == [
         "CANCELED", "CANCELED"]
@@ -367,23 +381,29 @@ def test_ctrl_c_taken_by_a_stage_thread_still_cancels(root: Path, tmp_path: Path
 def test_one_ctrl_c_cancels_a_sequential_run_step(root: Path) -> None:
     # The main thread waits for the RUN and acts on ^C: a helper thread that took the
     # signal instead would leave it unseen until the RUN ends.
-    proc = _two_sleeping_stages(root, "sig-mask", [
-        sys.executable, "-m", "soute.cli.main", "--root", str(root), "build", "--no-cache",
-        "--progress", "plain", "-"], stages=("a",))
-    try:
-        helpers = threads_of(proc.pid)
-        assert helpers, "the RUN's output has a pump thread"
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            assert [tid for tid, blocked in helpers if sig not in blocked] == [], sig
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc = _two_sleeping_stages(root, "sig-mask", _plain_build(root), stages=("a",))
+    helpers = threads_of(proc.pid)
+    err = _interrupted(proc)
+    assert helpers, "the RUN's output has a pump thread"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        assert [tid for tid, blocked in helpers if sig not in blocked] == [], sig
     # One ^C cancels the build, as with docker build (PID 1 of the RUN would ignore it).
     assert proc.returncode == 130 and err.endswith("soute: interrupted\n"), err
     assert steps(err)[2][-1] == "CANCELED", err
     assert leftovers("par-marker-sig-mask") == []
+    assert_store_clean(root)
+
+
+def test_a_ctrl_c_sent_to_soute_alone_ends_a_run_with_a_from_mount(root: Path) -> None:
+    # Such a RUN runs in a helper process (its mounts' namespace): it must not outlive us.
+    proc = _two_sleeping_stages(root, "sig-from", _plain_build(root), stages=("a",),
+                                mounts="--mount=from=busybox,target=/b")
+    err = _interrupted(proc)
+    assert proc.returncode == 130 and err.endswith("soute: interrupted\n"), err
+    deadline = time.monotonic() + 10  # the RUN dies with the helper (parent-death signal)
+    while leftovers("par-marker-sig-from") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers("par-marker-sig-from") == []
     assert_store_clean(root)
 
 

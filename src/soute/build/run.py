@@ -9,9 +9,11 @@ namespace, which the container inherits: nothing stays mounted if the build is k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import traceback
@@ -342,8 +344,14 @@ def _start_with_trees(start: Callable[[list[Mount]], int], mounts: list[Mount | 
 
 def _wait_helper(pid: int, report_fd: int) -> int:
     """The exit code the child of :func:`_start_with_trees` reports, or its error."""
-    with os.fdopen(report_fd, "rb") as f:
-        data = f.read()
+    try:
+        with os.fdopen(report_fd, "rb") as f:
+            data = f.read()
+    except BaseException:  # a ^C that reached us alone: the RUN dies with the child
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     os.waitpid(pid, 0)
     try:
         report = json.loads(data)
