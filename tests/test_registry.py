@@ -701,9 +701,15 @@ def test_save_and_push_of_a_pulled_image(plain: RunningRegistry, source: Path, t
     assert {f"blobs/sha256/{d.partition(':')[2]}" for d in compressed} <= set(members)
     docker("load", "-i", archive)
     assert docker("run", "--rm", "--network", "none", name) == HELLO.decode()
-    # Uncompressed: decompressed from the packed blobs (and checked) on the way.
+    # Uncompressed: decompressed from the packed blobs (and checked) on the way, and only
+    # there: the store keeps each layer once, compressed.
+    diff_ids = json.loads(soute_cli(root, "inspect", "-f", "{{json .RootFS.Layers}}",
+                                    name).ok())
     plain_archive = tmp_path / "plain.tar"
     soute_cli(root, "save", "--format", "oci", "-o", str(plain_archive), name).ok()
+    stored = root / "oci" / "blobs" / "sha256"
+    assert [d for d in diff_ids if (stored / d.partition(":")[2]).exists()] == []
+    assert not list((root / "tmp").iterdir())
     other = tmp_path / "other"
     soute_cli(other, "load", "-i", str(plain_archive)).ok()
     assert soute_run(other, name) == HELLO.decode()

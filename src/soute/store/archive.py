@@ -145,10 +145,7 @@ def save(
     with store.session(), ExitStack() as cleanup:
         diff_ids = list(dict.fromkeys(d for e in plan.values() for d in e.image.diff_ids))
         if compression == "none":
-            layers = {}
-            for d in diff_ids:
-                path = store.layer_path(d)  # a packed layer is decompressed into the store
-                layers[d] = _Blob(d, path.stat().st_size, path, d)
+            layers = {d: _uncompressed(store, d, cleanup) for d in diff_ids}
         else:
             layers = _compress_layers(store, diff_ids, compression, cleanup)
         layer_type = {"none": mt.OCI_LAYER, "gzip": mt.OCI_LAYER_GZIP,
@@ -230,6 +227,22 @@ def _archive_manifest(
     doc["layers"] = [{"mediaType": layer_type, "digest": layers[d].digest,
                       "size": layers[d].size} for d in image.diff_ids]
     return _json(doc)
+
+
+def _uncompressed(store: Store, diff_id: str, cleanup: ExitStack) -> _Blob:
+    """A layer's tar: its file in the store, or its packed blob decompressed (and checked)
+    into ``tmp/``, removed when ``cleanup`` closes: a pulled layer stays stored once,
+    compressed, as the pull left it."""
+    if store.blobs.has(diff_id):
+        path = store.blobs.path(diff_id)
+    else:
+        fd, name = tempfile.mkstemp(prefix="save-", dir=store.tmp)
+        path = Path(name)
+        cleanup.callback(path.unlink, missing_ok=True)
+        with os.fdopen(fd, "wb") as out, store.open_layer(diff_id) as src:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+    return _Blob(diff_id, path.stat().st_size, path, diff_id)
 
 
 def _compress_layers(

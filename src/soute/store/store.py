@@ -338,15 +338,6 @@ class Store:
         if not packed.verified:
             self.meta.packed_verified(diff_id, packed.digest)
 
-    def layer_path(self, diff_id: str) -> Path:
-        """The file of a layer's uncompressed tar, decompressed from its packed blob into
-        the store first when there is no such file yet."""
-        if not self.blobs.has(diff_id):
-            with self.session(), self.blobs.writer(diff_id) as w, self.open_layer(diff_id) as f:
-                w.copy_from(f)
-                w.commit()
-        return self.blobs.path(diff_id)
-
     # ------------------------------------------------------------------ snapshots
 
     def snapshot_path(self, chain_id: str) -> Path:
