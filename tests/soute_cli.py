@@ -45,8 +45,11 @@ def threads_of(pid: int) -> list[tuple[int, set[int]]]:
     for tid in os.listdir(f"/proc/{pid}/task"):
         if int(tid) == pid:
             continue
-        fields = dict(line.split(":", 1) for line in
-                      Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines())
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines())
         mask = int(fields["SigBlk"], 16)
         found.append((int(tid), {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}))
     return found
