@@ -35,7 +35,7 @@ _WRITE = struct.Struct("<IIIIqq")  # target length, uid, gid, mode, atime_ns, mt
 _FAILED = struct.Struct("<iII")  # errno, filename length, message length
 _FLUSH = 1 << 15
 _WRITER_FLUSH = 1 << 13  # the writer starts on the first files soon
-_PIPE_SIZE = 1 << 20  # the walk runs ahead of the writer instead of waiting on it
+_PIPE_SIZE = 1 << 20
 
 # write(source, target, uid, gid, mode, (atime_ns, mtime_ns)): a regular file and its info.
 WriteFile = Callable[[bytes, bytes, int, int, int, tuple[int, int]], None]
@@ -111,8 +111,7 @@ class CopyEvents:
         self.flush()  # what is announced so far goes to the parent straight away
         jobs_r, jobs_w = os.pipe()
         replies_r, replies_w = os.pipe()
-        with contextlib.suppress(OSError):  # a smaller pipe only makes the walk wait more
-            fcntl.fcntl(jobs_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        widen_pipe(jobs_w)  # the walk runs ahead of the writer instead of waiting on it
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the writer; its effects are tested
             code = 0
@@ -178,6 +177,12 @@ class CopyEvents:
     def _maybe_flush(self) -> None:
         if len(self._buffer) >= self._flush_at:
             self.flush()
+
+
+def widen_pipe(fd: int) -> None:
+    """Let the pipe hold ``_PIPE_SIZE`` bytes; a smaller pipe only makes its writer wait more."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
 def _frames(fd: int) -> Iterator[list[tuple[bytes, bytes]]]:

@@ -335,6 +335,12 @@ def _fork_copy(job: dict[str, Any], stream: LayerStream | None = None) -> str | 
 
     read_fd, write_fd = os.pipe()
     events_r, events_w = os.pipe() if stream is not None else (-1, -1)
+    if stream is not None:
+        from soute.build.copyevents import widen_pipe
+
+        # The tar of a large file keeps this side from reading: meanwhile the writer goes
+        # on with the next files instead of waiting on a full pipe.
+        widen_pipe(events_w)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child; its effects are tested
         from soute.build.engine import close_inherited_fds
