@@ -10,6 +10,7 @@ image — so the upper dir must be a correct overlayfs layer on its own.
 from __future__ import annotations
 
 import bz2
+import collections
 import gzip
 import io
 import lzma
@@ -2106,6 +2107,46 @@ def test_a_streamed_copy_of_a_far_future_directory_falls_back(tmp_path: Path) ->
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
         assert tar.getmember("app").mtime == 10_500_000_000
 
+
+
+@needs_root
+def test_the_walk_writes_files_itself_while_the_writer_is_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past a backlog of frames for the writer process, the walk writes files itself: the
+    files, and the layer streamed while they are written, are those of a plain copy."""
+    from soute.build import copy as copy_module
+    from soute.build import copyevents
+    from soute.build.copystep import _in_child
+    from soute.layer import LayerStream, write_layer
+
+    files = {"d/0big": "b" * (8 << 20)}
+    files.update({f"d/s{i // 40:02d}/f{i:03d}": f"{i}" * (i % 7 + 1) for i in range(400)})
+    build(tmp_path / "ctx", files)
+    log = tmp_path / "writers"
+    original = copy_module._write_regular
+
+    def counted(*args: object) -> None:  # runs in the walk's process or the writer's
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(copyevents, "_BACKLOG", 512)
+    monkeypatch.setattr(copy_module, "_write_regular", counted)
+    job, upper = _stream_job(tmp_path, tmp_path / "ctx")
+    streamed = io.BytesIO()
+    stream = LayerStream(upper, streamed)
+    assert _in_child(job, stream) is None
+    layer = stream.finish()
+    assert layer is not None, stream.failure
+    for name, text in files.items():
+        assert (upper / "app" / name.removeprefix("d/")).read_text() == text
+    walked = io.BytesIO()
+    assert write_layer(upper, walked).diff_id == layer.diff_id
+    assert streamed.getvalue() == walked.getvalue()
+    # The writer took the large file and the next few, the walk the files after them (a
+    # backlog of 512 bytes is four frames, in the walk's own buffer).
+    assert len(collections.Counter(log.read_text().split())) == 2
 
 
 @needs_root

@@ -13,7 +13,9 @@ the copy's mounts are in place: creating 20,000 small files is mostly kernel wor
 second core shares, and a thread would share the GIL instead. The walk hands each file to
 the writer as a ``W`` frame in the same stream as its announcements, and the writer relays
 the announcements to the parent once it has written the files before them, so the order is
-kept with no bookkeeping. ``S`` asks the writer for a sign that all before it is written.
+kept with no bookkeeping. While the writer is behind (on a large file, say), the walk writes
+the next files itself, then announces them: the order holds all the same. ``S`` asks the
+writer for a sign that all before it is written.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import fcntl
 import os
 import signal
 import struct
+import sys
+import termios
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -36,6 +40,9 @@ _FAILED = struct.Struct("<iII")  # errno, filename length, message length
 _FLUSH = 1 << 15
 _WRITER_FLUSH = 1 << 13  # the writer starts on the first files soon
 _PIPE_SIZE = 1 << 20
+# Past this many bytes of frames queued for the writer (a few hundred files), the walk
+# writes files itself: both cores create files while the writer copies a large one.
+_BACKLOG = 1 << 16
 
 # write(source, target, uid, gid, mode, (atime_ns, mtime_ns)): a regular file and its info.
 WriteFile = Callable[[bytes, bytes, int, int, int, tuple[int, int]], None]
@@ -67,6 +74,8 @@ class CopyEvents:
             return False
         if not self._writer:
             self._start_writer(write)
+        elif self._backlog() > _BACKLOG:
+            return False  # the writer has enough to do (a large file?): the walk writes this one
         self._buffer += _HEAD.pack(b"W", len(source)) + fields + source + target
         self._maybe_flush()
         return True
@@ -106,6 +115,14 @@ class CopyEvents:
             self._replies = None
         os.waitpid(self._writer, 0)
         self._writer = 0
+
+    def _backlog(self) -> int:
+        """Bytes of frames the writer has not read yet."""
+        try:
+            queued = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return len(self._buffer) + int.from_bytes(queued, sys.byteorder)
 
     def _start_writer(self, write: WriteFile) -> None:
         self.flush()  # what is announced so far goes to the parent straight away
