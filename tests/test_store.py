@@ -261,6 +261,27 @@ def test_concurrent_imports_share_one_store(tmp_path: Path) -> None:
     assert store.fsck().problems == []
 
 
+def test_a_store_opens_while_another_writer_locks_its_new_database(tmp_path: Path) -> None:
+    """Switching a new store's database to WAL meets the lock of another writer: SQLite
+    then fails at once ("database is locked", no busy timeout), which one of four imports
+    started together hit under load. The store waits for the lock instead."""
+    import sqlite3
+    import threading
+
+    tmp_path.joinpath("store").mkdir()
+    other = sqlite3.connect(tmp_path / "store" / "meta.db", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # a write lock on a database still in rollback mode
+    threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+    store = Store(tmp_path / "store")
+    try:
+        assert store.meta.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.images() == []
+    finally:
+        store.close()
+        other.close()
+
+
 def test_busybox_bootstrap_is_reproducible(tmp_path: Path) -> None:
     a = ok(soute(tmp_path / "a", "bootstrap", "busybox")).strip()
     b = ok(soute(tmp_path / "b", "bootstrap", "busybox", "-t", "bb:1")).strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,6 +116,24 @@ class ImageRow:
     added: str
 
 
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch a store's database to WAL (once: the mode is kept in the file).
+
+    SQLite answers a switch that meets another connection's lock with "database is locked"
+    at once, without the busy timeout: processes opening a new store together (four
+    imports at a time, under load) saw it. Retried here, and done if another did it."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Meta:
     """The tables, through one SQLite connection per thread (a build runs stages in
     threads): each thread's reads and transactions are its own, as between processes."""
@@ -163,9 +182,7 @@ class Meta:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
                              check_same_thread=False)
         db.execute("PRAGMA busy_timeout=60000")
-        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode != "wal":
-            db.execute("PRAGMA journal_mode=WAL")
+        _use_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         with self._guard:
