@@ -55,6 +55,14 @@ def threads_of(pid: int) -> list[tuple[int, set[int]]]:
     return found
 
 
+def waits_on_lock(pid: int) -> bool:
+    """Whether process ``pid`` waits for a flock (a "->" line of /proc/locks): a command
+    that waits for the store's shared lock while a test holds the exclusive one, as a
+    garbage collection does."""
+    with open("/proc/locks") as locks:
+        return any("->" in line and f" {pid} " in line for line in locks)
+
+
 def busybox_store(factory: pytest.TempPathFactory) -> Path:
     """A new store holding ``busybox`` (``soute bootstrap busybox``)."""
     path = factory.mktemp("store")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from soute_cli import busybox_store, ok, soute
+from soute_cli import busybox_store, ok, soute, waits_on_lock
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,50 @@ def test_builder_prune_frees_the_cache(tmp_path: Path) -> None:
     out = ok(soute(store, "builder", "prune", "-f"))
     assert "Deleted build cache objects: 1" in out
     assert list(blobs.iterdir()) == []
+
+
+def test_a_context_read_from_stdin_is_unpacked_outside_a_garbage_collection(
+    tmp_path: Path,
+) -> None:
+    """``build -`` with a tar unpacks the context into tmp/, which a garbage collection
+    empties: the build takes the store's shared lock before, not only once it builds."""
+    import fcntl
+    import io
+    import tarfile
+    import time
+
+    store = tmp_path / "s"
+    ok(soute(store, "bootstrap", "busybox"))
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in (("Dockerfile", b"FROM busybox\nCOPY f /f\n"), ("f", b"kept\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "context.tar").write_bytes(context.getvalue())
+    fd = os.open(store / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what collect_garbage holds
+        with open(tmp_path / "context.tar", "rb") as stdin:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "soute.cli.main", "--root", str(store), "build", "-q",
+                 "-t", "from-stdin", "-"], stdin=stdin, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while not waits_on_lock(proc.pid) and proc.poll() is None:
+                assert time.monotonic() < deadline, "the build neither waited nor ended"
+                time.sleep(0.02)
+            assert proc.poll() is None, proc.communicate()
+            assert os.listdir(store / "tmp") == []  # nothing unpacked yet
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            _, err = proc.communicate(timeout=120)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0, err
+    out = ok(soute(store, "run", "--rm", "from-stdin", "cat", "/f"))
+    assert out == "kept\n"
 
 
 def test_a_no_cache_rebuilds_duplicate_layer_waits_for_a_prune(tmp_path: Path) -> None:

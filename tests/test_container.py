@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from soute_cli import busybox_store, fake_command, ok, soute, threads_of
+from soute_cli import busybox_store, fake_command, ok, soute, threads_of, waits_on_lock
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 
@@ -746,3 +746,31 @@ def test_stop_with_a_negative_timeout_never_kills(root: Path) -> None:
         assert state(root, "patient")["ExitCode"] == 137
     finally:
         soute(root, "rm", "-f", "patient", "patient2")
+
+
+def test_a_container_is_made_outside_a_garbage_collection(root: Path) -> None:
+    """A create writes the container's directory in tmp/ before moving it in place, and a
+    garbage collection (a prune, an rmi) empties tmp/: the create waits for the store's
+    shared lock first, as a build does. Found with a run beside an image prune: the run
+    failed on its container's missing upper dir."""
+    (root / "containers").mkdir(exist_ok=True)  # as the first container would make it
+    before = set(os.listdir(root / "containers"))
+    fd = os.open(root / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what collect_garbage holds
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "soute.cli.main", "--root", str(root), "create",
+             "--name", "made-after-gc", "busybox", "true"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: waits_on_lock(proc.pid) or proc.poll() is not None)
+            assert proc.poll() is None, proc.communicate()
+            assert set(os.listdir(root / "containers")) == before
+            assert not [e for e in os.listdir(root / "tmp") if e.startswith("container-")]
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0, err
+    ok(soute(root, "rm", "made-after-gc"))

@@ -76,11 +76,18 @@ def _is_tar(head: bytes) -> bool:
 
 
 def run_build(ctx: Context, args: argparse.Namespace) -> int:
+    store = ctx.store()
+    # The shared lock from the start: a context read from stdin is unpacked into tmp/,
+    # which a garbage collection empties.
+    with store.session():
+        return _run_build(ctx, args, store)
+
+
+def _run_build(ctx: Context, args: argparse.Namespace, store: Store) -> int:
     from soute.build.engine import BuildOptions
     from soute.errors import SouteError
     from soute.store.names import full_tag
 
-    store = ctx.store()
     context: Path | None = None
     dockerfile_path: Path | None = None
     cleanup = None

@@ -135,30 +135,32 @@ def export(store: Store, container: Container, output: str) -> None:
     if os.path.isdir(output):
         raise Error(f"cannot export {container.name} to {output}: it is a directory",
                     "give a file name with -o")
-    lowers = store.snapshots(store.image(container.spec.image).diff_ids)
-    init = container.dir / INIT_LAYER
-    if init.is_dir():  # docker's export has its init layer's /etc/mtab (commit has not)
-        lowers.append(init)
-    work = store.tmp / f"export-{container.id[:12]}-{os.getpid()}"
-    # The container's upper dir joins the lowers: the view is read-only, its work dir untouched.
-    empty_upper, empty_work = work / "upper", work / "work"
-    for d in (empty_upper, empty_work):
-        d.mkdir(parents=True)
-    link_layers(Layers([*lowers, container.upper], empty_upper, empty_work), work / "layers")
-    (work / "root").mkdir()
-    tmp_out = f"{output}.soute-tmp"
-    try:
-        with open(tmp_out, "wb") as out:  # here, so a bad path is one clear line
-            _export_in_child(work, out.fileno())
-        os.replace(tmp_out, output)
-    except OSError as exc:
-        raise Error(f"cannot export {container.name} to {output}: {exc.strerror}") from None
-    finally:
-        import shutil  # here: every `soute run` imports this module
+    # The shared lock: a garbage collection waits for the work dir in tmp/ and the snapshots.
+    with store.session():
+        lowers = store.snapshots(store.image(container.spec.image).diff_ids)
+        init = container.dir / INIT_LAYER
+        if init.is_dir():  # docker's export has its init layer's /etc/mtab (commit has not)
+            lowers.append(init)
+        work = store.tmp / f"export-{container.id[:12]}-{os.getpid()}"
+        # The container's upper dir joins the lowers: the view is read-only, its work dir untouched.
+        empty_upper, empty_work = work / "upper", work / "work"
+        for d in (empty_upper, empty_work):
+            d.mkdir(parents=True)
+        link_layers(Layers([*lowers, container.upper], empty_upper, empty_work), work / "layers")
+        (work / "root").mkdir()
+        tmp_out = f"{output}.soute-tmp"
+        try:
+            with open(tmp_out, "wb") as out:  # here, so a bad path is one clear line
+                _export_in_child(work, out.fileno())
+            os.replace(tmp_out, output)
+        except OSError as exc:
+            raise Error(f"cannot export {container.name} to {output}: {exc.strerror}") from None
+        finally:
+            import shutil  # here: every `soute run` imports this module
 
-        shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            os.unlink(tmp_out)
+            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(tmp_out)
 
 
 def _export_in_child(work: Path, out: int) -> None:

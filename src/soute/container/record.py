@@ -291,13 +291,15 @@ class Containers:
     def new(self, spec: ContainerSpec) -> Container:
         """Write ``spec``'s directory, then claim its name: a name clash leaves nothing."""
         tmp = self.store.tmp / f"container-{spec.id}"
-        tmp.mkdir()
-        for sub in ("upper", "work"):
-            (tmp / sub).mkdir()
-        (tmp / "config.json").write_text(spec.to_json())
-        (tmp / "state.json").write_text(ContainerState().to_json())
         final = self.root / spec.id
-        os.rename(tmp, final)
+        # The shared lock keeps a garbage collection (which empties tmp/) out meanwhile.
+        with self.store.session():
+            tmp.mkdir()
+            for sub in ("upper", "work"):
+                (tmp / sub).mkdir()
+            (tmp / "config.json").write_text(spec.to_json())
+            (tmp / "state.json").write_text(ContainerState().to_json())
+            os.rename(tmp, final)
         if not self.store.meta.add_container(spec.id, spec.name, spec.image, spec.created):
             remove_tree(final)
             other = self.store.meta.container_by_name(spec.name) or "?"
