@@ -538,3 +538,27 @@ def test_the_store_serves_threads(tmp_path: Path) -> None:
         assert errors == []
         assert store._lock_depth == 1
         assert len(store.meta.db.execute("SELECT key FROM build_cache").fetchall()) == 200
+
+
+def test_ctrl_c_during_a_copy_says_interrupted_only(root: Path, tmp_path: Path) -> None:
+    """A ^C while COPY writes its files: the parent closes the copy's pipes, and the copy
+    child, finding them closed, ends quietly. It used to let that error escape into the
+    parent's code it was forked from, which printed an internal error from the child."""
+    ctx = tmp_path / "ctx"
+    (ctx / "app").mkdir(parents=True)
+    with open(ctx / "app" / "0big", "wb") as f:  # first in archive order; sparse here only
+        f.truncate(768 << 20)
+    for i in range(2000):
+        (ctx / "app" / f"f{i:04d}").write_text(str(i))
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY app /app\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "soute.cli.main", "--root", str(root), "build", "--no-cache",
+         "-q", str(ctx)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    # The copy has begun once the large file is in the step's upper dir.
+    while not list((root / "tmp").glob("upper-*/app/0big")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    err = _interrupted(proc, timeout=60)
+    assert proc.returncode == 130 and err == "soute: interrupted\n", err
+    assert_store_clean(root)

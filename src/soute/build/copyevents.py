@@ -131,14 +131,14 @@ class CopyEvents:
         widen_pipe(jobs_w)  # the walk runs ahead of the writer instead of waiting on it
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the writer; its effects are tested
-            code = 0
-            try:
+            code = 1
+            try:  # everything ends in _exit, never in the copy child's code
                 os.close(jobs_w)
                 os.close(replies_r)
                 _relay(jobs_r, self._fd, replies_w, write)
-            except BaseException:
-                code = 1
-            os._exit(code)
+                code = 0
+            finally:
+                os._exit(code)
         os.close(jobs_r)
         os.close(replies_w)
         os.close(self._fd)  # the writer holds the parent's pipe now

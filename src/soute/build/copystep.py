@@ -18,6 +18,7 @@ finished tree afterwards. What the announcements cannot follow falls back to tha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -343,32 +344,13 @@ def _fork_copy(job: dict[str, Any], stream: LayerStream | None = None) -> str | 
         widen_pipe(events_w)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child; its effects are tested
-        from soute.build.engine import close_inherited_fds
-
-        # Another stage's pipes must not wait for this copy.
-        close_inherited_fds(write_fd, *([events_w] if stream is not None else []))
-        code = 0
-        events = None
+        # Everything ends in _exit: an exception let out here would run the parent's
+        # clean-up code (and its error report) a second time, in this child.
+        code = 2
         try:
-            if stream is not None:
-                from soute.build.copyevents import CopyEvents
-
-                events = CopyEvents(events_w)
-            _copy_in_namespace(job, events)
-            if events is not None:
-                events.close()
-        except SouteError as e:
-            if events is not None:
-                events.close()
-            os.write(write_fd, str(e).encode())
-            code = 1
-        except BaseException as e:
-            if events is not None:
-                events.close()
-            os.write(write_fd, f"internal error: {type(e).__name__}: {e}\n"
-                     f"{traceback.format_exc()}".encode())
-            code = 2
-        os._exit(code)
+            code = _copy_child(job, stream is not None, events_w, write_fd)
+        finally:
+            os._exit(code)
     os.close(write_fd)
     if stream is not None:
         from soute.build.copyevents import follow
@@ -389,6 +371,36 @@ def _fork_copy(job: dict[str, Any], stream: LayerStream | None = None) -> str | 
     if os.waitstatus_to_exitcode(status) == 0:
         return None
     return message or f"copy failed (status {status})"
+
+
+def _copy_child(job: dict[str, Any], announce: bool, events_w: int, write_fd: int) -> int:
+    """The copy child's work: its exit code; an error's message goes to ``write_fd``."""
+    from soute.build.engine import close_inherited_fds
+
+    # Another stage's pipes must not wait for this copy.
+    close_inherited_fds(write_fd, *([events_w] if announce else []))
+    events = None
+    try:
+        if announce:
+            from soute.build.copyevents import CopyEvents
+
+            events = CopyEvents(events_w)
+        _copy_in_namespace(job, events)
+        if events is not None:
+            events.close()
+        return 0
+    except SouteError as e:
+        code, message = 1, str(e)
+    except BaseException as e:
+        code, message = 2, (f"internal error: {type(e).__name__}: {e}\n"
+                            f"{traceback.format_exc()}")
+    # A parent that was interrupted has closed both pipes: nobody is left to tell.
+    if events is not None:
+        with contextlib.suppress(OSError):
+            events.close()
+    with contextlib.suppress(OSError):
+        os.write(write_fd, message.encode())
+    return code
 
 
 def _copy_in_namespace(job: dict[str, Any], events: CopyEvents | None = None) -> None:
