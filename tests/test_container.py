@@ -774,3 +774,59 @@ def test_a_container_is_made_outside_a_garbage_collection(root: Path) -> None:
         os.close(fd)
     assert proc.returncode == 0, err
     ok(soute(root, "rm", "made-after-gc"))
+
+
+def test_ctrl_c_while_a_run_ends_still_records_and_removes_it(root: Path) -> None:
+    """A ^C once the command has run comes after the container ended, while soute records
+    its state and ``--rm`` removes it (20,000 files here take a while): it is dropped, and
+    the run ends with the container's status. It used to cut that clean-up short, leaving a
+    container that looked running and that --rm then refused to remove."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "soute.cli.main", "--root", str(root), "run", "--rm",
+         "--name", "ends-slowly", "busybox", "sh", "-c",
+         "mkdir /d && cd /d && seq 20000 | xargs touch && echo done"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "done\n"
+
+        def recorded_exited() -> bool:  # its state is saved: the removal comes next
+            for entry in (root / "containers").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads((entry / "config.json").read_text()).get("name") == \
+                            "ends-slowly":
+                        return json.loads((entry / "state.json").read_text()).get(
+                            "status") == "exited"
+            return proc.poll() is not None
+
+        wait_for(recorded_exited)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and err == "", err
+    assert soute(root, "inspect", "--type", "container", "ends-slowly").returncode != 0
+    assert "0 problem(s)" in ok(soute(root, "fsck", "--quick"))
+
+
+def test_a_create_cut_right_after_its_record_leaves_no_container(root: Path) -> None:
+    """A ^C may land once the new container's record is committed, before the create
+    goes on: the create takes back what it made (a ^C delivered right then, here)."""
+    from soute.container.create import RunOptions, create
+    from soute.store.store import Store
+
+    with Store(root) as store:
+        before = {c for c, *_ in store.meta.containers()}
+        committed = store.meta.add_container
+
+        def interrupted_after(*args: object) -> bool:
+            committed(*args)  # type: ignore[arg-type]
+            raise KeyboardInterrupt
+
+        store.meta.add_container = interrupted_after  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            create(store, "busybox", RunOptions(args=["true"], name="cut-short"))
+        del store.meta.add_container
+        assert {c for c, *_ in store.meta.containers()} == before
+        assert not [p for p in (root / "containers").iterdir() if p.name not in before]

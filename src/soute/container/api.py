@@ -35,12 +35,60 @@ def run(store: Store, image: str, opts: RunOptions, *, attach: bool = False
                 remove(store, container, volumes=True)
             raise
         return container
-    try:
-        code = Monitor(store, container, attach=True).run()
-    finally:
-        if opts.auto_remove:
-            remove(store, container, volumes=True)
+    with _AfterTheCommand() as guard:
+        try:
+            code = Monitor(store, container, attach=True).run(ready=guard.ready)
+        finally:
+            if opts.auto_remove:
+                remove(store, container, volumes=True)
     return code
+
+
+class _AfterTheCommand:
+    """SIGINT, SIGTERM and SIGHUP around an attached run. While the command runs, the
+    runtime passes them on to it; before it runs, they cancel the run as they would have.
+    One that comes once the command has run arrives after the container ended, while its
+    state is recorded and ``--rm`` removes it: it is dropped, and the run ends with the
+    container's status, as docker's CLI does. Cut short, that clean-up left a container
+    that looked running, and that ``--rm`` then refused to remove."""
+
+    _SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self) -> None:
+        self.ran = False
+        self._saved: dict[int, Any] = {}
+
+    def ready(self, error: SouteError | None) -> None:
+        self.ran = self.ran or error is None
+
+    def __enter__(self) -> _AfterTheCommand:
+        import signal
+
+        for name in self._SIGNALS:
+            signum = getattr(signal, name)
+            try:
+                self._saved[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals are the caller's business
+                break
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.ran:
+            return
+        import signal
+
+        previous = self._saved[signum]
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:  # the default: die of it, as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 def exec_command(container: Container, argv: list[str], *, interactive: bool = False,

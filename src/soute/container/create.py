@@ -368,7 +368,11 @@ def create(store: Store, image_name: str, opts: RunOptions) -> Container:
     if not spec.workdir.startswith("/"):
         raise ContainerError(f"the working directory '{spec.workdir}' is invalid",
                              "it needs to be an absolute path")
-    container = containers.new(spec)
+    try:
+        container = containers.new(spec)
+    except BaseException:
+        containers.forget_id(spec.id)  # a ^C may come once the record is in, before the return
+        raise
     try:
         from soute.runtime.rootfs import INIT_LAYER, make_init_layer
 

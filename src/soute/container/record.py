@@ -346,8 +346,14 @@ class Containers:
     def forget(self, container: Container) -> None:
         """Remove the record first, then the files: a kill in between leaves only files,
         which :meth:`sweep` removes."""
-        self.store.meta.remove_container(container.id)
-        remove_tree(container.dir)
+        self.forget_id(container.id)
+
+    def forget_id(self, container_id: str) -> None:
+        """:meth:`forget` a container by ID, whatever of it exists."""
+        self.store.meta.remove_container(container_id)
+        path = self.root / container_id
+        if path.exists():
+            remove_tree(path)
 
     def sweep(self) -> int:
         """Remove directories without a record (an interrupted create or rm)."""
