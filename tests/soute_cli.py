@@ -3,10 +3,15 @@ store made once per test module."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,12 +60,28 @@ def threads_of(pid: int) -> list[tuple[int, set[int]]]:
     return found
 
 
-def waits_on_lock(pid: int) -> bool:
-    """Whether process ``pid`` waits for a flock (a "->" line of /proc/locks): a command
-    that waits for the store's shared lock while a test holds the exclusive one, as a
-    garbage collection does."""
-    with open("/proc/locks") as locks:
-        return any("->" in line and f" {pid} " in line for line in locks)
+@contextlib.contextmanager
+def collecting(root: Path) -> Iterator[None]:
+    """Hold the store's exclusive lock, as a garbage collection does, for the block."""
+    fd = os.open(root / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
+
+
+def waiting_for_the_store(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """Return once ``proc`` waits for the store's lock (a "->" line of /proc/locks);
+    fail if it ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/locks") as locks:
+            if any("->" in line and f" {proc.pid} " in line for line in locks):
+                return
+        assert proc.poll() is None, ("it ended without waiting", proc.communicate())
+        assert time.monotonic() < deadline, "it neither waited nor ended"
+        time.sleep(0.02)
 
 
 def busybox_store(factory: pytest.TempPathFactory) -> Path:

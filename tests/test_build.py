@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from soute_cli import busybox_store, ok, soute, waits_on_lock
+from soute_cli import busybox_store, collecting, ok, soute, waiting_for_the_store
 
 
 @pytest.fixture(scope="module")
@@ -212,10 +212,8 @@ def test_a_context_read_from_stdin_is_unpacked_outside_a_garbage_collection(
 ) -> None:
     """``build -`` with a tar unpacks the context into tmp/, which a garbage collection
     empties: the build takes the store's shared lock before, not only once it builds."""
-    import fcntl
     import io
     import tarfile
-    import time
 
     store = tmp_path / "s"
     ok(soute(store, "bootstrap", "busybox"))
@@ -226,26 +224,14 @@ def test_a_context_read_from_stdin_is_unpacked_outside_a_garbage_collection(
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     (tmp_path / "context.tar").write_bytes(context.getvalue())
-    fd = os.open(store / "lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # what collect_garbage holds
-        with open(tmp_path / "context.tar", "rb") as stdin:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "soute.cli.main", "--root", str(store), "build", "-q",
-                 "-t", "from-stdin", "-"], stdin=stdin, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 30
-            while not waits_on_lock(proc.pid) and proc.poll() is None:
-                assert time.monotonic() < deadline, "the build neither waited nor ended"
-                time.sleep(0.02)
-            assert proc.poll() is None, proc.communicate()
-            assert os.listdir(store / "tmp") == []  # nothing unpacked yet
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            _, err = proc.communicate(timeout=120)
-    finally:
-        os.close(fd)
+    with collecting(store), open(tmp_path / "context.tar", "rb") as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "soute.cli.main", "--root", str(store), "build", "-q",
+             "-t", "from-stdin", "-"], stdin=stdin, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        waiting_for_the_store(proc)
+        assert os.listdir(store / "tmp") == []  # nothing unpacked yet
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     out = ok(soute(store, "run", "--rm", "from-stdin", "cat", "/f"))
     assert out == "kept\n"

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from soute_cli import busybox_store, fake_command, ok, soute, threads_of, waits_on_lock
+from soute_cli import (
+    busybox_store,
+    collecting,
+    fake_command,
+    ok,
+    soute,
+    threads_of,
+    waiting_for_the_store,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 
@@ -755,23 +763,15 @@ def test_a_container_is_made_outside_a_garbage_collection(root: Path) -> None:
     failed on its container's missing upper dir."""
     (root / "containers").mkdir(exist_ok=True)  # as the first container would make it
     before = set(os.listdir(root / "containers"))
-    fd = os.open(root / "lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # what collect_garbage holds
+    with collecting(root):
         proc = subprocess.Popen(
             [sys.executable, "-m", "soute.cli.main", "--root", str(root), "create",
              "--name", "made-after-gc", "busybox", "true"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for(lambda: waits_on_lock(proc.pid) or proc.poll() is not None)
-            assert proc.poll() is None, proc.communicate()
-            assert set(os.listdir(root / "containers")) == before
-            assert not [e for e in os.listdir(root / "tmp") if e.startswith("container-")]
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            _, err = proc.communicate(timeout=60)
-    finally:
-        os.close(fd)
+        waiting_for_the_store(proc)
+        assert set(os.listdir(root / "containers")) == before
+        assert not [e for e in os.listdir(root / "tmp") if e.startswith("container-")]
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     ok(soute(root, "rm", "made-after-gc"))
 
