@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -455,7 +454,7 @@ class Builder:
         if self.opts.memo is not None:
             self.opts.memo.spoil("a step ran")
         lowers = self.store.snapshots([d for d, _ in layers])
-        upper = Path(tempfile.mkdtemp(prefix="upper-", dir=self.store.tmp))
+        upper = self.store.new_tree("upper-")
         # overlayfs shows the upper dir's own mode as the root's: give it the image's.
         top = os.stat(lowers[-1]) if lowers else None
         os.chmod(upper, top.st_mode & 0o7777 if top else 0o755)

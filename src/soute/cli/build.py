@@ -99,11 +99,10 @@ def _run_build(ctx: Context, args: argparse.Namespace, store: Store) -> int:
             head += chunk
         if args.file not in (None, "-") or _is_tar(head):
             import io
-            import tempfile
 
             from soute.layer import apply_layer, open_decompressed
 
-            tmp = Path(tempfile.mkdtemp(prefix="context-", dir=store.tmp))
+            tmp = store.new_tree("context-")
             cleanup = tmp
             stream = io.BufferedReader(_Chained(head, stdin))
             apply_layer(open_decompressed(stream), tmp, overlay=False)  # type: ignore[arg-type]

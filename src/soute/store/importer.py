@@ -100,7 +100,7 @@ def import_tarball(
     from soute.layer import apply_layer, open_decompressed
 
     with store.session():
-        tree = Path(tempfile.mkdtemp(prefix="import-", dir=store.tmp))
+        tree = store.new_tree("import-")
         try:
             apply_layer(open_decompressed(source), tree, overlay=True)
             return import_tree(store, tree, tags=tags, config=config, comment=comment)
