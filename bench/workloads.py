@@ -268,6 +268,8 @@ def registry(b: Bench) -> Iterator[Case]:
                    reference=SKOPEO)
     finally:
         reg.stop()
+        if can_push:  # each run's registry has a port of its own: its tag would keep an image
+            sh(soute.cli("rmi", ref), check=False)
 
 
 def memory(b: Bench) -> Iterator[Case]:
