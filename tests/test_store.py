@@ -81,6 +81,21 @@ def test_import_gives_an_image_with_one_layer(tmp_path: Path) -> None:
     assert "Imported from -" in history[1]
 
 
+def test_images_takes_a_go_template_as_docker_does(tmp_path: Path) -> None:
+    """``docker images --format '{{.Repository}}:{{.Tag}}'`` and its ``table`` form, with
+    docker's column titles; an unknown field is a one-line error that lists the fields."""
+    image_id = ok(soute(tmp_path, "import", "-", "tiny:v1", input=rootfs_tar(FILES))).strip()
+    ok(soute(tmp_path, "tag", "tiny:v1", "tiny:v2"))
+    assert ok(soute(tmp_path, "images", "--format", "{{.Repository}}:{{.Tag}}")) == (
+        "tiny:v1\ntiny:v2\n")
+    table = ok(soute(tmp_path, "images", "--format", r"table {{.ID}}\t{{.CreatedSince}}"))
+    lines = table.splitlines()
+    assert lines[0].split() == ["IMAGE", "ID", "CREATED"]
+    assert [line.split()[0] for line in lines[1:]] == [image_id[7:19]] * 2
+    error = one_line_error(soute(tmp_path, "images", "--format", "{{.Nope}}"))
+    assert "can't evaluate field Nope" in error and "Repository" in error
+
+
 @pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, "zstd"])
 def test_import_reads_compressed_tarballs(tmp_path: Path, compress: object) -> None:
     raw = rootfs_tar(FILES)

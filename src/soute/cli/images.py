@@ -30,7 +30,12 @@ def configure_images(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
     p.add_argument("-a", "--all", action="store_true", help="show all images")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", default="table",
+                   help="table, json, or a Go template: '{{.Repository}}:{{.Tag}}', "
+                        "'table {{.ID}}\\t{{.Size}}'")
+
+
+IMAGES_TITLES = {"ID": "IMAGE ID", "CreatedSince": "CREATED"}
 
 
 def run_images(ctx: Context, args: argparse.Namespace) -> int:
@@ -58,21 +63,27 @@ def run_images(ctx: Context, args: argparse.Namespace) -> int:
                 seen.add(image.id)
                 print(ident(image))
         return 0
-    if args.format == "json":
-        for created, repo, tag, image in rows:
-            print(dumps({
-                "Containers": "N/A",
-                "CreatedAt": _go_time(created),
-                "CreatedSince": human_duration_ago(created) if created else "N/A",
-                "Digest": "<none>",
-                "ID": ident(image),
-                "Repository": repo,
-                "SharedSize": "N/A",
-                "Size": human_size(image.size),
-                "Tag": tag,
-                "UniqueSize": "N/A",
-                "VirtualSize": human_size(image.size),
-            }))
+    if args.format != "table":
+        records = [{
+            "Containers": "N/A",
+            "CreatedAt": _go_time(created),
+            "CreatedSince": human_duration_ago(created) if created else "N/A",
+            "Digest": "<none>",
+            "ID": ident(image),
+            "Repository": repo,
+            "SharedSize": "N/A",
+            "Size": human_size(image.size),
+            "Tag": tag,
+            "UniqueSize": "N/A",
+            "VirtualSize": human_size(image.size),
+        } for created, repo, tag, image in rows]
+        if args.format == "json":
+            for record in records:
+                print(dumps(record))
+        else:
+            from soute.cli.table import render_template
+
+            sys.stdout.write(render_template(args.format, records, IMAGES_TITLES))
         return 0
     print_table(
         ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],

@@ -29,9 +29,11 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 _FIELD = re.compile(r"\{\{\s*(?:json\s+)?\.([A-Za-z]*)\s*\}\}")
 
 
-def render_template(template: str, records: Sequence[dict[str, str]]) -> str:
+def render_template(template: str, records: Sequence[dict[str, str]],
+                    titles: dict[str, str] | None = None) -> str:
     """docker's ``--format``: a Go template reduced to what people write on the command line:
-    ``{{.Field}}`` and ``{{json .}}``, ``\\t``, and the ``table`` prefix (headers, aligned)."""
+    ``{{.Field}}`` and ``{{json .}}``, ``\\t``, and the ``table`` prefix (headers, aligned).
+    ``titles``: the command's own column titles (``ID`` is ``IMAGE ID`` for ``images``)."""
     import json
 
     text = template.replace("\\t", "\t").replace("\\n", "\n")
@@ -58,7 +60,7 @@ def render_template(template: str, records: Sequence[dict[str, str]]) -> str:
     if not table:
         return "".join(fill(r) + "\n" for r in records)
     # The header row is the template with each field replaced by its column title.
-    header = _FIELD.sub(lambda m: _header(m[1]), text)
+    header = _FIELD.sub(lambda m: (titles or {}).get(m[1]) or _header(m[1]), text)
     if "\t" not in text:
         return "\n".join([header, *(fill(r) for r in records)]) + "\n"
     return format_table(header.split("\t"), [fill(r).split("\t") for r in records])
