@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import pty
@@ -394,6 +395,58 @@ def test_rmi_refuses_an_image_a_container_uses(root: Path) -> None:
     ok(soute(root, "rm", "user"))
     ok(soute(root, "tag", "busybox", "inuse:1"))
     ok(soute(root, "rmi", "inuse:1"))
+
+
+def test_rmi_racing_run_leaves_no_container_without_its_image(root: Path, tmp_path: Path
+                                                             ) -> None:
+    """An rmi while a run creates its container: one of them wins, the other says why in
+    one line; a container never outlives its image, and a run never starts on freed
+    layers. Each round starts rmi at another moment of run's start, 1 ms apart (from 4 ms
+    before it to 11 ms after): run makes its container some 5 ms after rmi would start."""
+    import tarfile
+
+    from soute.store.names import resolve
+    from soute.store.store import Store
+
+    with Store(root) as store:
+        snapshot = store.snapshots(resolve(store, "busybox").diff_ids)[-1]
+    for i in range(16):
+        tar = tmp_path / f"race{i}.tar"
+        with tarfile.open(tar, "w") as t:
+            t.add(snapshot / "bin" / "busybox", "bin/busybox")
+            link = tarfile.TarInfo("bin/true")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            t.addfile(link)
+            mark = tarfile.TarInfo("round")
+            data = str(i).encode()
+            mark.size = len(data)
+            t.addfile(mark, io.BytesIO(data))
+        image = f"race:{i}"
+        ok(soute(root, "import", str(tar), image))
+        cli = [sys.executable, "-m", "soute.cli.main", "--root", str(root)]
+        run_argv = [*cli, "run", "-d", "--name", f"race{i}", image, "true"]
+        rmi_argv = [*cli, "rmi", image]
+        lead = 0.001 * (i - 4)
+        first = subprocess.Popen(rmi_argv if lead < 0 else run_argv,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(abs(lead))
+        second = subprocess.Popen(run_argv if lead < 0 else rmi_argv,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run, rmi = (second, first) if lead < 0 else (first, second)
+        run_out, run_err = run.communicate(timeout=60)
+        rmi_out, rmi_err = rmi.communicate(timeout=60)
+        try:
+            if rmi.returncode == 0:  # the image went first: no container was made
+                assert run.returncode != 0, (i, run_out, rmi_out)
+                assert "No such image" in run_err and "Traceback" not in run_err, (i, run_err)
+                assert soute(root, "inspect", "--type", "container", f"race{i}").returncode
+            else:  # the container came first and keeps its image
+                assert run.returncode == 0, (i, run_err, rmi_err)
+                assert "conflict" in rmi_err and len(rmi_err.splitlines()) == 1, (i, rmi_err)
+                ok(soute(root, "inspect", "--type", "image", image))
+        finally:
+            soute(root, "rm", "-f", f"race{i}")
+            soute(root, "rmi", image)
 
 
 # ---------------------------------------------------------------------------- bad input

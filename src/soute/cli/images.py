@@ -205,9 +205,13 @@ def remove_image(store: Store, name: str, *, force: bool = False) -> list[str]:
             "referenced in multiple repositories",
             "remove it by name, or use -f",
         )
-    for tag in image.tags:
-        out.append(f"Untagged: {familiar(tag)}")
-    store.forget_image(image.id)
+    user = store.forget_image(image.id)
+    if user is not None:  # a container made since the check above
+        raise SouteError(
+            f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is being "
+            f"used by stopped container {user[:12]}",
+            "remove the container first (soute rm)")
+    out += [f"Untagged: {familiar(tag)}" for tag in image.tags]
     out.append(f"Deleted: {image.id}")
     return out
 

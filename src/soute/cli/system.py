@@ -135,10 +135,9 @@ def _prune_images(ctx: Context, *, everything: bool) -> None:
     for image in store.images():
         if image.tags and not everything:
             continue
-        if store.meta.containers_using(image.id):
+        if store.forget_image(image.id) is not None:
             continue  # a container's image stays while the container exists
         removed += [f"untagged: {familiar(t)}" for t in image.tags]
-        store.forget_image(image.id)
         removed.append(f"deleted: {image.id}")
     report = store.collect_garbage()
     if removed:

@@ -294,6 +294,13 @@ def _health(config: ContainerConfig, opts: RunOptions) -> dict[str, object] | No
 
 def create(store: Store, image_name: str, opts: RunOptions) -> Container:
     """Check ``opts`` against the image and record the container (status created)."""
+    # The shared lock keeps a garbage collection from freeing the image's files between its
+    # lookup and the container's record; once recorded, rmi refuses to remove the image.
+    with store.session():
+        return _create(store, image_name, opts)
+
+
+def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
     from soute.image.config import ImageConfig
     from soute.image.timestamp import Timestamp
     from soute.store.names import resolve

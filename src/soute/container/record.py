@@ -300,7 +300,12 @@ class Containers:
             (tmp / "config.json").write_text(spec.to_json())
             (tmp / "state.json").write_text(ContainerState().to_json())
             os.rename(tmp, final)
-        if not self.store.meta.add_container(spec.id, spec.name, spec.image, spec.created):
+        refused = self.store.meta.add_container(spec.id, spec.name, spec.image, spec.created)
+        if refused == "image":  # an rmi came between the image's lookup and this record
+            remove_tree(final)
+            raise ContainerError(f"No such image: {spec.image_name or spec.image}",
+                                 "it was removed while the container was being created")
+        if refused:
             remove_tree(final)
             other = self.store.meta.container_by_name(spec.name) or "?"
             raise ContainerError(

@@ -269,12 +269,20 @@ class Meta:
         )
         return [(d, s) for d, s in rows]
 
-    def remove_image(self, image_id: str) -> None:
+    def remove_image(self, image_id: str) -> str | None:
+        """Delete the image unless a container uses it: then the ID of such a container,
+        and nothing is deleted. One transaction with the check, so that a container
+        recorded meanwhile (:meth:`add_container`) either stops it or is refused."""
         with self.transaction() as db:
+            user = db.execute("SELECT id FROM containers WHERE image=? LIMIT 1",
+                              (image_id,)).fetchone()
+            if user is not None:
+                return str(user[0])
             db.execute("DELETE FROM tags WHERE image=?", (image_id,))
             db.execute("DELETE FROM repo_digests WHERE image=?", (image_id,))
             db.execute("DELETE FROM image_layers WHERE image=?", (image_id,))
             db.execute("DELETE FROM images WHERE id=?", (image_id,))
+        return None
 
     # ------------------------------------------------------------------ tags
 
@@ -445,16 +453,20 @@ class Meta:
 
     # ------------------------------------------------------------------ containers
 
-    def add_container(self, container_id: str, name: str, image_id: str, created: str) -> bool:
-        """Record a container; False when ``name`` is taken (the check and the insert are
-        one statement, so two concurrent runs cannot both get a name)."""
+    def add_container(self, container_id: str, name: str, image_id: str, created: str) -> str:
+        """Record a container: "" when done, else what stopped it: "name" (taken) or
+        "image" (removed since it was looked up). The checks and the insert are one
+        transaction: two concurrent runs cannot both get a name, and an ``rmi`` cannot
+        remove the image between its check of the containers and its delete."""
         try:
             with self.transaction() as db:
+                if db.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is None:
+                    return "image"
                 db.execute("INSERT INTO containers VALUES (?, ?, ?, ?)",
                            (container_id, name, image_id, created))
         except sqlite3.IntegrityError:
-            return False
-        return True
+            return "name"
+        return ""
 
     def remove_container(self, container_id: str) -> None:
         with self.transaction() as db:

@@ -258,11 +258,14 @@ class Store:
             self._write_index()
             return image
 
-    def forget_image(self, image_id: str) -> None:
-        """Drop the image and its tags; its blobs go at the next garbage collection."""
+    def forget_image(self, image_id: str) -> str | None:
+        """Drop the image and its tags; its blobs go at the next garbage collection. When a
+        container uses it, nothing is dropped and that container's ID is returned."""
         with self.session():
-            self.meta.remove_image(image_id)
-            self._write_index()
+            user = self.meta.remove_image(image_id)
+            if user is None:
+                self._write_index()
+            return user
 
     # ------------------------------------------------------------------ layers
 
