@@ -167,6 +167,33 @@ def test_tag_rmi_and_garbage(tmp_path: Path) -> None:
     assert ok(soute(tmp_path, "images", "-q")) == ""
 
 
+def test_an_image_removed_by_another_command_takes_no_tag_and_comes_back_whole(
+        tmp_path: Path) -> None:
+    """What another command (an ``rmi`` beside this one) removed between a lookup and a
+    write: a tag is refused with No such image, a repository digest is not recorded, and
+    the same image added again gets its tags (the API, as ``tag``, ``push`` and ``import``
+    call it; the CLI cannot time such a race)."""
+    from soute.store.store import ImageNotFound
+
+    image_id = ok(soute(tmp_path, "import", "-", "one", input=rootfs_tar(FILES))).strip()
+    with Store(tmp_path) as store:
+        image = store.image(image_id)
+        config, layer = store.blobs.read(image_id), image.diff_ids[0]
+        assert store.forget_image(image_id) is None
+        with pytest.raises(ImageNotFound, match="No such image"):
+            store.tag(image_id, "docker.io/library/two:latest")
+        store.meta.add_repo_digest("docker.io/library/one", "sha256:" + "1" * 64, image_id)
+        assert store.meta.repo_digests_of(image_id) == []
+        assert store.meta.tags() == []
+    # Known no more: imported again whole, with its tag.
+    assert ok(soute(tmp_path, "import", "-", "one", input=rootfs_tar(FILES))).strip() == image_id
+    with Store(tmp_path) as store:
+        assert store.image(image_id).tags == ("docker.io/library/one:latest",)
+        assert store.blobs.read(image_id) == config
+        assert store.image(image_id).diff_ids == [layer]
+    ok(soute(tmp_path, "fsck"))
+
+
 def test_oci_layout_follows_tags(tmp_path: Path) -> None:
     ok(soute(tmp_path, "import", "-", "debianish:bookworm", input=rootfs_tar(FILES)))
     index = json.loads((tmp_path / "oci" / "index.json").read_text())

@@ -286,12 +286,16 @@ class Meta:
 
     # ------------------------------------------------------------------ tags
 
-    def tag(self, name: str, image_id: str, now: str) -> None:
+    def tag(self, name: str, image_id: str, now: str) -> bool:
+        """Point ``name`` at the image; False when the image is gone (an rmi beside us)."""
         with self.transaction() as db:
+            if db.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is None:
+                return False
             db.execute(
                 "INSERT OR REPLACE INTO tags(name, image, updated) VALUES (?,?,?)",
                 (name, image_id, now),
             )
+        return True
 
     def untag(self, name: str) -> str | None:
         with self.transaction() as db:
@@ -312,10 +316,12 @@ class Meta:
         return [r[0] for r in rows]
 
     def add_repo_digest(self, name: str, digest: str, image_id: str) -> None:
+        """Record where the image was pulled from or pushed to; nothing if it is gone."""
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO repo_digests(name, digest, image) VALUES (?,?,?)",
-                (name, digest, image_id),
+                "INSERT OR REPLACE INTO repo_digests(name, digest, image)"
+                " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM images WHERE id=?)",
+                (name, digest, image_id, image_id),
             )
 
     def repo_digests_of(self, image_id: str) -> list[str]:

@@ -210,10 +210,10 @@ class Store:
                 if packed_rows:
                     self.meta.add_packed(packed_rows)
                 now = now_rfc3339()
-                for tag in tags:
-                    self.meta.tag(tag, config_digest, now)
-                self._write_index()
-                return self.image(config_digest)
+                # A tag fails only if an rmi beside us removed the image: it is added again.
+                if all([self.meta.tag(tag, config_digest, now) for tag in tags]):
+                    self._write_index()
+                    return self.image(config_digest)
             manifest: dict[str, object] = {
                 "schemaVersion": 2,
                 "mediaType": OCI_MANIFEST,
@@ -249,7 +249,8 @@ class Store:
 
     def tag(self, image_id: str, name: str) -> None:
         with self.session():
-            self.meta.tag(name, image_id, now_rfc3339())
+            if not self.meta.tag(name, image_id, now_rfc3339()):
+                raise ImageNotFound(f"No such image: {image_id}")
             self._write_index()
 
     def untag(self, name: str) -> str | None:
