@@ -8,6 +8,7 @@ import json
 import lzma
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -192,6 +193,67 @@ def test_an_image_removed_by_another_command_takes_no_tag_and_comes_back_whole(
         assert store.blobs.read(image_id) == config
         assert store.image(image_id).diff_ids == [layer]
     ok(soute(tmp_path, "fsck"))
+
+
+def _docker_archive(layers: list[bytes], tag: str) -> bytes:
+    """A ``docker save`` archive of an image made of ``layers`` (uncompressed tars)."""
+    import hashlib
+
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    names = [f"{i}/layer.tar" for i in range(len(layers))]
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": [tag],
+                            "Layers": names}]).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in [("manifest.json", manifest), ("config.json", config),
+                           *zip(names, layers, strict=True)]:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+THREE_LAYERS = [rootfs_tar({"a": b"1"}), rootfs_tar({"b": b"2"}),
+                rootfs_tar({"c": b"3", ".wh.a": b""})]
+
+
+def test_the_layers_of_an_image_unpack_side_by_side(tmp_path: Path) -> None:
+    """An image's missing snapshots are unpacked together (threads, one layer each): each
+    gets its own layer, whiteouts as overlayfs reads them."""
+    from soute.store.names import resolve
+
+    ok(soute(tmp_path, "load", input=_docker_archive(THREE_LAYERS, "three:v1")))
+    assert list((tmp_path / "snapshots").iterdir()) == []
+    with Store(tmp_path) as store:
+        first, second, third = store.snapshots(resolve(store, "three:v1").diff_ids)
+    assert (first / "a").read_bytes() == b"1" and not (first / "b").exists()
+    assert (second / "b").read_bytes() == b"2" and not (second / "a").exists()
+    assert (third / "c").read_bytes() == b"3"
+    whiteout = os.lstat(third / "a")
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
+    assert "0 problem(s)" in ok(soute(tmp_path, "fsck"))
+
+
+def test_a_layer_that_fails_to_unpack_leaves_the_others_made_and_nothing_half_made(
+        tmp_path: Path) -> None:
+    from soute.errors import SouteError
+    from soute.store.names import resolve
+
+    ok(soute(tmp_path, "load", input=_docker_archive(THREE_LAYERS, "three:v1")))
+    with Store(tmp_path) as store:
+        diff_ids = resolve(store, "three:v1").diff_ids
+        # The middle layer's blob is damaged on disk: no tar header can be read from it.
+        store.blobs.path(diff_ids[1]).write_bytes(b"not a tar" * 200)
+        with pytest.raises(SouteError):
+            store.snapshots(diff_ids)
+        recorded = {chain for chain, _, _ in store.meta.snapshots()}
+    made = {"sha256:" + p.name for p in (tmp_path / "snapshots").iterdir()}
+    assert len(made) == 2 and made == recorded  # the layers below and above it
+    assert list((tmp_path / "tmp").iterdir()) == []
+    fsck = soute(tmp_path, "fsck")
+    assert diff_ids[1] in fsck.stdout + fsck.stderr and "not recorded" not in fsck.stdout
 
 
 def test_oci_layout_follows_tags(tmp_path: Path) -> None:

@@ -369,29 +369,87 @@ class Store:
 
     def _unpack(self, diff_ids: Sequence[str], paths: list[Path],
                 rows: list[tuple[str, str | None, str]]) -> None:
+        chains = chain_ids(diff_ids)
+        missing = [(d, c) for d, c in zip(diff_ids, chains, strict=True)
+                   if not self.snapshot_path(c).is_dir()]
+        failed = self._unpack_layers(missing)
         parent: str | None = None
-        for diff_id, chain_id in zip(diff_ids, chain_ids(diff_ids), strict=True):
-            path = self.snapshot_path(chain_id)
-            if not path.is_dir():
-                from soute.layer import apply_layer  # only now: a run rarely needs them
-
-                work = self.new_tree("snap-")
-                try:
-                    with self.open_layer(diff_id) as f:
-                        apply_layer(f, work, overlay=True)
-                    os.chmod(work, 0o755)
-                    try:
-                        os.rename(work, path)
-                    except OSError:
-                        if not path.is_dir():
-                            raise
-                        _rmtree(work)  # another process unpacked it first
-                except BaseException:
-                    _rmtree(work, ignore_errors=True)
-                    raise
-            rows.append((chain_id, parent, diff_id))
-            paths.append(path)
+        first_failure: BaseException | None = None
+        for diff_id, chain_id in zip(diff_ids, chains, strict=True):
+            if chain_id in failed:
+                first_failure = first_failure or failed[chain_id]
+            else:  # a layer above a failed one may be made all the same: it is kept
+                rows.append((chain_id, parent, diff_id))
+                paths.append(self.snapshot_path(chain_id))
             parent = chain_id
+        if first_failure is not None:
+            raise first_failure
+
+    def _unpack_layers(self, layers: Sequence[tuple[str, str]]) -> dict[str, BaseException]:
+        """Unpack each (DiffID, chain ID) into its snapshot; what failed, by chain ID.
+
+        Each layer unpacks on its own, so several go side by side in threads: creating
+        files and writing them is kernel work, which the other core takes meanwhile. The
+        first ``run`` of the apache example's image (two layers) after a ``load``: median
+        2.42 s one after the other, 2.11 s side by side (five fresh stores each)."""
+        failed: dict[str, BaseException] = {}
+        if len(layers) <= 1:
+            for diff_id, chain_id in layers:
+                self._unpack_layer(diff_id, chain_id)  # its error as it is: nothing else ran
+            return failed
+        from soute.layer import apply_layer  # noqa: F401 - here, not in each thread
+
+        todo = list(reversed(layers))  # base first: a build's FROM needs them all anyway
+        lock = threading.Lock()
+        stop = threading.Event()  # set when this thread is interrupted: no new layer starts
+
+        def work(own_thread: bool) -> None:
+            try:
+                while not stop.is_set():
+                    with lock:
+                        if not todo:
+                            return
+                        diff_id, chain_id = todo.pop()
+                    try:
+                        self._unpack_layer(diff_id, chain_id)
+                    except Exception as e:  # raised by the caller, in layer order
+                        with lock:
+                            failed[chain_id] = e
+            finally:
+                if own_thread:
+                    self.meta.release()  # the connection a packed layer's check opened
+
+        workers = [threading.Thread(target=work, args=(True,), name="unpack", daemon=True)
+                   for _ in range(min(len(layers), os.cpu_count() or 1, 4) - 1)]
+        for worker in workers:
+            worker.start()
+        try:
+            work(False)
+            for worker in workers:
+                worker.join()
+        except BaseException:
+            stop.set()  # interrupted: the others end with their current layer
+            raise
+        return failed
+
+    def _unpack_layer(self, diff_id: str, chain_id: str) -> None:
+        from soute.layer import apply_layer  # only now: a run rarely needs them
+
+        path = self.snapshot_path(chain_id)
+        work = self.new_tree("snap-")
+        try:
+            with self.open_layer(diff_id) as f:
+                apply_layer(f, work, overlay=True)
+            os.chmod(work, 0o755)
+            try:
+                os.rename(work, path)
+            except OSError:
+                if not path.is_dir():
+                    raise
+                _rmtree(work)  # another process unpacked it first
+        except BaseException:
+            _rmtree(work, ignore_errors=True)
+            raise
 
     # ------------------------------------------------------------------ OCI layout
 
