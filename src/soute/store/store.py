@@ -393,11 +393,10 @@ class Store:
         first ``run`` of the apache example's image (two layers) after a ``load``: median
         2.42 s one after the other, 2.11 s side by side (five fresh stores each)."""
         failed: dict[str, BaseException] = {}
-        if len(layers) <= 1:
-            for diff_id, chain_id in layers:
-                self._unpack_layer(diff_id, chain_id)  # its error as it is: nothing else ran
+        if not layers:
             return failed
-        from soute.layer import apply_layer  # noqa: F401 - here, not in each thread
+        # Imported only now (a run rarely unpacks), and here rather than in the threads.
+        from soute.layer import apply_layer  # noqa: F401
 
         todo = list(reversed(layers))  # base first: a build's FROM needs them all anyway
         lock = threading.Lock()
@@ -433,7 +432,7 @@ class Store:
         return failed
 
     def _unpack_layer(self, diff_id: str, chain_id: str) -> None:
-        from soute.layer import apply_layer  # only now: a run rarely needs them
+        from soute.layer import apply_layer
 
         path = self.snapshot_path(chain_id)
         work = self.new_tree("snap-")
