@@ -33,7 +33,12 @@ def base_tarball(work: Path) -> Path:
         print("bench: making the base tarball (mmdebstrap --variant=minbase bookworm)",
               file=sys.stderr, flush=True)
         partial = work / "base.tar.partial"
-        sh(["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", partial])
+        # mmdebstrap picks its output's format by the name's extension: without --format,
+        # "base.tar.partial" became a directory (so did base.tar on a fresh machine).
+        for stale in (partial, tarball):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+        sh(["mmdebstrap", "--variant=minbase", "--format=tar", "--quiet", "bookworm", partial])
         partial.rename(tarball)
     return tarball
 
