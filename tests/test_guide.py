@@ -66,7 +66,7 @@ def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
     assert "hello, soute" in out  # the web server answered on its published port
     assert "8080/tcp -> 0.0.0.0:18081" in out
     assert "www-data" in out  # top: no process runs as root
-    assert "Dockerfile:3 SOU003" in out  # lint of the first Dockerfile
+    assert "Dockerfile:3 SOU036" in out and "Dockerfile:4 SOU003" in out  # lint: first file
     assert "SOU006" in out and "20MB" in out  # analyze finds the removed file
     assert "Result: PASS" in out  # analyze --ci of the good image
     assert "digest: sha256:" in out and "Downloaded newer image" in out  # push, then pull

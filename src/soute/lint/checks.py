@@ -186,6 +186,8 @@ def _meta_env(df: Dockerfile) -> dict[str, str]:
 
 _INSTALL_SUBS = ("install", "upgrade", "dist-upgrade", "full-upgrade", "remove", "purge",
                  "autoremove", "build-dep", "reinstall")  # fmt: skip
+# What needs the package lists that an update fetches.
+_READS_LISTS = ("install", "upgrade", "dist-upgrade", "full-upgrade", "build-dep", "reinstall")
 
 
 @check
@@ -203,7 +205,8 @@ def check_apt(ctx: Context) -> None:
             if not isinstance(instr, Run):
                 continue
             cmds = run_commands(instr)
-            uses_lists = False
+            uses_lists = installs = False
+            updates = ""  # the tool that ran `update`
             cleaned = _apt_cache_mounted(instr)
             local_noninteractive = noninteractive
             for cmd in cmds:
@@ -224,6 +227,8 @@ def check_apt(ctx: Context) -> None:
                 sub, opts, _ = apt
                 if sub in ("update", "install"):
                     uses_lists = True
+                updates = updates or (cmd.name if sub == "update" else "")
+                installs = installs or sub in _READS_LISTS
                 needs_yes = sub in _INSTALL_SUBS and sub != "autoremove"
                 needs_yes = needs_yes and (cmd.name != "aptitude" or sub == "install")
                 if needs_yes and not _has_yes(opts):
@@ -248,7 +253,11 @@ def check_apt(ctx: Context) -> None:
                         )  # fmt: skip
                 if sub in ("upgrade", "dist-upgrade", "full-upgrade"):
                     ctx.add("AptGetUpgrade", instr.line, f"'{cmd.name} {sub}' in the image")
-            if uses_lists and not cleaned and stage.index in final:
+            if updates and not installs:
+                # Removing the lists here (SOU003's fix) would break the install that follows.
+                ctx.add("AptUpdateAlone", instr.line,
+                        f"'{updates} update' without an install in the same RUN")
+            elif uses_lists and not cleaned and stage.index in final:
                 ctx.add(
                     "AptListsNotRemoved", instr.line,
                     "the apt lists stay in this RUN's layer (/var/lib/apt/lists not removed)",

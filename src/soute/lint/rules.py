@@ -285,6 +285,15 @@ RULES: tuple[Rule, ...] = (
         "The file is not in the build context: the COPY fails or copies less than expected.",
         buildkit=True,
     ),
+    Rule(
+        "SOU036", "AptUpdateAlone", "warning",
+        "apt-get update in a RUN that installs nothing",
+        "run 'apt-get update && apt-get install -y ...' in one RUN, ending with "
+        "'&& rm -rf /var/lib/apt/lists/*'",
+        "The cached layer of a lone update is reused by later builds, so a changed install "
+        "line gets stale package lists (or none); and removing the lists in that RUN would "
+        "leave nothing for the install.",
+    ),
 )  # fmt: skip
 
 BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
