@@ -290,6 +290,27 @@ def test_run_output_streams_and_failure_names_the_line(root: Path) -> None:
                            "successfully: exit code: 7")
 
 
+def test_workdir_makes_its_directories_for_user_and_leaves_existing_ones_alone(
+        root: Path) -> None:
+    # As BuildKit: the missing directories (parents too) belong to USER (a name unknown to
+    # the image gives root), /tmp keeps its mode, and a symlink resolves inside the image.
+    name = f"soute-wd-{os.getpid()}"
+    text = (f"FROM busybox\nRUN mkdir -p /run && ln -s /run /lnk\nWORKDIR /tmp/a/b\n"
+            "USER nobody\nWORKDIR /home/n/deep\nUSER 1501:1502\nWORKDIR /srv/x\n"
+            f"USER ghost\nWORKDIR /opt/ghost\nUSER root\nWORKDIR /lnk/{name}\n"
+            "RUN stat -c '%a %u:%g %n' /tmp /tmp/a /tmp/a/b /home /home/n /home/n/deep /srv "
+            f"/srv/x /opt/ghost /run/{name}\n")
+    p = soute(root, "build", "--progress", "plain", "-", input=text)
+    assert p.returncode == 0, p.stderr
+    seen = [line.split(maxsplit=2)[2] for line in p.stderr.splitlines()
+            if line.startswith("#") and " 0." in line and line.split()[2].isdigit()]
+    assert seen == ["1777 0:0 /tmp", "755 0:0 /tmp/a", "755 0:0 /tmp/a/b",
+                    "755 0:0 /home", "755 65534:65534 /home/n",
+                    "755 65534:65534 /home/n/deep", "755 1501:1502 /srv", "755 1501:1502 /srv/x",
+                    "755 0:0 /opt/ghost", f"755 0:0 /run/{name}"]
+    assert not Path("/run", name).exists()  # made in the image, not through the link
+
+
 def test_run_sees_env_workdir_user_and_network_none(root: Path) -> None:
     text = ("FROM busybox\nENV GREETING=hi\nWORKDIR /w\nUSER nobody\n"
             "RUN echo \"$GREETING $(pwd) $(id -u) $(hostname)\" && cat /proc/net/dev\n")
@@ -300,6 +321,64 @@ def test_run_sees_env_workdir_user_and_network_none(root: Path) -> None:
                if line.rstrip().endswith(("0", "0 0")) and ":" in line]
     assert "lo" in " ".join(devices)
     assert "eth0" not in p.stderr
+
+
+def _cap_eff(stderr: str) -> list[int]:
+    return [int(line.split()[-1], 16) for line in stderr.splitlines() if "CapEff:" in line]
+
+
+def test_run_has_dockers_default_capabilities_unless_insecure_is_allowed(root: Path) -> None:
+    text = ("FROM busybox\nRUN echo first-step; grep CapEff /proc/self/status; "
+            "mount -t tmpfs none /mnt && echo mounted || echo mount-refused\n")
+    p = soute(root, "build", "--no-cache", "--progress", "plain", "-", input=text)
+    assert p.returncode == 0, p.stderr
+    assert _cap_eff(p.stderr) == [0xA80425FB]  # docker run's 14, as BuildKit's RUN
+    said = [line.split(maxsplit=2)[-1] for line in p.stderr.splitlines() if " 0." in line]
+    assert "mount-refused" in said and "mounted" not in said
+    insecure = text + "RUN --security=insecure grep CapEff /proc/self/status\n"
+    p = soute(root, "build", "--no-cache", "--progress", "plain", "-", input=insecure)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        "Dockerfile:3: RUN --security=insecure needs the security.insecure entitlement "
+        "(allow it with 'soute build --allow security.insecure')"]  # before anything ran
+    p = soute(root, "build", "--no-cache", "--progress", "plain",
+              "--allow", "security.insecure", "-", input=insecure)
+    assert p.returncode == 0, p.stderr
+    default, everything = _cap_eff(p.stderr)
+    assert default == 0xA80425FB and everything & (1 << 21)  # CAP_SYS_ADMIN
+    p = soute(root, "build", "--allow", "security.unknown", "-", input=insecure)
+    assert p.returncode != 0 and "invalid entitlement 'security.unknown'" in p.stderr
+
+
+def test_proxy_build_args_reach_run_without_arg_and_stay_out_of_cache_and_history(
+        root: Path) -> None:
+    text = ('FROM busybox\nRUN echo "[$HTTP_PROXY][$http_proxy][$no_proxy][$NO_PROXY]'
+            '[$https_proxy]" > /proxies\n')
+    args = ["--build-arg", "HTTP_PROXY=http://p:1", "--build-arg", "no_proxy=localhost"]
+    ok(soute(root, "build", "-t", "proxied", *args, "-", input=text))
+    p = soute(root, "run", "--rm", "proxied", "cat", "/proxies")
+    assert p.stdout == "[http://p:1][http://p:1][localhost][localhost][]\n", p.stderr
+    assert "p:1" not in json.dumps(config_history(root, "proxied"))
+    assert "p:1" not in json.dumps(inspect(root, "proxied")["Config"])
+    # Another proxy is no reason to run the step again (BuildKit keeps ProxyEnv out of
+    # the key), and no build arg is reported unused.
+    p = soute(root, "build", "--progress", "plain", "-t", "proxied2",
+              "--build-arg", "HTTP_PROXY=http://other:2", "-", input=text)
+    assert p.returncode == 0 and "CACHED" in p.stderr and "Warning" not in p.stderr, p.stderr
+
+
+def test_an_image_built_on_a_base_without_path_gets_the_default_path(
+        tmp_path: Path, root: Path) -> None:
+    import tarfile
+
+    (tmp_path / "hello").write_text("hi\n")
+    with tarfile.open(tmp_path / "rootfs.tar", "w") as tar:
+        tar.add(tmp_path / "hello", arcname="hello")
+    ok(soute(root, "import", str(tmp_path / "rootfs.tar"), "bare:1"))
+    assert inspect(root, "bare:1")["Config"]["Env"] is None  # as docker import makes it
+    ok(soute(root, "build", "-t", "bare-child", "-", input="FROM bare:1\nENV A=1\n"))
+    path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert inspect(root, "bare-child")["Config"]["Env"] == [path, "A=1"]  # as BuildKit
 
 
 def test_run_cache_follows_args(root: Path) -> None:

@@ -347,6 +347,27 @@ def resolve_chown(spec: str, target_root: Path, write_root: Path | None = None) 
     return uid, gid
 
 
+def make_workdir(target_root: Path, write_root: Path, workdir: str, user: str) -> None:
+    """WORKDIR's directory as BuildKit's mkdir makes it: each missing directory, parents
+    included, 0755 and owned by the stage's ``USER`` (a name unknown to the image gives
+    root, as in BuildKit). Symlinks resolve inside the image; directories that exist keep
+    their metadata (copied up, mtime restored)."""
+    view = _View(target_root, write_root)
+    owner = None
+    if user:
+        try:
+            owner = resolve_chown(user, target_root, write_root)
+        except SouteError:
+            owner = (0, 0)
+    copier = _Copier(view, owner=owner, chmod=None, exclude=None, timestamp_ns=None)
+    try:
+        copier.mkdir_all(_rel(view.resolve(workdir)))
+    except OSError as err:
+        raise SouteError(f"mkdir {workdir}: {err.strerror or err}") from err
+    finally:
+        view.finish()
+
+
 def _parse_id(text: str) -> int | None:
     """BuildKit's ``parseUID``: ``root``, or a decimal int32 (sign allowed)."""
     if text == "root":

@@ -181,6 +181,17 @@ def copy_step(
     return builder._layer_step(config, layers, step_key, _created_by(instr), make)
 
 
+def workdir_step(tmp: Path, upper: Path, lowers: list[Path], workdir: str, user: str) -> None:
+    """Make WORKDIR's directory in ``upper`` (:func:`soute.build.copy.make_workdir`),
+    reading the image through a read-only overlay of ``lowers`` in a child, as a COPY
+    into a new directory does."""
+    error = _in_child({"lowers": [str(p) for p in lowers], "upper": str(upper),
+                       "tmp": str(tmp), "direct": True, "make_workdir": workdir,
+                       "user": user})
+    if error is not None:
+        raise SouteError(error)
+
+
 def _dest_is_new(dest: str, workdir: str, lowers: Sequence[Path]) -> bool:
     """Whether ``dest``'s top-level directory is in none of the parent snapshots (not even
     as a whiteout): then the copy only creates entries, never replaces or hides one."""
@@ -424,6 +435,11 @@ def _copy_in_namespace(job: dict[str, Any], events: CopyEvents | None = None) ->
         work.mkdir()
         link_layers(Layers(job["lowers"], job["upper"], work), scratch / "links")
         mount_overlay(scratch / "links", str(target))
+    if "make_workdir" in job:
+        from soute.build.copy import make_workdir
+
+        make_workdir(target, write, job["make_workdir"], job["user"])
+        return
     tree: SourceTree
     if job["source_layers"] is not None:
         src_root = scratch / "src"

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
+INSECURE = "security.insecure"  # the entitlement RUN --security=insecure needs
+ENTITLEMENTS = (INSECURE, "network.host")  # what --allow knows (host networking needs none)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class BuildOptions:
     cache_to: Sequence[CacheSpec] = ()  # and to export to
     jobs: int | None = None  # stages built at once; None: SOUTE_BUILD_JOBS, else the CPUs
     memo: Memo | None = None  # gathers what a fully cached build read (build.fastlane)
+    allow: frozenset[str] = frozenset()  # entitlements granted (--allow security.insecure)
 
 
 @dataclass
@@ -185,6 +188,9 @@ class Builder:
         scope = BuildScope(df, self.opts.build_args, target=self.opts.target)
         self.scope = scope
         plan = scope.plan()
+        for stage in plan:  # checked before anything runs, as BuildKit's solver does
+            for instr in stage.commands:
+                self._check_entitlements(instr)
         with self.store.session():
             if self.remote is not None:
                 self.remote.load()
@@ -207,6 +213,13 @@ class Builder:
                         self.remote.record(*record)
                 self.remote.export(scope, plan[-1])
             return image
+
+    def _check_entitlements(self, instr: ins.Instruction) -> None:
+        if (isinstance(instr, ins.Run) and instr.security == "insecure"
+                and INSECURE not in self.opts.allow):
+            raise LocatedError(f"RUN --security=insecure needs the {INSECURE} entitlement",
+                               file=self.opts.dockerfile_name, line=instr.line,
+                               hint=f"allow it with 'soute build --allow {INSECURE}'")
 
     # ------------------------------------------------------------------ stages
 
@@ -280,6 +293,10 @@ class Builder:
         else:
             image = self._base_image(base.name, stage)
             config = ImageConfig.from_json(self.store.blobs.read(image.id))
+            env = config.config.env or []
+            if not any(e.partition("=")[0] == "PATH" for e in env):
+                # BuildKit makes sure PATH is set: an imported root filesystem has none.
+                config.config.env = [*env, f"PATH={DEFAULT_PATH}"]
             layers = list(image.layers)
             key = _key("image", image.id)
             sscope = scope.stage_scope(
@@ -345,14 +362,21 @@ class Builder:
             if wd == "/":
                 self._history(config, f"WORKDIR {wd}", empty=True, created=None)
                 return key, None
-            return self._layer_step(
-                config,
-                layers,
-                _key(key, "workdir", wd, cfg.user),
-                f"WORKDIR {wd}",
-                lambda upper, lowers: _mkdir_workdir(upper, lowers, wd),
-                suffix=False,
-            )
+            user = cfg.user
+
+            def make(upper: Path, lowers: list[Path]) -> None:
+                from soute.build.copystep import workdir_step
+
+                try:
+                    workdir_step(self.store.tmp, upper, lowers, wd, user)
+                except SouteError as e:
+                    raise LocatedError(e.message, file=self.opts.dockerfile_name,
+                                       line=instr.line, hint=e.hint) from None
+
+            # "made": the directory's owner is USER and existing parents are copied up
+            # (keys from before, when both were wrong, must not be reused).
+            return self._layer_step(config, layers, _key(key, "workdir", wd, user, "made"),
+                                    f"WORKDIR {wd}", make, suffix=False)
         if isinstance(instr, (ins.Arg,)):
             parts = [f"{a.key}={a.value}" if a.value is not None else a.key for a in instr.args]
             self._history(config, "ARG " + " ".join(parts), empty=True, created=None)
@@ -525,6 +549,7 @@ class Builder:
         layers: list[tuple[str, int]],
         key: str,
     ) -> tuple[str, tuple[str, int] | None]:
+        self._check_entitlements(instr)  # an ONBUILD trigger's RUN comes only now
         cfg = config.config
         shell = cfg.shell or list(ins.DEFAULT_SHELL)
         script = instr.script()
@@ -535,6 +560,11 @@ class Builder:
         env = dict(sscope.env)
         env.setdefault("PATH", DEFAULT_PATH)
         env_list = [f"{k}={v}" for k, v in env.items()]
+        # Proxy build args reach every RUN without an ARG, in both cases, and stay out of
+        # the cache key and the history, as BuildKit's ProxyEnv (an ENV or ARG wins).
+        assert self.scope is not None
+        run_env = env_list + [e for e in self.scope.proxy_env()
+                              if e.partition("=")[0] not in env]
         cwd = cfg.working_dir or "/"
         network = instr.network if instr.network != "default" else self.opts.network
         sources, mount_keys = self._mount_sources(instr)
@@ -565,7 +595,7 @@ class Builder:
             run_step(
                 instr,
                 argv,
-                env_list,
+                run_env,
                 cwd,
                 cfg.user or "0",
                 network,
@@ -914,15 +944,6 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
 
     signal.signal(signal.SIGTERM, interrupt)
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _mkdir_workdir(upper: Path, lowers: list[Path], wd: str) -> None:
-    """WORKDIR creates its directory (0755, root) when the image lacks it."""
-    rel = wd.lstrip("/")
-    for lower in reversed(lowers):
-        if (lower / rel).is_dir():
-            return
-    (upper / rel).mkdir(parents=True, mode=0o755, exist_ok=True)
 
 
 def _created_by(instr: ins.Instruction, cfg: Any) -> str:

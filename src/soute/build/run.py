@@ -106,15 +106,21 @@ def run_step(
         script.write_text(pipe_file.data)
         script.chmod(0o755)
         mounts.append(Mount("/dev/pipes", "bind", str(pipes), ("rbind", "ro")))
-    from soute.runtime.spec import default_mounts
+    from soute.runtime.spec import DEFAULT_CAPABILITIES, default_mounts
+
+    # BuildKit's RUN gets docker run's default capabilities; --security=insecure (an
+    # entitlement the build must allow) all of them, and /proc and /sys unmasked.
+    insecure = instr.security == "insecure"
 
     def spec(resolved: list[Mount]) -> Spec:
         return Spec(
             process=Process(
-                args=list(argv), env=list(env), cwd=cwd, user=user, no_new_privileges=False
+                args=list(argv), env=list(env), cwd=cwd, user=user, no_new_privileges=False,
+                capabilities=None if insecure else list(DEFAULT_CAPABILITIES),
             ),
             namespaces=namespaces,
             mounts=[*default_mounts(), *resolved],
+            **({"masked_paths": (), "readonly_paths": ()} if insecure else {}),
         )
 
     read_fd, write_fd = os.pipe()

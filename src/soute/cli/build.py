@@ -38,6 +38,9 @@ def configure_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the platform to build for: only the host's (no emulation)")
     p.add_argument("--iidfile", help="write the image ID to this file")
+    p.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT",
+                   help="grant an entitlement: security.insecure (RUN --security=insecure "
+                        "gets every capability), network.host")
     p.add_argument("--secret", action="append", default=[], metavar="id=ID[,src=FILE|,env=VAR]",
                    help="a secret for RUN --mount=type=secret")
     p.add_argument("--ssh", action="append", default=[], metavar="default|ID[=SOCKET|KEY[,KEY]]",
@@ -67,6 +70,17 @@ def _pairs(values: list[str], what: str, *, from_env: bool) -> dict[str, str]:
             value = os.environ[key]
         out[key] = value
     return out
+
+
+def _entitlements(values: list[str]) -> frozenset[str]:
+    """``--allow`` values (repeated or comma-separated, as buildx takes them)."""
+    from soute.build.engine import ENTITLEMENTS
+    from soute.errors import SouteError
+
+    names = frozenset(n.strip() for v in values for n in v.split(",") if n.strip())
+    for name in sorted(names - set(ENTITLEMENTS)):
+        raise SouteError(f"invalid entitlement {name!r}", "use " + ", ".join(ENTITLEMENTS))
+    return names
 
 
 def _is_tar(head: bytes) -> bool:
@@ -134,6 +148,7 @@ def _run_build(ctx: Context, args: argparse.Namespace, store: Store) -> int:
         secrets=_secrets(args.secret),
         cache_from=_cache_specs(args.cache_from, export=False),
         cache_to=_cache_specs(args.cache_to, export=True),
+        allow=_entitlements(args.allow),
     )
     if (ctx.build_request is not None and context is not None and dockerfile_path is not None
             and sys.stdout is not None and sys.stderr is not None
