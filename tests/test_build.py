@@ -381,6 +381,18 @@ def test_an_image_built_on_a_base_without_path_gets_the_default_path(
     assert inspect(root, "bare-child")["Config"]["Env"] == [path, "A=1"]  # as BuildKit
 
 
+def test_inspect_shows_what_it_found_then_names_each_missing_one(root: Path) -> None:
+    p = soute(root, "inspect", "-f", "{{.Os}}", "busybox", "no-such-a", "busybox", "no-such-b")
+    assert (p.stdout, p.returncode) == ("linux\nlinux\n", 1)  # as docker
+    assert [line.split(" (")[0] for line in p.stderr.splitlines()] == [
+        "soute: No such image: no-such-a", "soute: No such image: no-such-b"]
+    p = soute(root, "inspect", "no-such-a")
+    assert (p.stdout, p.returncode) == ("[]\n", 1)
+    p = soute(root, "inspect", "-f", "{{.Os}} {{.Nope}}", "busybox")  # a typo is an error
+    assert (p.stdout, p.returncode) == ("\n", 1)  # nothing to show: docker's empty line
+    assert 'map has no entry for key "Nope"' in p.stderr
+
+
 def test_run_cache_follows_args(root: Path) -> None:
     text = "FROM busybox\nARG X=1\nRUN echo $X > /x\n"
     first = ok(soute(root, "build", "-q", "-", input=text)).strip()

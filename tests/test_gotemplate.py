@@ -17,8 +17,8 @@ DATA = {"Id": "sha256:ab", "Tags": ["a:1", "b:2"], "Empty": [], "Null": None,
     ("{{.Id}}", "sha256:ab"),
     ("{{.Config.Port}} {{.Config.On}} {{.Tags}} {{.Config.Labels}}",
      "80 true [a:1 b:2] map[j:w k:v]"),
-    ("{{.Missing}}|{{.Null}}|{{index .Null \"k\"}}|{{index .Config.Labels \"x\"}}",
-     "<no value>|<nil>||"),
+    ("{{.Config.Labels.x}}|{{.Null}}|{{index .Null \"k\"}}|{{index .Config.Labels \"x\"}}",
+     "<no value>|<nil>||"),  # a map lacks keys quietly
     ("{{range .Tags}}<{{.}}>{{end}}", "<a:1><b:2>"),
     ("{{range .Empty}}x{{else}}none{{end}}", "none"),
     ("{{range .Config.Labels}}{{.}}{{end}}", "wv"),  # in the keys' order
@@ -55,6 +55,7 @@ def test_render(template: str, out: str | None) -> None:
 @pytest.mark.parametrize("template", [
     "{{range .Tags}}x", "{{end}}", "{{nosuch .Id}}", "{{.Id.Sub}}", "{{index .Tags 5}}", "{{}}",
     '{{split 5 ","}}', '{{pad "x" "a" 1}}', "{{truncate .Config.Port 2}}",
+    "{{.Missing}}", "{{.Config.Missing}}",  # docker's structs do not (missingkey=error)
 ])
 def test_errors(template: str) -> None:
     with pytest.raises(TemplateError):

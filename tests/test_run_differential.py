@@ -372,6 +372,7 @@ INSPECT_TEMPLATES = [
     "{{.Config.Entrypoint}} {{.Config.Volumes}} {{.Config.OnBuild}} {{json .Config.Volumes}}",
     "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}} {{$.Id}} {{(index .RepoTags 0)}}",
     '{{print 1 2 "x"}} {{title "hELLO wORLD"}} {{if gt (len .RootFS.Layers) 0}}L{{end}}',
+    "{{.Config.Labels.nope}}", "{{.Id}} {{.Nope}}", "{{.Config.Nope}}",
 ]
 
 

@@ -168,6 +168,62 @@ def test_tag_rmi_and_garbage(tmp_path: Path) -> None:
     assert ok(soute(tmp_path, "images", "-q")) == ""
 
 
+def test_images_filters_as_docker_reads_them(tmp_path: Path) -> None:
+    def imported(mtime: int, *name: str, label: str = "a=b") -> str:
+        # An import is as old as its newest file (docs/differences.md).
+        out = ok(soute(tmp_path, "import", "-c", f"LABEL {label}", "-", *name,
+                       input=rootfs_tar({"f": str(mtime).encode()}, mtime=mtime)))
+        return out.strip()[7:19]
+
+    old = imported(1_600_000_000)  # no name: dangling
+    app = imported(1_600_000_100, "org/app:1", label="tier=web")
+    ok(soute(tmp_path, "tag", "org/app:1", "org/app:2"))
+    other = imported(1_600_000_200, "other:1", label="tier=db")
+
+    def ids(*args: str) -> list[str]:
+        return ok(soute(tmp_path, "images", "-q", *args)).split()
+
+    def names(*args: str) -> list[str]:
+        out = ok(soute(tmp_path, "images", "--format", "{{.Repository}}:{{.Tag}}", *args))
+        return out.split()
+
+    assert ids("-f", "dangling=true") == [old]  # docker rmi $(docker images -qf dangling=true)
+    assert ids("-f", "dangling=false") == [other, app]
+    assert ids("-f", "label=tier") == [other, app]
+    assert ids("-f", "label=tier=web") == [app]
+    assert ids("-f", "label=tier=web", "-f", "dangling=true") == []  # every key must hold
+    assert ids("-f", "before=other:1") == [app, old]
+    assert ids("-f", "since=" + old) == [other, app]
+    assert names("-f", "reference=org/*:2") == ["org/app:2"]  # only the matching tags
+    assert names("-f", "reference=*") == ["other:1"]  # '*' does not cross a '/'
+    assert names("org/*") == ["org/app:1", "org/app:2"]  # a pattern as the argument too
+    for bad in ("bogus=1", "dangling=maybe", "dangling"):
+        p = soute(tmp_path, "images", "-f", bad)
+        assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stderr
+
+
+def test_images_and_history_take_docker_templates(tmp_path: Path) -> None:
+    image_id = ok(soute(tmp_path, "import", "-", "org/app:1", input=rootfs_tar(FILES)))
+    short = image_id.strip()[7:19]
+    other = ok(soute(tmp_path, "import", "-", input=rootfs_tar({"other": b"x"})))[7:19]
+    out = ok(soute(tmp_path, "images", "--format",
+                   '{{upper .Repository}} {{.Tag | printf "%q"}} {{len .ID}} '
+                   '{{join (split .Repository "/") "+"}}', "org/app"))
+    assert out == 'ORG/APP "1" 12 org+app\n'
+    out = ok(soute(tmp_path, "images", "--format", "table {{lower .Repository}}\t{{.ID}}"))
+    # The header is the template run on the titles (lower of REPOSITORY), as docker's.
+    assert [line.split() for line in out.splitlines()] == [
+        ["repository", "IMAGE", "ID"], ["<none>", other], ["org/app", short]]
+    records = [json.loads(line) for line in ok(soute(
+        tmp_path, "images", "--format", "{{json .}}")).splitlines()]
+    assert {r["Digest"] for r in records} == {"<none>"}
+    assert "\\u003cnone\\u003e" in ok(soute(tmp_path, "images", "--format", "{{json .}}"))
+    out = ok(soute(tmp_path, "history", "--format", "{{.ID}}|{{upper .Comment}}", "org/app:1"))
+    assert out == f"{short}|IMPORTED FROM -\n"
+    out = ok(soute(tmp_path, "history", "--format", "table {{.ID}}\t{{.Comment}}", short))
+    assert out.splitlines()[0].split() == ["IMAGE", "COMMENT"]
+
+
 def test_an_image_removed_by_another_command_takes_no_tag_and_comes_back_whole(
         tmp_path: Path) -> None:
     """What another command (an ``rmi`` beside this one) removed between a lookup and a
@@ -217,6 +273,12 @@ def _docker_archive(layers: list[bytes], tag: str) -> bytes:
 
 THREE_LAYERS = [rootfs_tar({"a": b"1"}), rootfs_tar({"b": b"2"}),
                 rootfs_tar({"c": b"3", ".wh.a": b""})]
+
+
+def test_load_names_what_it_loaded_even_with_quiet(tmp_path: Path) -> None:
+    # docker's -q hides progress bars only: `docker load -q | sed` scripts get the names.
+    archive = _docker_archive(THREE_LAYERS, "three:v1")
+    assert ok(soute(tmp_path, "load", "-q", input=archive)) == "Loaded image: three:v1\n"
 
 
 def test_the_layers_of_an_image_unpack_side_by_side(tmp_path: Path) -> None:

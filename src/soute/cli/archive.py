@@ -64,7 +64,9 @@ def run_save(ctx: Context, args: argparse.Namespace) -> int:
 
 def configure_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--input", help="read from a file instead of standard input")
-    p.add_argument("-q", "--quiet", action="store_true", help="suppress the load output")
+    # docker's -q hides its progress bars, which soute does not draw: the names still print.
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress output (the loaded names are printed, as docker does)")
 
 
 def run_load(ctx: Context, args: argparse.Namespace) -> int:
@@ -85,11 +87,10 @@ def run_load(ctx: Context, args: argparse.Namespace) -> int:
             raise SouteError(f"{args.input}: {e.strerror}", "give an image archive") from None
         with f:
             loaded = load(store, f)
-    if not args.quiet:
-        for item in loaded:
-            if item.tags:
-                for tag in item.tags:
-                    print(f"Loaded image: {familiar(tag)}")
-            else:
-                print(f"Loaded image ID: {item.image.id}")
+    for item in loaded:
+        if item.tags:
+            for tag in item.tags:
+                print(f"Loaded image: {familiar(tag)}")
+        else:
+            print(f"Loaded image ID: {item.image.id}")
     return 0

@@ -518,19 +518,20 @@ def configure_inspect(p: argparse.ArgumentParser) -> None:
 
 
 def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.cli.gotemplate import print_inspected
     from soute.container.api import inspect_dict
     from soute.container.record import Containers
-    from soute.image.gojson import dumps
+    from soute.errors import SouteError
 
     containers = Containers(ctx.store())
-    out = [inspect_dict(containers.get(name)) for name in args.containers]
-    if args.format:
-        from soute.cli.gotemplate import render
-
-        sys.stdout.write("".join(render(args.format, obj) + "\n" for obj in out))
-        return 0
-    print(dumps(out, indent=4, escape_html=False))
-    return 0
+    out: list[dict[str, object]] = []
+    errors: list[SouteError] = []  # as docker: what was found, then each name that was not
+    for name in args.containers:
+        try:
+            out.append(inspect_dict(containers.get(name)))
+        except SouteError as e:
+            errors.append(e)
+    return print_inspected(out, errors, args.format)
 
 
 def configure_export(p: argparse.ArgumentParser) -> None:

@@ -57,6 +57,11 @@ class _Struct(dict):  # type: ignore[type-arg]
     """An empty struct value: printed ``{}``."""
 
 
+def check(template: str) -> None:
+    """Parse ``template`` only: its syntax errors before there is anything to render."""
+    _parse(_lex(template), template, top=True)
+
+
 def render(template: str, data: Any) -> str:
     """``template`` applied to ``data``."""
     nodes, rest = _parse(_lex(template), template, top=True)
@@ -64,6 +69,30 @@ def render(template: str, data: Any) -> str:
     out: list[str] = []
     _run(nodes, data, [{"$": data}], out)
     return "".join(out)
+
+
+def print_inspected(items: list[Any], errors: list[SouteError], template: str | None) -> int:
+    """What docker's ``inspect`` prints: the items found (JSON, or ``template`` applied to
+    each: an item it fails on is an error too), then one line per error; exit code 1 if
+    any. With a template and nothing to show, an empty line (docker's Flush)."""
+    import sys
+
+    if template:
+        shown = []
+        for item in items:
+            try:
+                shown.append(render(template, item) + "\n")
+            except TemplateError as e:
+                errors.append(e)
+        sys.stdout.write("".join(shown) or "\n")
+    else:
+        from soute.image.gojson import dumps
+
+        print(dumps(items, indent=4, escape_html=False))
+    sys.stdout.flush()
+    for e in errors:
+        print(f"soute: {e}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -341,9 +370,16 @@ def _value(op: Any, dot: Any, scopes: Scopes) -> Any:
     if kind == "paren":
         return _eval(op[1], dot, scopes)
     value = _value(op[1], dot, scopes)  # a field chain on a term
+    is_map = False  # docker's maps (Labels...) lack keys quietly; its structs do not
     for name in op[2]:
         if isinstance(value, dict):
-            value = _typed(name, value.get(name, _MISSING))
+            got = value.get(name, _MISSING)
+            if got is _MISSING and not is_map and not isinstance(value, _NilMap):
+                # docker's inspect falls back to the raw JSON with missingkey=error.
+                raise TemplateError(f'template: executing "" at <.{name}>: map has no '
+                                    f'entry for key "{name}"')
+            value = _typed(name, got)
+            is_map = name in _MAPS
         elif value is None or value is _MISSING:
             return _MISSING
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,9 @@ def configure_images(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
     p.add_argument("-a", "--all", action="store_true", help="show all images")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], "
+                        "before=IMAGE, since=IMAGE (repeatable)")
     p.add_argument("--format", default="table",
                    help="table, json, or a Go template: '{{.Repository}}:{{.Tag}}', "
                         "'table {{.ID}}\\t{{.Size}}'")
@@ -45,14 +49,24 @@ def run_images(ctx: Context, args: argparse.Namespace) -> int:
     from soute.image.timestamp import Timestamp
 
     store = ctx.store()
-    wanted = _repository_filter(args.repository) if args.repository else None
+    filters = _image_filters(store, args.filter)
+    patterns = filters.get("reference", [])
+    wanted = None
+    if args.repository and _GLOB.search(args.repository):
+        patterns = [*patterns, args.repository]  # docker makes it a reference filter
+    elif args.repository:
+        wanted = _repository_filter(args.repository)
     rows: list[tuple[Timestamp | None, str, str, Image]] = []
     for image in store.images():
         created = Timestamp.parse(image.created) if image.created else None
+        if not _kept(store, image, created, filters):
+            continue
         names = [_familiar(t) for t in image.tags] or [("<none>", "<none>")]
         for repo, tag in names:
             if wanted and not wanted(repo, tag):
                 continue
+            if patterns and not any(_reference_match(p, repo, tag) for p in patterns):
+                continue  # as docker: only the references that match are listed
             rows.append((created, repo, tag, image))
     rows.sort(key=lambda r: (-(r[0].unix_nanos if r[0] else 0), r[1], r[2]))
     ident = (lambda i: i.id) if args.no_trunc else (lambda i: short_id(i.id))
@@ -91,6 +105,67 @@ def run_images(ctx: Context, args: argparse.Namespace) -> int:
           human_size(image.size)] for created, repo, tag, image in rows],
     )
     return 0
+
+
+_GLOB = re.compile(r"[*?\\[]")
+_IMAGE_FILTERS = ("before", "dangling", "label", "reference", "since")
+
+
+def _image_filters(store: Store, values: list[str]) -> dict[str, list[str]]:
+    """``--filter`` values by key (several values of a key: any of them; several keys: all),
+    with ``before``/``since`` turned into the creation time of the image they name."""
+    from soute.errors import SouteError
+    from soute.store.names import resolve
+
+    out: dict[str, list[str]] = {}
+    for value in values:
+        key, sep, arg = value.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in _IMAGE_FILTERS:
+            raise SouteError(f"invalid filter {value!r}",
+                             "use " + ", ".join(f"{k}=..." for k in _IMAGE_FILTERS))
+        if key == "dangling" and arg.lower() not in ("true", "false", "1", "0"):
+            raise SouteError(f"invalid filter 'dangling={arg}'", "use dangling=true or false")
+        if key in ("before", "since"):
+            arg = resolve(store, arg).created or ""
+        out.setdefault(key, []).append(arg)
+    return out
+
+
+def _kept(store: Store, image: Image, created: object, filters: dict[str, list[str]]) -> bool:
+    from soute.image.timestamp import Timestamp
+
+    if "dangling" in filters:
+        dangling = filters["dangling"][-1].lower() in ("true", "1")
+        if dangling == bool(image.tags):
+            return False
+    when = created.unix_nanos if isinstance(created, Timestamp) else 0
+    for key, keep in (("before", lambda t: when < t), ("since", lambda t: when > t)):
+        if key in filters and not all(
+                keep(Timestamp.parse(c).unix_nanos if c else 0) for c in filters[key]):
+            return False
+    if "label" in filters:
+        config = store.config(image).get("config")
+        labels = (config.get("Labels") if isinstance(config, dict) else None) or {}
+        for want in filters["label"]:
+            key, sep, value = want.partition("=")
+            if key not in labels or (sep and labels[key] != value):
+                return False
+    return True
+
+
+def _reference_match(pattern: str, repo: str, tag: str) -> bool:
+    """docker's FamiliarMatch: the pattern against ``repo:tag``, then against ``repo``."""
+    import fnmatch
+
+    if repo == "<none>":
+        return False
+
+    def match(name: str) -> bool:  # path.Match: '*' stops at '/'
+        return fnmatch.fnmatchcase(name, pattern) and (
+            name.count("/") == pattern.count("/"))
+
+    return match(f"{repo}:{tag}") or match(repo)
 
 
 def _repository_filter(text: str):  # type: ignore[no-untyped-def]
@@ -243,7 +318,11 @@ def configure_history(p: argparse.ArgumentParser) -> None:
     p.add_argument("-H", "--human", default="true", choices=("true", "false"),
                    help="print sizes and dates in human readable format (default true)")
     p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", default="table",
+                   help="table, json, or a Go template: '{{.ID}}: {{.CreatedBy}}'")
+
+
+HISTORY_TITLES = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT"}
 
 
 def run_history(ctx: Context, args: argparse.Namespace) -> int:
@@ -276,13 +355,19 @@ def run_history(ctx: Context, args: argparse.Namespace) -> int:
         for r in rows:
             print(ident(r))
         return 0
-    if args.format == "json":
-        for r in rows:
-            print(dumps({
-                "Comment": r.comment, "CreatedAt": r.created.format() if r.created else "",
-                "CreatedBy": created_by(r), "CreatedSince": history_created_since(r.created),
-                "ID": ident(r), "Size": human_size(r.size) if human else str(r.size),
-            }))
+    if args.format != "table":
+        records = [{
+            "Comment": r.comment, "CreatedAt": r.created.format() if r.created else "",
+            "CreatedBy": created_by(r), "CreatedSince": history_created_since(r.created),
+            "ID": ident(r), "Size": human_size(r.size) if human else str(r.size),
+        } for r in rows]
+        if args.format == "json":
+            for record in records:
+                print(dumps(record))
+        else:
+            from soute.cli.table import render_template
+
+            sys.stdout.write(render_template(args.format, records, HISTORY_TITLES))
         return 0
     print_table(
         ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
@@ -302,35 +387,35 @@ def configure_inspect(p: argparse.ArgumentParser) -> None:
 
 
 def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.cli.gotemplate import print_inspected
+    from soute.errors import SouteError
     from soute.image.config import ImageConfig
-    from soute.image.gojson import dumps
     from soute.image.inspect import inspect_dict
     from soute.store.names import familiar, resolve
 
     store = ctx.store()
-    out = []
+    out: list[dict[str, object]] = []
+    errors: list[SouteError] = []  # as docker: what was found, then what was not
     for name in args.images:
-        if args.type != "image":  # docker inspect: a container of that name first
-            container = _container_named(store, name, required=args.type == "container")
-            if container is not None:
-                from soute.container.api import inspect_dict as container_dict
+        try:
+            if args.type != "image":  # docker inspect: a container of that name first
+                container = _container_named(store, name, required=args.type == "container")
+                if container is not None:
+                    from soute.container.api import inspect_dict as container_dict
 
-                out.append(container_dict(container))
-                continue
-        image = resolve(store, name)
+                    out.append(container_dict(container))
+                    continue
+            image = resolve(store, name)
+        except SouteError as e:
+            errors.append(e)
+            continue
         config = ImageConfig.from_json(store.blobs.read(image.id))
         out.append(inspect_dict(
             image.id, [familiar(t) for t in image.tags],
             [familiar(d) for d in store.meta.repo_digests_of(image.id)], config, image.size,
             driver="overlay",
         ))
-    if args.format:
-        from soute.cli.gotemplate import render
-
-        sys.stdout.write("".join(render(args.format, obj) + "\n" for obj in out))
-        return 0
-    print(dumps(out, indent=4, escape_html=False))
-    return 0
+    return print_inspected(out, errors, args.format)
 
 
 # ---------------------------------------------------------------------------- import, bootstrap

@@ -31,10 +31,10 @@ _FIELD = re.compile(r"\{\{\s*(?:json\s+)?\.([A-Za-z]*)\s*\}\}")
 
 def render_template(template: str, records: Sequence[dict[str, str]],
                     titles: dict[str, str] | None = None) -> str:
-    """docker's ``--format``: a Go template reduced to what people write on the command line:
-    ``{{.Field}}`` and ``{{json .}}``, ``\\t``, and the ``table`` prefix (headers, aligned).
-    ``titles``: the command's own column titles (``ID`` is ``IMAGE ID`` for ``images``)."""
-    import json
+    """docker's ``--format``: a Go template (``{{.Field}}``, ``{{json .}}``, functions,
+    pipes...), ``\\t``, and the ``table`` prefix (headers, aligned). ``titles``: the
+    command's own column titles (``ID`` is ``IMAGE ID`` for ``images``)."""
+    from soute.image.gojson import dumps
 
     text = template.replace("\\t", "\t").replace("\\n", "\n")
     table = text.startswith("table")
@@ -44,23 +44,33 @@ def render_template(template: str, records: Sequence[dict[str, str]],
         if name and records and name not in records[0]:
             raise SouteError(f"template: can't evaluate field {name}",
                              f"fields: {', '.join(records[0])}")
-    if "{{" in _FIELD.sub("", text):
-        raise SouteError(f"template: cannot parse {template!r}",
-                         "soute understands {{.Field}}, {{json .}}, \\t and a 'table' prefix")
 
     def fill(record: dict[str, str]) -> str:
         def field(match: re.Match[str]) -> str:
             name = match[1]
             if not name:
-                return json.dumps(record, separators=(",", ":"))
+                return dumps(record)
             value = record.get(name, "")
-            return json.dumps(value) if match[0].replace(" ", "").startswith("{{json") else value
+            return dumps(value) if match[0].replace(" ", "").startswith("{{json") else value
         return _FIELD.sub(field, text)
 
+    def title(name: str) -> str:
+        return (titles or {}).get(name) or _header(name)
+
+    if "{{" in _FIELD.sub("", text):  # more than fields: the whole template language
+        from soute.cli.gotemplate import TemplateError, check, render
+
+        try:
+            check(text)
+        except TemplateError as e:
+            raise SouteError(f"template: cannot parse {template!r}: {e.message}") from None
+        fill = lambda record: render(text, record)  # noqa: E731
+        # docker's header: the template run on a row whose every field is its title.
+        header = render(text, {k: title(k) for k in records[0]}) if records and table else ""
+    else:
+        header = _FIELD.sub(lambda m: title(m[1]), text)
     if not table:
         return "".join(fill(r) + "\n" for r in records)
-    # The header row is the template with each field replaced by its column title.
-    header = _FIELD.sub(lambda m: (titles or {}).get(m[1]) or _header(m[1]), text)
     if "\t" not in text:
         return "\n".join([header, *(fill(r) for r in records)]) + "\n"
     return format_table(header.split("\t"), [fill(r).split("\t") for r in records])
