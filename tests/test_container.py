@@ -355,6 +355,13 @@ def test_named_volume_persists_and_image_volume_is_seeded(root: Path) -> None:
     ok(soute(root, "volume", "rm", "keep"))
     # The image's VOLUME gets an anonymous volume with the image's content.
     assert ok(soute(root, "run", "--rm", "box", "cat", "/data/seed.txt")) == "seeded\n"
+    # A relative one (a mistaken mix of forms, which BuildKit records as it is) goes under
+    # the root, as docker puts it.
+    ok(soute(root, "build", "-q", "-t", "odd-volumes", "-",
+             input='FROM box\nVOLUME rel ["/v2", "/v3"]\n'))
+    mounted = ok(soute(root, "run", "--rm", "odd-volumes", "cut", "-d", " ", "-f", "2",
+                       "/proc/mounts")).split()
+    assert {"/rel", "/[/v2,", "/v3]", "/data"} <= set(mounted)
 
 
 # ---------------------------------------------------------------------------- commit, export

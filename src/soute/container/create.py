@@ -194,8 +194,10 @@ def _mounts(store: Store, config: ContainerConfig, opts: RunOptions) -> list[Mou
                                     options=_tmpfs_options(spec.options, spec.readonly)))
     mounts += tmpfs
     taken = {os.path.normpath(m.target) for m in mounts}
-    for target in sorted(config.volumes):  # each VOLUME of the image: an anonymous volume
-        if os.path.normpath(target) not in taken:
+    for volume_path in sorted(config.volumes):  # each VOLUME of the image: an anonymous one
+        # docker places a relative one (`VOLUME a`, or a broken JSON form) under /.
+        target = os.path.normpath(os.path.join("/", volume_path))
+        if target not in taken:
             volume = volumes.create(None, anonymous=True)
             mounts.append(MountSpec("volume", target, volume.name, copy_up=True))
     return mounts
