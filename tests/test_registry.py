@@ -191,6 +191,24 @@ def test_push_then_skopeo_and_docker_pull(plain: RunningRegistry, source: Path,
     assert docker("run", "--rm", "--network", "none", name2) == HELLO.decode()
 
 
+def test_images_lists_a_pull_by_digest_under_its_repository(plain: RunningRegistry,
+                                                           source: Path, tmp_path: Path) -> None:
+    name = f"{plain.host}/it/listed:v1"
+    soute_cli(source, "tag", "app", name).ok()
+    digest = soute_cli(source, "push", name).ok().strip().splitlines()[-1].split()[2]
+    store = tmp_path / "store"
+    soute_cli(store, "pull", f"{plain.host}/it/listed@{digest}").ok()
+    short = image_id(source, "app")[7:19]
+    rows = [line.split()[:3] for line in soute_cli(store, "images").ok().splitlines()]
+    assert rows == [["REPOSITORY", "TAG", "IMAGE"], [f"{plain.host}/it/listed", "<none>", short]]
+    rows = [line.split()[:4] for line in soute_cli(store, "images", "--digests").ok().splitlines()]
+    assert rows[1] == [f"{plain.host}/it/listed", "<none>", digest, short]
+    soute_cli(store, "pull", name).ok()  # now tagged too: one row, with the digest
+    out = soute_cli(store, "images", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}").ok()
+    assert out == f"{plain.host}/it/listed v1 {digest}\n"
+    assert soute_cli(store, "images", "-f", "dangling=true", "-q").ok() == ""
+
+
 def test_docker_push_then_soute_pull_and_run(plain: RunningRegistry, source: Path,
                                              docker: Docker, tmp_path: Path) -> None:
     from soute.store.archive import save

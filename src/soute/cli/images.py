@@ -31,6 +31,7 @@ def configure_images(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
     p.add_argument("-a", "--all", action="store_true", help="show all images")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
+    p.add_argument("--digests", action="store_true", help="show digests")
     p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
                    help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], "
                         "before=IMAGE, since=IMAGE (repeatable)")
@@ -56,19 +57,19 @@ def run_images(ctx: Context, args: argparse.Namespace) -> int:
         patterns = [*patterns, args.repository]  # docker makes it a reference filter
     elif args.repository:
         wanted = _repository_filter(args.repository)
-    rows: list[tuple[Timestamp | None, str, str, Image]] = []
+    digests = args.digests or ".Digest" in args.format  # docker shows them then too
+    rows: list[tuple[Timestamp | None, str, str, str, Image]] = []
     for image in store.images():
         created = Timestamp.parse(image.created) if image.created else None
         if not _kept(store, image, created, filters):
             continue
-        names = [_familiar(t) for t in image.tags] or [("<none>", "<none>")]
-        for repo, tag in names:
+        for repo, tag, digest in _names(store, image, digests):
             if wanted and not wanted(repo, tag):
                 continue
             if patterns and not any(_reference_match(p, repo, tag) for p in patterns):
                 continue  # as docker: only the references that match are listed
-            rows.append((created, repo, tag, image))
-    rows.sort(key=lambda r: (-(r[0].unix_nanos if r[0] else 0), r[1], r[2]))
+            rows.append((created, repo, tag, digest, image))
+    rows.sort(key=lambda r: (-(r[0].unix_nanos if r[0] else 0), r[1], r[2], r[3]))
     ident = (lambda i: i.id) if args.no_trunc else (lambda i: short_id(i.id))
     if args.quiet:
         seen: set[str] = set()
@@ -82,7 +83,7 @@ def run_images(ctx: Context, args: argparse.Namespace) -> int:
             "Containers": "N/A",
             "CreatedAt": _go_time(created),
             "CreatedSince": human_duration_ago(created) if created else "N/A",
-            "Digest": "<none>",
+            "Digest": digest,
             "ID": ident(image),
             "Repository": repo,
             "SharedSize": "N/A",
@@ -90,7 +91,7 @@ def run_images(ctx: Context, args: argparse.Namespace) -> int:
             "Tag": tag,
             "UniqueSize": "N/A",
             "VirtualSize": human_size(image.size),
-        } for created, repo, tag, image in rows]
+        } for created, repo, tag, digest, image in rows]
         if args.format == "json":
             for record in records:
                 print(dumps(record))
@@ -100,11 +101,33 @@ def run_images(ctx: Context, args: argparse.Namespace) -> int:
             sys.stdout.write(render_template(args.format, records, IMAGES_TITLES))
         return 0
     print_table(
-        ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
-        [[repo, tag, ident(image), human_duration_ago(created) if created else "N/A",
-          human_size(image.size)] for created, repo, tag, image in rows],
+        ["REPOSITORY", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "CREATED",
+         "SIZE"],
+        [[repo, tag, *([digest] if args.digests else []), ident(image),
+          human_duration_ago(created) if created else "N/A", human_size(image.size)]
+         for created, repo, tag, digest, image in rows],
     )
     return 0
+
+
+def _names(store: Store, image: Image, digests: bool) -> list[tuple[str, str, str]]:
+    """(repository, tag, digest) rows of an image, as docker lists them: a row per tag (per
+    tag and digest of its repository with ``digests``), then one per repository known only
+    by a digest (a pull by digest), else ``<none>``."""
+    from soute.store.names import familiar
+
+    by_repo: dict[str, list[str]] = {}
+    for ref in store.meta.repo_digests_of(image.id):
+        repo, _, digest = familiar(ref).partition("@")
+        by_repo.setdefault(repo, []).append(digest)
+    rows = []
+    for repo, tag in (_familiar(t) for t in image.tags):
+        known = by_repo.pop(repo, []) if digests else []
+        by_repo.pop(repo, None)
+        rows += [(repo, tag, d) for d in known] or [(repo, tag, "<none>")]
+    for repo, known in by_repo.items():
+        rows += [(repo, "<none>", d) for d in known] if digests else [(repo, "<none>", "<none>")]
+    return rows or [("<none>", "<none>", "<none>")]
 
 
 _GLOB = re.compile(r"[*?\\[]")
