@@ -602,6 +602,17 @@ def test_ps_filters_and_format(root: Path) -> None:
         assert ok(soute(root, "ps", "-a", "-f", "label=team=a", "--format",
                         "{{.Names}} {{.State}}")) == "ok0 exited\n"
         assert ok(soute(root, "ps", "-f", "name=up", "--format", "{{.Names}}")) == "up1\n"
+        # As docker: a filter does not list stopped containers (but status= does), and
+        # name= is a regular expression (the usual "is it running?" check).
+        assert ok(soute(root, "ps", "-q", "-f", "name=^ok0$")) == ""
+        assert ok(soute(root, "ps", "-a", "-q", "-f", "name=^ok0$")) != ""
+        assert ok(soute(root, "ps", "-f", "name=^/?(up1|bad3)$", "--format",
+                        "{{.Names}}")) == "up1\n"
+        assert ok(soute(root, "ps", "-f", "status=exited", "-f", "name=^bad",
+                        "--format", "{{.Names}}")) == "bad3\n"
+        for bad in ("status=bogus", "name=(unclosed"):
+            p = soute(root, "ps", "-f", bad)
+            assert p.returncode == 1 and "invalid filter" in p.stderr, p.stderr
         table = ok(soute(root, "ps", "--format", "table {{.Names}}\t{{.Status}}")).splitlines()
         assert table[0].split() == ["NAMES", "STATUS"] and table[1].startswith("up1 ")
         record = json.loads(ok(soute(root, "ps", "--format", "json")).splitlines()[0])
@@ -715,6 +726,19 @@ def test_terminal_resize_follows_ours(root: Path) -> None:
     finally:
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_container_inspect_shows_what_it_found_then_each_missing_name(root: Path) -> None:
+    ok(soute(root, "create", "--name", "looked-at", "busybox", "true"))
+    try:
+        p = soute(root, "container", "inspect", "-f",
+                  "{{.Name}} [{{.NetworkSettings.IPAddress}}] {{.NotKnownHere}}",
+                  "looked-at", "no-such-container")
+        # Fields soute does not record print <no value> rather than failing the template.
+        assert (p.stdout, p.returncode) == ("/looked-at [] <no value>\n", 1)
+        assert "no-such-container" in p.stderr and len(p.stderr.splitlines()) == 1
+    finally:
+        ok(soute(root, "rm", "looked-at"))
 
 
 def test_more_bad_input_is_one_line(root: Path, tmp_path: Path) -> None:

@@ -387,7 +387,8 @@ def test_inspect_format(peers: Peers, template: str) -> None:
 def test_container_inspect_format(peers: Peers) -> None:
     """``container inspect -f`` on a created container, as docker prints it."""
     template = ("{{.State.Status}} {{.Name}} {{.Config.Image}} {{json .Config.Env}} "
-                "{{.Config.Cmd}} {{.HostConfig.AutoRemove}} {{.State.Running}}")
+                "{{.Config.Cmd}} {{.HostConfig.AutoRemove}} {{.State.Running}} "
+                "[{{.NetworkSettings.IPAddress}}]")
     create = ["create", "--name", "inspect-me", "-e", "A=1", "--network", "none", "inherited",
               "echo", "hi"]
     ok(peers.docker(*create))

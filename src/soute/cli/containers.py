@@ -531,7 +531,8 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
             out.append(inspect_dict(containers.get(name)))
         except SouteError as e:
             errors.append(e)
-    return print_inspected(out, errors, args.format)
+    # soute's container inspect has only the fields it knows (container.api.inspect_dict).
+    return print_inspected(out, errors, args.format, partial=[True] * len(out))
 
 
 def configure_export(p: argparse.ArgumentParser) -> None:

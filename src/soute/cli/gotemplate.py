@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from soute.errors import SouteError
@@ -28,6 +28,7 @@ _TOKEN = re.compile(
     r"|(?P<var>\$[A-Za-z0-9_]*)|(?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+|\.)"
     r"|(?P<op>:=|[()|,=])|(?P<ident>[A-Za-z_][A-Za-z0-9_]*))")
 _MISSING = object()  # a map key that is not there: Go prints <no value>
+_STRICT = " strict"  # in the root scope: no template variable can be named so
 
 # Fields of docker's inspect structs that are slices or maps: null prints as their zero value.
 _SLICES = frozenset({
@@ -62,26 +63,31 @@ def check(template: str) -> None:
     _parse(_lex(template), template, top=True)
 
 
-def render(template: str, data: Any) -> str:
-    """``template`` applied to ``data``."""
+def render(template: str, data: Any, *, strict: bool = True) -> str:
+    """``template`` applied to ``data``. ``strict``: ``data`` has every field of the docker
+    struct it stands for, so a field it lacks is an error, as in docker (maps excepted); else
+    it prints ``<no value>``."""
     nodes, rest = _parse(_lex(template), template, top=True)
     assert not rest
     out: list[str] = []
-    _run(nodes, data, [{"$": data}], out)
+    _run(nodes, data, [{"$": data, _STRICT: strict}], out)
     return "".join(out)
 
 
-def print_inspected(items: list[Any], errors: list[SouteError], template: str | None) -> int:
+def print_inspected(items: list[Any], errors: list[SouteError], template: str | None,
+                    partial: Sequence[bool] = ()) -> int:
     """What docker's ``inspect`` prints: the items found (JSON, or ``template`` applied to
     each: an item it fails on is an error too), then one line per error; exit code 1 if
-    any. With a template and nothing to show, an empty line (docker's Flush)."""
+    any. With a template and nothing to show, an empty line (docker's Flush). ``partial``
+    marks items that lack some of docker's fields (see :func:`render`'s ``strict``)."""
     import sys
 
     if template:
         shown = []
-        for item in items:
+        for i, item in enumerate(items):
             try:
-                shown.append(render(template, item) + "\n")
+                strict = not (i < len(partial) and partial[i])
+                shown.append(render(template, item, strict=strict) + "\n")
             except TemplateError as e:
                 errors.append(e)
         sys.stdout.write("".join(shown) or "\n")
@@ -374,7 +380,8 @@ def _value(op: Any, dot: Any, scopes: Scopes) -> Any:
     for name in op[2]:
         if isinstance(value, dict):
             got = value.get(name, _MISSING)
-            if got is _MISSING and not is_map and not isinstance(value, _NilMap):
+            if (got is _MISSING and not is_map and not isinstance(value, _NilMap)
+                    and scopes[0][_STRICT]):
                 # docker's inspect falls back to the raw JSON with missingkey=error.
                 raise TemplateError(f'template: executing "" at <.{name}>: map has no '
                                     f'entry for key "{name}"')

@@ -418,6 +418,7 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
 
     store = ctx.store()
     out: list[dict[str, object]] = []
+    partial: list[bool] = []  # containers: only the fields soute has
     errors: list[SouteError] = []  # as docker: what was found, then what was not
     for name in args.images:
         try:
@@ -427,6 +428,7 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
                     from soute.container.api import inspect_dict as container_dict
 
                     out.append(container_dict(container))
+                    partial.append(True)
                     continue
             image = resolve(store, name)
         except SouteError as e:
@@ -438,7 +440,8 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
             [familiar(d) for d in store.meta.repo_digests_of(image.id)], config, image.size,
             driver="overlay",
         ))
-    return print_inspected(out, errors, args.format)
+        partial.append(False)
+    return print_inspected(out, errors, args.format, partial)
 
 
 # ---------------------------------------------------------------------------- import, bootstrap

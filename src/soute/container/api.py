@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 from soute.container.create import RunOptions, create
 from soute.container.record import Container, ContainerError, ContainerState
@@ -212,7 +213,8 @@ def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = 
     records = []
     for c in containers:
         state = c.state()
-        if not state.running and not show_all and not wanted:
+        # As docker: only a status filter also lists the containers that are not running.
+        if not state.running and not show_all and "status" not in wanted:
             continue
         if not all(any(_matches(c, state, key, value) for value in values)
                    for key, values in wanted.items()):
@@ -246,15 +248,26 @@ def _parse_filters(items: list[str]) -> dict[str, list[str]]:
         if not sep or key not in _FILTERS:
             raise SouteError(f"invalid filter {item!r}",
                                  f"use KEY=VALUE with KEY one of {', '.join(_FILTERS)}")
+        if key == "status" and value not in _STATES:
+            raise SouteError(f"invalid filter {item!r}", "use status=" + "|".join(_STATES))
+        if key == "name":
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise SouteError(f"invalid filter {item!r}: {e}",
+                                 "name= is a regular expression") from None
         out.setdefault(key, []).append(value)
     return out
+
+
+_STATES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
 def _matches(c: Container, state: ContainerState, key: str, value: str) -> bool:
     if key == "id":
         return c.id.startswith(value)
-    if key == "name":
-        return value in c.name
+    if key == "name":  # a regular expression, on the name with or without docker's '/'
+        return any(re.search(value, n) for n in (c.name, "/" + c.name))
     if key == "status":
         return state.status == value
     if key == "exited":
@@ -347,5 +360,12 @@ def inspect_dict(c: Container) -> dict[str, Any]:
             "StopSignal": spec.stop_signal,
             **({"StopTimeout": spec.stop_timeout} if spec.stop_timeout is not None else {}),
         },
-        "NetworkSettings": {"Ports": ports},
+        # No bridge (docs/differences.md): docker's fields for an address, all empty.
+        "NetworkSettings": {
+            "Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0, "Ports": ports, "SandboxKey": "",
+            "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": "",
+            "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
+        },
     }
