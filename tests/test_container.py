@@ -741,6 +741,18 @@ def test_container_inspect_shows_what_it_found_then_each_missing_name(root: Path
         ok(soute(root, "rm", "looked-at"))
 
 
+def test_it_with_piped_input_is_refused_as_docker_does(root: Path) -> None:
+    before = ok(soute(root, "ps", "-a", "-q"))
+    for args in (["run", "--rm", "-it", "busybox", "cat"], ["exec", "-it", "any", "cat"]):
+        p = soute(root, *args, input="piped\n")
+        assert (p.returncode, p.stdout) == (1, ""), (args, p.stderr)
+        assert p.stderr.startswith("soute: the input device is not a TTY (")
+        assert len(p.stderr.splitlines()) == 1
+    assert ok(soute(root, "ps", "-a", "-q")) == before  # no container was made
+    p = soute(root, "run", "--rm", "-i", "busybox", "cat", input="piped\n")
+    assert (p.returncode, p.stdout) == (0, "piped\n")
+
+
 def test_more_bad_input_is_one_line(root: Path, tmp_path: Path) -> None:
     cases = [
         (["run", "--rm", "--cpus", "nan", "busybox", "true"], 125, "invalid --cpus"),

@@ -147,9 +147,20 @@ def _options(args: argparse.Namespace) -> RunOptions:
     )
 
 
+def _check_tty(interactive: bool, tty: bool, detach: bool) -> None:
+    """docker's CheckTty: ``-it`` attached to a stdin that is not a terminal (a pipe, a CI
+    job) fails at once, with 1; the terminal would otherwise echo the input and wait."""
+    if interactive and tty and not detach and not sys.stdin.isatty():
+        from soute.errors import SouteError
+
+        raise SouteError("the input device is not a TTY",
+                         "drop -t to pipe input in, or run it from a terminal")
+
+
 def run_run(ctx: Context, args: argparse.Namespace) -> int:
     from soute.container.api import run
 
+    _check_tty(args.interactive, args.tty, args.detach)
     opts = _options(args)
     store = ctx.store()
     with _status_125():
@@ -472,6 +483,7 @@ def run_exec(ctx: Context, args: argparse.Namespace) -> int:
     from soute.container.monitor import StartError
     from soute.container.record import ContainerError, Containers
 
+    _check_tty(args.interactive, args.tty, args.detach)
     try:
         if not args.command:
             raise ContainerError("exec needs a command", "soute exec CONTAINER COMMAND [ARG...]")
