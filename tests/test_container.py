@@ -741,6 +741,23 @@ def test_container_inspect_shows_what_it_found_then_each_missing_name(root: Path
         ok(soute(root, "rm", "looked-at"))
 
 
+def test_start_attached_gives_the_output_input_and_exit_code(root: Path) -> None:
+    ok(soute(root, "create", "--name", "sa1", "busybox", "sh", "-c",
+             "echo out; echo err >&2; exit 7"))
+    ok(soute(root, "create", "-i", "--rm", "--name", "sa2", "busybox", "sh", "-c",
+             "read x; echo got $x"))
+    try:
+        p = soute(root, "start", "-a", "sa1")
+        assert (p.returncode, p.stdout, p.stderr) == (7, "out\n", "err\n")
+        p = soute(root, "start", "-a", "sa1", "sa2")
+        assert p.returncode == 1 and "cannot start and attach multiple" in p.stderr
+        p = soute(root, "start", "-ai", "sa2", input="hello\n")
+        assert (p.returncode, p.stdout) == (0, "got hello\n"), p.stderr
+        assert soute(root, "inspect", "sa2").returncode == 1  # made with --rm: removed
+    finally:
+        soute(root, "rm", "-f", "sa1", "sa2")
+
+
 def test_it_with_piped_input_is_refused_as_docker_does(root: Path) -> None:
     before = ok(soute(root, "ps", "-a", "-q"))
     for args in (["run", "--rm", "-it", "busybox", "cat"], ["exec", "-it", "any", "cat"]):

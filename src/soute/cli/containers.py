@@ -26,7 +26,7 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
     add = p.add_argument
     if run:
         add("-d", "--detach", action="store_true", help="run in the background, print the ID")
-        add("--rm", action="store_true", help="remove the container when it exits")
+    add("--rm", action="store_true", help="remove the container when it exits")
     add("-i", "--interactive", action="store_true", help="keep standard input open")
     add("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
     add("--name", help="the container's name")
@@ -215,12 +215,27 @@ def _each(ctx: Context, names: list[str], action: Any, *, echo: bool = True) -> 
 
 
 def configure_start(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--attach", action="store_true",
+                   help="attach its output and wait for it to end (its exit code)")
+    p.add_argument("-i", "--interactive", action="store_true", help="attach its input too")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
 def run_start(ctx: Context, args: argparse.Namespace) -> int:
     from soute.container.control import start
 
+    if args.attach or args.interactive:
+        from soute.container.api import start_attached
+        from soute.container.record import ContainerError, Containers
+
+        if len(args.containers) > 1:
+            error = ContainerError("you cannot start and attach multiple containers at once",
+                                   "start them, then 'soute logs -f' each")
+            error.exit_code = 1
+            raise error
+        container = Containers(ctx.store()).get(args.containers[0])
+        _check_tty(args.interactive, container.spec.tty and container.spec.open_stdin, False)
+        return start_attached(ctx.store(), container, stdin=args.interactive)
     return _each(ctx, args.containers, lambda c: start(ctx.store(), c))
 
 

@@ -45,6 +45,33 @@ def run(store: Store, image: str, opts: RunOptions, *, attach: bool = False
     return code
 
 
+def start_attached(store: Store, container: Container, *, stdin: bool) -> int:
+    """``soute start -a`` (``-i``: with our stdin): we are its monitor, as for an attached
+    ``run``; its exit code once it ends (removed then if it was made with ``--rm``). A
+    container already running is followed until it ends, as docker attaches to it."""
+    from soute.container.control import remove, wait
+    from soute.container.monitor import Monitor
+
+    if container.state().running:
+        from soute.container.logs import follow_logs
+
+        out = {"stdout": os.fdopen(1, "wb", closefd=False),
+               "stderr": os.fdopen(2, "wb", closefd=False)}
+        for stream, data in follow_logs(container.log_path, tail=0,
+                                        is_running=lambda: container.state().running):
+            out[stream].write(data)
+            out[stream].flush()
+        return wait(container)
+    with _AfterTheCommand() as guard:
+        try:
+            code = Monitor(store, container, attach=True, attach_stdin=stdin).run(
+                ready=guard.ready)
+        finally:
+            if container.spec.auto_remove:
+                remove(store, container, volumes=True)
+    return code
+
+
 class _AfterTheCommand:
     """SIGINT, SIGTERM and SIGHUP around an attached run. While the command runs, the
     runtime passes them on to it; before it runs, they cancel the run as they would have.

@@ -71,10 +71,13 @@ class StartError(ContainerError):
 
 
 class Monitor:
-    def __init__(self, store: Store, container: Container, *, attach: bool = False) -> None:
+    def __init__(self, store: Store, container: Container, *, attach: bool = False,
+                 attach_stdin: bool = True) -> None:
         self.store = store
         self.container = container
         self.attach = attach
+        # `start -a` without -i: our output streams only, stdin stays the container's own.
+        self.attach_stdin = attach and attach_stdin
         self._state_lock = threading.Lock()
         self._log_lock = threading.Lock()
         self.state = ContainerState()
@@ -350,13 +353,13 @@ class Monitor:
             if self.attach:
                 self._master = master  # our terminal drives its size (and goes raw)
                 sinks.append(fd_writer(1))
-                if spec.open_stdin:
+                if spec.open_stdin and self.attach_stdin:
                     feed(0, os.dup(master))
             pumps.append(pump(master, sinks))
             return slave, slave, slave
         stdin: int | None = None
         if spec.open_stdin:
-            if self.attach:
+            if self.attach_stdin:
                 stdin = 0
             else:  # -d -i: an open stdin that never ends, as docker keeps it
                 read_end, write_end = os.pipe()
