@@ -599,6 +599,8 @@ def test_ps_filters_and_format(root: Path) -> None:
         assert names[:3] == ["up1", "bad3", "ok0"]  # newest first
         assert ok(soute(root, "ps", "-a", "-f", "status=exited", "-f", "exited=3",
                         "--format", "{{.Names}}")) == "bad3\n"
+        assert ok(soute(root, "ps", "-a", "-f", "name=bad3", "--format",
+                        "{{.Command}}")) == "\"sh -c 'exit 3'\"\n"  # docker quotes it so
         assert ok(soute(root, "ps", "-a", "-f", "label=team=a", "--format",
                         "{{.Names}} {{.State}}")) == "ok0 exited\n"
         assert ok(soute(root, "ps", "-f", "name=up", "--format", "{{.Names}}")) == "up1\n"
@@ -779,12 +781,15 @@ def test_more_bad_input_is_one_line(root: Path, tmp_path: Path) -> None:
         (["run", "--rm", "-p", "80:80", "--runtime", "runc", "busybox", "true"], 125,
          "need soute's own runtime"),
         (["ps", "--format", "{{.ID"], 1, "cannot parse"),
-        (["rename", "nosuch", "x"], 125, "No such container"),
+        (["rename", "nosuch", "x"], 1, "No such container"),  # 125 is run's and create's
     ]
     bad = tmp_path / "env"
     bad.write_bytes(b"A=\xff\n")
     cases.append((["run", "--rm", "--env-file", str(bad), "busybox", "true"], 125,
                   "not UTF-8"))
+    cases += [(["logs", "nosuch"], 1, "No such container"), (["top", "nosuch"], 1, "No such"),
+              (["port", "nosuch"], 1, "No such container"),
+              (["commit", "nosuch"], 1, "No such container")]  # docker's status: 1
     for args, code, message in cases:
         p = soute(root, *args)
         assert (p.returncode, len(p.stderr.strip().splitlines())) == (code, 1), (args, p.stderr)
@@ -792,11 +797,11 @@ def test_more_bad_input_is_one_line(root: Path, tmp_path: Path) -> None:
     ok(soute(root, "create", "--name", "named", "busybox", "true"))
     try:
         p = soute(root, "rename", "named", "bad name")
-        assert p.returncode == 125 and "Invalid container name" in p.stderr
+        assert p.returncode == 1 and "Invalid container name" in p.stderr
         p = soute(root, "export", "-o", str(tmp_path), "named")
-        assert p.returncode == 125 and "is a directory" in p.stderr
+        assert p.returncode == 1 and "is a directory" in p.stderr
         p = soute(root, "export", "-o", str(tmp_path / "no" / "x.tar"), "named")
-        assert p.returncode == 125 and "No such file or directory" in p.stderr
+        assert p.returncode == 1 and "No such file or directory" in p.stderr
         assert not (tmp_path / "no").exists() and not list(tmp_path.glob("*.soute-tmp"))
     finally:
         ok(soute(root, "rm", "named"))

@@ -239,6 +239,9 @@ def _root(opts: dict[str, str | bool]) -> str:
     return default_root_path()
 
 
+_STATUS_125 = {("containers", "run"), ("containers", "create")}
+
+
 def _main(argv: list[str], *, own_process: bool = False) -> int:
     debug = "--debug" in argv or "-D" in argv or bool(os.environ.get("SOUTE_DEBUG"))
     try:
@@ -281,9 +284,17 @@ def _main(argv: list[str], *, own_process: bool = False) -> int:
             ns = parser.parse_args(args)
         from pathlib import Path
 
+        from soute.errors import SouteError
+
         ctx = Context(Path(root), debug, build_request=request)
         try:
             return int(getattr(module, f"run_{stem}")(ctx, ns) or 0)
+        except SouteError as e:
+            # 125 is docker run's and create's status for their own errors; docker's other
+            # commands say 1 (No such container, not running...).
+            if e.exit_code == 125 and (module_name, stem) not in _STATUS_125:
+                e.exit_code = 1
+            raise
         finally:
             ctx.close()
     except UsageError as e:

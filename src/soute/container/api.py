@@ -246,7 +246,8 @@ def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = 
         if not all(any(_matches(c, state, key, value) for value in values)
                    for key, values in wanted.items()):
             continue
-        command = " ".join(c.spec.command)
+        # docker's list: the arguments that hold a space are put in single quotes.
+        command = " ".join([c.spec.path, *(f"'{a}'" if " " in a else a for a in c.spec.args)])
         created = Timestamp.parse(c.spec.created)
         records.append({
             "ID": c.id if no_trunc else c.short_id,
