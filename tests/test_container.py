@@ -760,6 +760,31 @@ def test_start_attached_gives_the_output_input_and_exit_code(root: Path) -> None
         soute(root, "rm", "-f", "sa1", "sa2")
 
 
+def test_add_host_dns_shm_size_cidfile_and_privileged(root: Path, tmp_path: Path) -> None:
+    cid = tmp_path / "cid"
+    out = ok(soute(root, "run", "--rm", "--cidfile", str(cid), "--add-host", "db:10.1.2.3",
+                   "--add-host", "gw=host-gateway", "--dns", "9.9.9.9", "--shm-size", "96m",
+                   "busybox", "sh", "-c", "cat /etc/hosts /etc/resolv.conf; df -k /dev/shm; "
+                   "grep CapEff /proc/self/status"))
+    assert "10.1.2.3\tdb\n10.0.2.2\tgw\n" in out  # before the container's own line
+    assert "nameserver 9.9.9.9\n" in out and "10.0.2.3" not in out
+    assert " 98304 " in out  # /dev/shm: 96 MiB in KiB
+    assert "CapEff:\t00000000a80425fb" in out
+    assert len(cid.read_text()) == 64 and f"\t{cid.read_text()[:12]}\n" in out  # hostname
+    p = soute(root, "run", "--rm", "--cidfile", str(cid), "busybox", "true")
+    assert p.returncode == 125 and "container ID file found" in p.stderr  # as docker
+    out = ok(soute(root, "run", "--rm", "--privileged", "busybox", "sh", "-c",
+                   "grep CapEff /proc/self/status; mkdir /m && mount -t tmpfs x /m "
+                   "&& echo mounted"))
+    assert "CapEff:\t00000000a80425fb" not in out and "mounted" in out
+    for args, message in ((["--add-host", "nocolon"], "bad format for add-host"),
+                          (["--add-host", "h:300.1.1.1"], "invalid IP address"),
+                          (["--dns", "x"], "is not an ip address"),
+                          (["--shm-size", "lots"], "invalid --shm-size")):
+        p = soute(root, "run", "--rm", *args, "busybox", "true")
+        assert p.returncode == 125 and message in p.stderr and len(p.stderr.splitlines()) == 1
+
+
 def test_it_with_piped_input_is_refused_as_docker_does(root: Path) -> None:
     before = ok(soute(root, "ps", "-a", "-q"))
     for args in (["run", "--rm", "-it", "busybox", "cat"], ["exec", "-it", "any", "cat"]):

@@ -63,6 +63,13 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
     add("--health-retries", type=int)
     add("--no-healthcheck", action="store_true")
     add("--runtime", default="soute", help="soute (default) or an OCI runtime such as runc")
+    add("--add-host", action="append", default=[], metavar="HOST:IP",
+        help="a line of /etc/hosts (IP may be host-gateway: the host, from inside)")
+    add("--dns", action="append", default=[], metavar="IP", help="a nameserver of its own")
+    add("--privileged", action="store_true",
+        help="every capability, /proc and /sys unmasked (no host devices)")
+    add("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
+    add("--cidfile", metavar="FILE", help="write the container's ID to FILE")
     add("image", metavar="IMAGE")
     add("args", nargs=argparse.REMAINDER, metavar="ARG")
 
@@ -94,14 +101,15 @@ _RUN_DEFAULTS: dict[str, object] = {
     "cap_add": [], "cap_drop": [], "stop_signal": None, "stop_timeout": None, "memory": None,
     "cpus": None, "pids_limit": None, "health_cmd": None, "health_interval": None,
     "health_timeout": None, "health_start_period": None, "health_retries": None,
-    "no_healthcheck": False, "runtime": "soute",
+    "no_healthcheck": False, "runtime": "soute", "add_host": [], "dns": [],
+    "privileged": False, "shm_size": None, "cidfile": None,
 }
 # The options fast_run reads: flags without a value, spelt out in full.
 _RUN_FLAGS = {
     "-d": "detach", "--detach": "detach", "--rm": "rm", "-i": "interactive",
     "--interactive": "interactive", "-t": "tty", "--tty": "tty", "-P": "publish_all",
     "--publish-all": "publish_all", "--read-only": "read_only", "--init": "init",
-    "--no-healthcheck": "no_healthcheck",
+    "--no-healthcheck": "no_healthcheck", "--privileged": "privileged",
 }
 
 
@@ -143,7 +151,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
         cpus=args.cpus, pids_limit=args.pids_limit, health_cmd=args.health_cmd,
         health_interval=args.health_interval, health_timeout=args.health_timeout,
         health_start_period=args.health_start_period, health_retries=args.health_retries,
-        no_healthcheck=args.no_healthcheck, runtime=args.runtime,
+        no_healthcheck=args.no_healthcheck, runtime=args.runtime, add_hosts=args.add_host,
+        dns=args.dns, privileged=args.privileged, shm_size=args.shm_size, cidfile=args.cidfile,
     )
 
 

@@ -71,6 +71,11 @@ class RunOptions:
     health_retries: int | None = None
     no_healthcheck: bool = False
     runtime: str = "soute"
+    add_hosts: list[str] = field(default_factory=list)  # HOST:IP (or HOST=IP)
+    dns: list[str] = field(default_factory=list)
+    privileged: bool = False
+    shm_size: str | None = None
+    cidfile: str | None = None
 
 
 def command_of(config: ContainerConfig, opts: RunOptions) -> tuple[list[str], list[str]]:
@@ -260,6 +265,46 @@ def _resources(opts: RunOptions) -> dict[str, int]:
     return out
 
 
+def _extra_host(text: str) -> str:
+    """``--add-host HOST:IP`` (or ``HOST=IP``) as docker checks it: ``HOST:IP``, with
+    ``host-gateway`` kept for the monitor to turn into the host's address."""
+    import ipaddress
+
+    host, sep, ip = text.partition("=") if "=" in text else text.partition(":")
+    ip = ip.strip("[]")
+    if not sep or not host:
+        raise ContainerError(f"bad format for add-host: {text!r}", "write --add-host HOST:IP")
+    if ip != "host-gateway":
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ContainerError(f"invalid IP address in add-host: {ip!r}",
+                                 "give an IPv4 or IPv6 address, or host-gateway") from None
+    return f"{host}:{ip}"
+
+
+def _dns_server(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ContainerError(f"{text} is not an ip address", "give --dns an IP") from None
+
+
+def _shm_size(text: str) -> int:
+    from soute.container.volumes import parse_size
+    from soute.errors import SouteError
+
+    try:
+        size = parse_size(text)
+    except SouteError as e:
+        raise ContainerError(f"invalid --shm-size {text!r}: {e.message}") from None
+    if size <= 0:
+        raise ContainerError(f"invalid --shm-size {text!r}", "give a size above 0, e.g. 256m")
+    return size
+
+
 def parse_bytes(text: str) -> int:
     """docker's memory sizes: ``512m``, ``1g``, ``1048576``, ``100k`` (powers of 1024)."""
     import re
@@ -311,6 +356,9 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
     if opts.network not in NETWORKS:
         raise ContainerError(f"network {opts.network} not found",
                              "use --network private, host or none")
+    if opts.cidfile and os.path.exists(opts.cidfile):
+        raise ContainerError(f"container ID file found, make sure the other container isn't "
+                             f"running or delete {opts.cidfile}")
     try:
         image = resolve(store, image_name)
     except ImageNotFound:  # pulled when missing, as docker run does (the import is heavy)
@@ -370,6 +418,10 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         cap_drop=[_cap(c) for c in opts.cap_drop],
         resources=resources,
         runtime=opts.runtime,
+        extra_hosts=[_extra_host(h) for h in opts.add_hosts],
+        dns=[_dns_server(d) for d in opts.dns],
+        privileged=opts.privileged,
+        shm_size=_shm_size(opts.shm_size) if opts.shm_size else None,
     )
     if spec.runtime != "soute" and (spec.ports or spec.resources):
         raise ContainerError("-p/-P and --memory/--cpus/--pids-limit need soute's own runtime",
@@ -391,6 +443,15 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         if isinstance(exc, OSError):
             raise ContainerError(f"cannot create the container's init layer: {exc}") from None
         raise
+    if opts.cidfile:
+        try:  # O_EXCL: another run started meanwhile with the same file loses, as in docker
+            fd = os.open(opts.cidfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(container.id)
+        except OSError as exc:
+            containers.forget(container)
+            raise ContainerError(f"failed to write the container ID file: {exc.strerror}: "
+                                 f"{opts.cidfile}") from None
     return container
 
 

@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -281,6 +281,11 @@ class Monitor:
         spec = self.container.spec
         args = spec.command
         mounts = default_mounts()
+        if spec.shm_size:  # --shm-size, in bytes as docker passes it
+            mounts = [Mount(m.destination, m.type, m.source,
+                            (*(o for o in m.options if not o.startswith("size=")),
+                             f"size={spec.shm_size}"))
+                      if m.destination == "/dev/shm" else m for m in mounts]
         if spec.init:
             tini = next((p for p in _TINI if os.path.exists(p)), None)
             if tini is None:
@@ -306,11 +311,15 @@ class Monitor:
         host_network = spec.network == "host"
         files = []
         for f in default_files(spec.hostname, host_network=host_network):
-            if f.destination == "/etc/resolv.conf" and slirp:
+            if f.destination == "/etc/resolv.conf" and spec.dns:
+                f = GeneratedFile(f.destination, resolv_conf_for_slirp(servers=spec.dns),
+                                  readonly=False)
+            elif f.destination == "/etc/resolv.conf" and slirp:
                 f = GeneratedFile(f.destination, resolv_conf_for_slirp(), readonly=False)
             elif f.destination == "/etc/hosts":
                 f = GeneratedFile(f.destination, hosts_file(spec.hostname, spec.network,
-                                                            slirp), readonly=False)
+                                                            slirp, spec.extra_hosts),
+                                  readonly=False)
             else:
                 f = GeneratedFile(f.destination, f.content, readonly=False)
             files.append(f)
@@ -320,12 +329,14 @@ class Monitor:
         return Spec(
             process=Process(args=args, env=runtime_env(spec), cwd=spec.workdir, user=spec.user,
                             terminal=spec.tty, no_new_privileges=True,
-                            capabilities=capabilities_of(spec)),
+                            capabilities=None if spec.privileged else capabilities_of(spec)),
             hostname=spec.hostname,
             namespaces=namespaces,
             mounts=mounts,
             files=tuple(files),
             readonly_rootfs=spec.read_only,
+            # --privileged: nothing of /proc and /sys hidden or read-only, as docker's.
+            **({"masked_paths": (), "readonly_paths": ()} if spec.privileged else {}),
         )
 
     # ------------------------------------------------------------------ streams
@@ -450,19 +461,28 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def hosts_file(hostname: str, network: str, slirp: bool) -> bytes:
+def hosts_file(hostname: str, network: str, slirp: bool, extra: Sequence[str] = ()) -> bytes:
     """``/etc/hosts`` as docker run writes it: the host's with ``--network host``, else the
-    standard names, and the hostname on the container's address when it has one."""
-    from soute.container.network import SLIRP_GUEST_IP
+    standard names; then ``--add-host``'s (``HOST:IP``), and the hostname on the container's
+    address when it has one. ``host-gateway`` is the host as seen from inside."""
+    from soute.container.network import SLIRP_GATEWAY, SLIRP_GUEST_IP
 
+    added = []
+    for entry in extra:
+        host, _, ip = entry.partition(":")
+        if ip == "host-gateway":
+            ip = "127.0.0.1" if network == "host" else SLIRP_GATEWAY
+        added.append(f"{ip}\t{host}")
     if network == "host":
         try:
-            return Path("/etc/hosts").read_bytes()
+            text = Path("/etc/hosts").read_text(errors="surrogateescape")
+            return (text + "".join(f"{line}\n" for line in added)).encode(
+                errors="surrogateescape")
         except OSError:
             pass
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
              "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
-             "ff02::2\tip6-allrouters"]
+             "ff02::2\tip6-allrouters", *added]
     if slirp:
         lines.append(f"{SLIRP_GUEST_IP}\t{hostname}")
     return ("\n".join(lines) + "\n").encode()

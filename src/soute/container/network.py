@@ -11,6 +11,7 @@ import fcntl
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from soute.errors import SouteError
@@ -341,8 +342,10 @@ def _temporary_file() -> IO[bytes]:
     return os.fdopen(fd, "w+b")
 
 
-def resolv_conf_for_slirp(host_resolv: str | Path = "/etc/resolv.conf") -> bytes:
-    """The container's resolv.conf: slirp4netns's DNS forwarder plus the host's search/options.
+def resolv_conf_for_slirp(host_resolv: str | Path = "/etc/resolv.conf",
+                          servers: Sequence[str] = (SLIRP_DNS,)) -> bytes:
+    """The container's resolv.conf: slirp4netns's DNS forwarder (or ``--dns``'s ``servers``)
+    plus the host's search/options.
 
     The host's nameservers are dropped: from inside they may be unreachable (a 127.0.0.53 stub is
     the host's loopback, which the container cannot reach); slirp4netns forwards to them anyway.
@@ -356,4 +359,5 @@ def resolv_conf_for_slirp(host_resolv: str | Path = "/etc/resolv.conf") -> bytes
         for line in text.splitlines()
         if line.split(maxsplit=1)[:1] in (["search"], ["domain"], ["options"])
     ]
-    return "".join(f"{line}\n" for line in [f"nameserver {SLIRP_DNS}", *kept]).encode()
+    names = [f"nameserver {server}" for server in servers]
+    return "".join(f"{line}\n" for line in [*names, *kept]).encode()

@@ -103,6 +103,10 @@ class ContainerSpec:
     cap_drop: list[str] = field(default_factory=list)
     resources: dict[str, int] = field(default_factory=dict)
     runtime: str = "soute"
+    extra_hosts: list[str] = field(default_factory=list)  # HOST:IP, IP may be host-gateway
+    dns: list[str] = field(default_factory=list)
+    privileged: bool = False
+    shm_size: int | None = None  # bytes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
