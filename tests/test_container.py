@@ -773,6 +773,14 @@ def test_add_host_dns_shm_size_cidfile_and_privileged(root: Path, tmp_path: Path
     assert len(cid.read_text()) == 64 and f"\t{cid.read_text()[:12]}\n" in out  # hostname
     p = soute(root, "run", "--rm", "--cidfile", str(cid), "busybox", "true")
     assert p.returncode == 125 and "container ID file found" in p.stderr  # as docker
+    ok(soute(root, "create", "--name", "hosted", "--privileged", "--add-host", "db:10.1.2.3",
+             "--dns", "9.9.9.9", "busybox", "true"))
+    try:
+        host_config = json.loads(ok(soute(root, "inspect", "hosted")))[0]["HostConfig"]
+        assert (host_config["Privileged"], host_config["ExtraHosts"], host_config["Dns"],
+                host_config["ShmSize"]) == (True, ["db:10.1.2.3"], ["9.9.9.9"], 64 << 20)
+    finally:
+        ok(soute(root, "rm", "hosted"))
     out = ok(soute(root, "run", "--rm", "--privileged", "busybox", "sh", "-c",
                    "grep CapEff /proc/self/status; mkdir /m && mount -t tmpfs x /m "
                    "&& echo mounted"))
