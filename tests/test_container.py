@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tarfile
 import termios
 import time
 import urllib.request
@@ -981,3 +982,77 @@ def test_a_create_cut_right_after_its_record_leaves_no_container(root: Path) -> 
         del store.meta.add_container
         assert {c for c, *_ in store.meta.containers()} == before
         assert not [p for p in (root / "containers").iterdir() if p.name not in before]
+
+
+# ---------------------------------------------------------------------------- cp
+
+
+def test_cp_between_the_host_and_a_running_or_stopped_container(root: Path,
+                                                                tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    (host / "tree" / "sub").mkdir(parents=True)
+    (host / "tree" / "sub" / "deep.txt").write_text("deep\n")
+    (host / "file.txt").write_text("from the host\n")
+    ok(soute(root, "run", "-d", "--name", "cp-run", "box"))
+    ok(soute(root, "create", "--name", "cp-stopped", "box", "true"))
+    try:
+        for name in ("cp-run", "cp-stopped"):
+            out = tmp_path / name
+            out.mkdir()
+            # Into the container: a file into a directory, a directory to a new name.
+            ok(soute(root, "cp", str(host / "file.txt"), f"{name}:/data/"))
+            ok(soute(root, "cp", str(host / "tree"), f"{name}:/copied"))
+            # Out again: a file to a new name, a directory into one, its content only (/.),
+            # a symlink as a link (/bin/sh is busybox's), or what it points at with -L.
+            ok(soute(root, "cp", f"{name}:/data/file.txt", str(out / "back.txt")))
+            ok(soute(root, "cp", f"{name}:/copied", str(out)))
+            (out / "content").mkdir()
+            ok(soute(root, "cp", f"{name}:/data/.", str(out / "content")))
+            ok(soute(root, "cp", f"{name}:/bin/sh", str(out / "sh")))
+            ok(soute(root, "cp", "-L", f"{name}:/bin/sh", str(out / "sh-file")))
+            assert (out / "back.txt").read_text() == "from the host\n"
+            assert (out / "copied" / "sub" / "deep.txt").read_text() == "deep\n"
+            assert sorted(os.listdir(out / "content")) == ["file.txt", "seed.txt"]
+            assert (out / "sh").is_symlink() and (out / "sh-file").is_file()
+            tar = subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root),
+                                  "cp", f"{name}:/data/seed.txt", "-"],
+                                 capture_output=True, check=True).stdout
+            with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+                assert archive.getnames() == ["seed.txt"]
+            for args, message in (
+                    ([f"{name}:/nope", str(out)], "Could not find the file /nope"),
+                    ([str(host / "nope"), f"{name}:/"], "no such file or directory"),
+                    ([f"{name}:/copied", str(out / "back.txt")], "cannot copy a directory"),
+                    ([str(host / "file.txt"), f"{name}:/missing/dir/"], "does not exist"),
+                    ([str(host), str(out)], "not supported")):
+                p = soute(root, "cp", *args)
+                assert p.returncode == 1 and message in p.stderr, (args, p.stderr)
+                assert len(p.stderr.splitlines()) == 1
+        # What went into the stopped container is there when it runs.
+        out = ok(soute(root, "start", "-a", "cp-stopped"))
+        assert out == ""
+        assert ok(soute(root, "cp", "cp-stopped:/copied/sub/deep.txt", "-")) != ""
+        # The running one sees the copy at once, and its volume /data got the file.
+        assert ok(soute(root, "exec", "cp-run", "cat", "/data/file.txt")) == "from the host\n"
+    finally:
+        soute(root, "rm", "-f", "-v", "cp-run", "cp-stopped")
+
+
+def test_cp_out_never_writes_through_a_symlink_the_container_made(tmp_path: Path) -> None:
+    from soute.container.copy import CopyError, place
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, kind, target in (("x", tarfile.DIRTYPE, ""),
+                                   ("x/a", tarfile.SYMTYPE, str(outside)),
+                                   ("x/a/pwned", tarfile.REGTYPE, "")):
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = kind, target
+            tar.addfile(member, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    archive.seek(0)
+    with pytest.raises(CopyError, match="through a symlink"):
+        place(archive, "/x", str(tmp_path / "dest"), owner=None, host=True)
+    assert os.readlink(tmp_path / "dest" / "a") == str(outside)  # the link, as docker's
+    assert list(outside.iterdir()) == []

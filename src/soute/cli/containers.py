@@ -571,6 +571,43 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
     return print_inspected(out, errors, args.format, partial=[True] * len(out))
 
 
+def configure_cp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--archive", action="store_true",
+                   help="keep the files' owners (uid and gid)")
+    p.add_argument("-L", "--follow-link", action="store_true",
+                   help="copy what a symlink SRC points at, not the link")
+    p.add_argument("src", metavar="SRC", help="CONTAINER:PATH, a host path, or - (a tar)")
+    p.add_argument("dest", metavar="DEST", help="CONTAINER:PATH, a host path, or - (a tar)")
+
+
+def run_cp(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.copy import CopyError, copy_in, copy_out
+    from soute.container.record import Containers
+
+    def split(arg: str) -> tuple[str, str] | None:
+        # docker's rule: a ':' before any '/' names a container (./a:b is a host path).
+        name, sep, path = arg.partition(":")
+        if not sep or "/" in name or not name:
+            return None
+        return name, path or "/"
+
+    src, dest = split(args.src), split(args.dest)
+    if (src is None) == (dest is None):
+        raise CopyError("copying between containers, or between host paths, is not supported",
+                        "name one container: soute cp CONTAINER:SRC DEST or SRC CONTAINER:DEST")
+    store = ctx.store()
+    if src is not None:
+        container = Containers(store).get(src[0])
+        copy_out(store, container, src[1], args.dest, archive=args.archive,
+                 follow=args.follow_link)
+    else:
+        assert dest is not None
+        container = Containers(store).get(dest[0])
+        copy_in(store, container, args.src, dest[1], archive=args.archive,
+                follow=args.follow_link)
+    return 0
+
+
 def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="write the tar archive to FILE")
     p.add_argument("container", metavar="CONTAINER")

@@ -1,0 +1,309 @@
+"""``soute cp``: files between a container and the host, with docker's rules.
+
+The container's side is read or written by a child process that sees the container's root
+as its own ``/``: a running container's mount namespace (``setns``: its volumes included),
+or, for one that is not running, an overlay of its layers and upper dir mounted in a private
+mount namespace, then ``chroot``. Symlinks in the container therefore resolve inside it,
+whatever they point at. The two sides talk in tar: the side that reads writes an archive of
+the source, named by its base name, and the side that writes extracts it where docker's
+rules say (:func:`place`). An archive from the container is extracted on the host with
+tarfile's ``tar`` filter: no member lands outside the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from soute.container.record import Container, ContainerError, alive
+from soute.errors import SouteError
+
+if TYPE_CHECKING:
+    from soute.store.store import Store
+
+
+class CopyError(ContainerError):
+    exit_code = 1  # docker cp's status for its errors
+
+
+def copy_out(store: Store, container: Container, src: str, dest: str, *, archive: bool = False,
+             follow: bool = False) -> None:
+    """``soute cp CONTAINER:SRC DEST`` (``DEST`` ``-``: the tar on standard output)."""
+    read_fd, write_fd = os.pipe()
+
+    def child() -> None:
+        with os.fdopen(write_fd, "wb") as out:
+            _write_archive(src, out, follow=follow, where=f"{container.name}:{src}")
+
+    def parent() -> None:
+        with os.fdopen(read_fd, "rb") as stream:
+            if dest == "-":
+                with os.fdopen(os.dup(1), "wb") as stdout:
+                    while chunk := stream.read(1 << 20):
+                        stdout.write(chunk)
+                return
+            owner = None if archive else (os.getuid(), os.getgid())
+            place(stream, src, dest, owner=owner, host=True)
+
+    _in_container(store, container, child, parent, close_in_parent=write_fd,
+                  close_in_child=read_fd, writes=False)
+
+
+def copy_in(store: Store, container: Container, src: str, dest: str, *, archive: bool = False,
+            follow: bool = False) -> None:
+    """``soute cp SRC CONTAINER:DEST`` (``SRC`` ``-``: a tar read from standard input,
+    extracted into the directory ``DEST``)."""
+    if src != "-" and not os.path.lexists(src):
+        raise CopyError(f"stat {src}: no such file or directory")
+    read_fd, write_fd = os.pipe()
+
+    def child() -> None:
+        with os.fdopen(read_fd, "rb") as stream:
+            if src == "-":
+                _extract_into(stream, dest)
+            else:
+                place(stream, src, dest, owner=None if archive else (0, 0), host=False)
+
+    def parent() -> None:
+        with os.fdopen(write_fd, "wb") as out:
+            if src == "-":
+                with os.fdopen(os.dup(0), "rb") as stdin:
+                    while chunk := stdin.read(1 << 20):
+                        out.write(chunk)
+            else:
+                _write_archive(src, out, follow=follow, where=src)
+
+    _in_container(store, container, child, parent, close_in_parent=read_fd,
+                  close_in_child=write_fd, writes=True)
+
+
+# ---------------------------------------------------------------------------- docker's rules
+
+
+def place(stream: IO[bytes], src: str, dest: str, *, owner: tuple[int, int] | None,
+          host: bool) -> None:
+    """Extract the archive of ``src`` (see :func:`_write_archive`) at ``dest`` as docker cp
+    does: a file goes to ``dest``, or into it when it is a directory; a directory becomes
+    ``dest`` when that does not exist, else goes into it (only its content with ``SRC/.``).
+    ``owner``: the owner of every entry, or None to keep the archive's ids."""
+    contents = src.endswith(("/.", "/./")) or src == "."
+    dest = os.path.abspath(dest) + ("/" if dest.endswith("/") else "")
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        first = tar.next()
+        if first is None:
+            raise CopyError(f"nothing to copy from {src}")
+        src_is_dir = first.isdir()
+        dest_st = _stat(dest)
+        if src_is_dir:
+            if dest_st is not None and not stat.S_ISDIR(dest_st.st_mode):
+                raise CopyError(f"cannot copy a directory to a file: {dest}")
+            if dest_st is not None and not contents:
+                target = os.path.join(dest, first.name)
+            else:
+                parent = os.path.dirname(dest.rstrip("/")) or "/"
+                if dest_st is None and not os.path.isdir(parent):
+                    raise CopyError(f"destination directory {parent} does not exist")
+                target = dest
+        else:
+            if dest_st is not None and stat.S_ISDIR(dest_st.st_mode):
+                target = os.path.join(dest, first.name)
+            elif dest.endswith("/"):
+                raise CopyError(f"destination directory {dest} does not exist",
+                                "make it first, or leave out the trailing /")
+            else:
+                parent = os.path.dirname(dest) or "."
+                if not os.path.isdir(parent):
+                    raise CopyError(f"destination directory {parent} does not exist")
+                target = dest
+        member: tarfile.TarInfo | None = first
+        base = first.name
+        while member is not None:
+            rest = member.name[len(base):].lstrip("/")
+            member.name = os.path.basename(target.rstrip("/")) + ("/" + rest if rest else "")
+            if owner is not None:
+                member.uid, member.gid = owner
+                member.uname = member.gname = ""
+            _extract(tar, member, os.path.dirname(target.rstrip("/")), host=host)
+            member = tar.next()
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, *, host: bool) -> None:
+    # On the host the archive comes from the container: no member may land outside the
+    # destination, through its name or a symlink it made (_contained). Inside the
+    # container, it is the user's own archive, and the chroot bounds it anyway.
+    try:
+        tar.extract(member, where, numeric_owner=True,  # type: ignore[call-arg]
+                    filter=_contained if host else "fully_trusted")
+    except tarfile.FilterError as e:
+        raise CopyError(f"refused {member.name}: {e}") from None
+    except OSError as e:
+        raise CopyError(f"cannot copy to {os.path.join(where, member.name)}: "
+                        f"{e.strerror or e}") from None
+
+
+def _contained(member: tarfile.TarInfo, where: str) -> tarfile.TarInfo:
+    """Like docker cp: every entry as it is (symlinks keep their targets, modes their set-id
+    bits), but written only below ``where``, never through a symlink on the way."""
+    def inside(name: str) -> str:
+        if os.path.isabs(name) or ".." in name.split("/"):
+            raise tarfile.FilterError(f"{name!r} leaves the destination")
+        path = os.path.join(where, name)
+        parent = os.path.dirname(path.rstrip("/"))
+        if os.path.realpath(parent) != os.path.normpath(parent):
+            raise tarfile.FilterError(f"{name!r} would be written through a symlink")
+        return path
+
+    inside(member.name)
+    if member.islnk():
+        inside(member.linkname)  # tarfile links to where/linkname
+    return member
+
+
+def _extract_into(stream: IO[bytes], dest: str) -> None:
+    """``cp - CONTAINER:DEST``: the archive's members under the directory ``dest``."""
+    if not os.path.isdir(dest):
+        raise CopyError(f"destination directory {dest} does not exist",
+                        "a tar read from standard input goes into a directory")
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            _extract(tar, member, dest, host=False)
+
+
+def _write_archive(src: str, out: IO[bytes], *, follow: bool, where: str) -> None:
+    """A tar of ``src`` whose first member is named by its base name (``.`` when it is
+    the root or ends in ``/.``); a symlink is archived as one unless ``follow``."""
+    path = src.rstrip("/") or "/"
+    if path.endswith("/."):  # SRC/.: the directory itself; place() takes its content only
+        path = path[:-2] or "/"
+    if follow:
+        path = os.path.realpath(path)
+    if not os.path.lexists(path):
+        raise CopyError(f"Could not find the file {src} in {where.split(':')[0]}",
+                        "check the path (soute exec CONTAINER ls DIR)")
+    name = os.path.basename(path.rstrip("/")) or "."
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(path, arcname=name, recursive=True)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+# ---------------------------------------------------------------------------- the container
+
+
+def _in_container(store: Store, container: Container, child: Callable[[], None],
+                  parent: Callable[[], None], *, close_in_parent: int, close_in_child: int,
+                  writes: bool) -> None:
+    """Run ``child`` in a process whose root is the container's, ``parent`` here; their
+    errors come back as one :class:`CopyError`."""
+    err_r, err_w = os.pipe()
+    with contextlib.ExitStack() as stack:
+        state = container.state()
+        running = state.running and alive(state.pid, state.pid_start)
+        layers = None
+        if not running:
+            if writes and not stack.enter_context(container.lock(blocking=False)):
+                raise CopyError(f"container {container.name} started meanwhile: try again")
+            layers = _stopped_root(store, container, stack, writes=writes)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through err_w and its status
+            code = 1
+            try:
+                os.close(err_r)
+                os.close(close_in_child)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _enter(state.pid if running else None, layers)
+                child()
+                code = 0
+            except BaseException as e:  # everything must end in _exit
+                message = str(e) if isinstance(e, SouteError) else f"{type(e).__name__}: {e}"
+                with contextlib.suppress(BaseException):
+                    os.write(err_w, message.encode(errors="replace"))
+            finally:
+                os._exit(code)
+        os.close(err_w)
+        os.close(close_in_parent)
+        failure: Exception | None = None
+        try:
+            parent()
+        except Exception as e:  # the child's account, if it has one, comes first
+            failure = e
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(close_in_child)  # the child's end: it sees EOF or EPIPE now
+        with os.fdopen(err_r, "rb") as f:
+            said = f.read().decode(errors="replace").strip()
+        _, status = os.waitpid(pid, 0)
+        if said or os.waitstatus_to_exitcode(status) != 0:
+            raise CopyError(said or f"the copy failed (status {status})")
+        if failure is not None:
+            if isinstance(failure, SouteError):
+                raise failure
+            if not isinstance(failure, (OSError, tarfile.TarError)):
+                raise failure
+            raise CopyError(f"the copy failed: {failure}") from None
+
+
+def _stopped_root(store: Store, container: Container, stack: contextlib.ExitStack, *,
+                  writes: bool) -> Path:
+    """The overlay a stopped container runs on, ready to mount from ``links``: its upper dir
+    for real when the copy writes, a read-only view of it otherwise."""
+    import shutil
+    import tempfile
+
+    from soute.runtime.rootfs import INIT_LAYER, Layers, link_layers
+
+    stack.enter_context(store.session())  # no garbage collection of its snapshots meanwhile
+    lowers = store.snapshots(store.image(container.spec.image).diff_ids)
+    init = container.dir / INIT_LAYER
+    if init.is_dir():
+        lowers.append(init)
+    scratch = Path(tempfile.mkdtemp(prefix=f"cp-{container.id[:12]}-", dir=store.tmp))
+    stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+    if writes:
+        layers = Layers(lowers, container.upper, container.work)
+    else:
+        for d in ("upper", "work"):
+            (scratch / d).mkdir()
+        layers = Layers([*lowers, container.upper], scratch / "upper", scratch / "work")
+    link_layers(layers, scratch / "links")
+    (scratch / "root").mkdir()
+    return scratch
+
+
+def _enter(pid: int | None, scratch: Path | None) -> None:
+    """Make the container's root this process's ``/``."""
+    from soute.runtime import _linux
+
+    if pid is not None:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _linux.setns(fd, _linux.CLONE_NEWNS)  # root and cwd: the container's
+        finally:
+            os.close(fd)
+        os.chdir("/")
+        return
+    assert scratch is not None
+    from soute.runtime.rootfs import mount_overlay
+
+    _linux.unshare(_linux.CLONE_NEWNS)
+    _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+    mount_overlay(scratch / "links", str(scratch / "root"))
+    os.chroot(scratch / "root")
+    os.chdir("/")
+
