@@ -209,6 +209,25 @@ def test_images_lists_a_pull_by_digest_under_its_repository(plain: RunningRegist
     assert soute_cli(store, "images", "-f", "dangling=true", "-q").ok() == ""
 
 
+def test_pull_all_tags_and_the_default_tag_notice(plain: RunningRegistry, source: Path,
+                                                  tmp_path: Path) -> None:
+    repo = f"{plain.host}/it/many"
+    for tag in ("a", "b", "latest"):
+        soute_cli(source, "tag", "app", f"{repo}:{tag}").ok()
+    soute_cli(source, "push", "-a", repo).ok()
+    store = tmp_path / "store"
+    out = soute_cli(store, "pull", repo).ok()
+    assert out.startswith("Using default tag: latest\n")  # as docker says it
+    out = soute_cli(store, "pull", "-a", repo).ok()
+    assert "Using default tag" not in out
+    tags = soute_cli(store, "images", "--format", "{{.Tag}}", repo).ok().split()
+    assert sorted(tags) == ["a", "b", "latest"]
+    p = soute_cli(store, "pull", "-a", f"{repo}:a")
+    assert p.code == 1 and "tag can't be used with --all-tags/-a" in p.err
+    p = soute_cli(store, "pull", "-a", f"{plain.host}/it/nothing-here")
+    assert p.code == 1 and len(p.err.splitlines()) == 1, p.err
+
+
 def test_docker_push_then_soute_pull_and_run(plain: RunningRegistry, source: Path,
                                              docker: Docker, tmp_path: Path) -> None:
     from soute.store.archive import save

@@ -521,13 +521,16 @@ def test_history_flags(tmp_path: Path) -> None:
                         input=rootfs_tar(FILES), env={"SOURCE_DATE_EPOCH": "1700000000"})).strip()
     store = Store(tmp_path)
     size = store.images()[0].size
-    full = ok(soute(tmp_path, "history", "--no-trunc", "-H=false", "x")).splitlines()[1].split()
+    header, line = ok(soute(tmp_path, "history", "--no-trunc", "-H=false", "x")).splitlines()
+    assert header.split()[:4] == ["IMAGE", "CREATED", "AT", "CREATED"]  # as docker's
+    full = line.split()
     assert full[0] == image_id
     assert full[1] == "2023-11-14T22:13:20Z"
     assert str(size) in full
     rows = [json.loads(line) for line in ok(soute(tmp_path, "history", "--format", "json",
                                                   "x")).splitlines()]
     assert rows[0]["ID"] == image_id[7:19] and rows[0]["Comment"] == "m" * 60
+    assert rows[0]["CreatedAt"] == "2023-11-14T22:13:20Z"
     assert ok(soute(tmp_path, "history", "-q", "x")).split() == [image_id[7:19]]
 
 

@@ -352,6 +352,7 @@ def run_history(ctx: Context, args: argparse.Namespace) -> int:
     from soute.image.config import ImageConfig
     from soute.image.gojson import dumps
     from soute.image.inspect import ellipsis, history_created_since, history_rows, human_size
+    from soute.image.timestamp import Timestamp
     from soute.store.names import resolve
 
     store = ctx.store()
@@ -364,11 +365,13 @@ def run_history(ctx: Context, args: argparse.Namespace) -> int:
         rid = r.id  # type: ignore[attr-defined]
         return rid if args.no_trunc or rid == "<missing>" else r.short_id  # type: ignore[attr-defined]
 
-    def created(r: object) -> str:
+    def created_at(r: object) -> str:
+        # docker's history has Unix seconds: RFC 3339 without a fraction.
         c = r.created  # type: ignore[attr-defined]
-        if human:
-            return history_created_since(c)
-        return c.format() if c is not None else ""
+        return Timestamp.from_unix(c.seconds).format() if c is not None else ""
+
+    def created(r: object) -> str:
+        return history_created_since(r.created) if human else created_at(r)  # type: ignore[attr-defined]
 
     def created_by(r: object) -> str:
         text = r.created_by.replace("\t", " ")  # type: ignore[attr-defined]
@@ -380,7 +383,7 @@ def run_history(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     if args.format != "table":
         records = [{
-            "Comment": r.comment, "CreatedAt": r.created.format() if r.created else "",
+            "Comment": r.comment, "CreatedAt": created_at(r),
             "CreatedBy": created_by(r), "CreatedSince": history_created_since(r.created),
             "ID": ident(r), "Size": human_size(r.size) if human else str(r.size),
         } for r in rows]
@@ -393,7 +396,7 @@ def run_history(ctx: Context, args: argparse.Namespace) -> int:
             sys.stdout.write(render_template(args.format, records, HISTORY_TITLES))
         return 0
     print_table(
-        ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        ["IMAGE", "CREATED" if human else "CREATED AT", "CREATED BY", "SIZE", "COMMENT"],
         [[ident(r), created(r), created_by(r), human_size(r.size) if human else str(r.size),
           r.comment] for r in rows],
     )

@@ -118,6 +118,8 @@ def configure_push(p: argparse.ArgumentParser) -> None:
 def run_push(ctx: Context, args: argparse.Namespace) -> int:
     from soute.registry.push import push
 
+    if not args.all_tags:
+        _default_tag(args.name, args.quiet)
     push(ctx.store(), args.name, all_tags=args.all_tags, compression=args.compression,
          format=args.format, out=sys.stdout, err=None if args.quiet else sys.stderr)
     return 0
@@ -125,16 +127,33 @@ def run_push(ctx: Context, args: argparse.Namespace) -> int:
 
 def configure_pull(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME[:TAG|@DIGEST]")
+    p.add_argument("-a", "--all-tags", action="store_true",
+                   help="pull every tag of the repository")
     p.add_argument("--platform", help="os/arch[/variant] to pull (default this machine's)")
     p.add_argument("-q", "--quiet", action="store_true", help="only print the image name")
 
 
-def run_pull(ctx: Context, args: argparse.Namespace) -> int:
-    from soute.registry.pull import pull
+def _default_tag(name: str, quiet: bool) -> None:
+    """docker's notice for a name without a tag or digest."""
+    from soute.image.reference import parse_reference
 
-    if args.quiet:
-        result = pull(ctx.store(), args.name, platform=args.platform, out=None, err=None)
-        print(result.reference)
+    ref = parse_reference(name)
+    if not quiet and ref.tag is None and ref.digest is None:
+        print("Using default tag: latest", flush=True)
+
+
+def run_pull(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.registry.pull import list_tags, pull
+
+    names = [args.name]
+    if args.all_tags:
+        names = [f"{args.name}:{tag}" for tag in list_tags(args.name)]
     else:
-        pull(ctx.store(), args.name, platform=args.platform, out=sys.stdout, err=sys.stderr)
+        _default_tag(args.name, args.quiet)
+    for name in names:
+        if args.quiet:
+            result = pull(ctx.store(), name, platform=args.platform, out=None, err=None)
+            print(result.reference)
+        else:
+            pull(ctx.store(), name, platform=args.platform, out=sys.stdout, err=sys.stderr)
     return 0

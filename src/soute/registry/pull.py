@@ -178,6 +178,42 @@ class _Download:
             mt.layer_compression(self.desc.media_type) is not None
 
 
+def list_tags(name: str, *, settings: RegistrySettings | None = None) -> list[str]:
+    """The tags of repository ``name`` (``/v2/NAME/tags/list``, every page), sorted."""
+    given = parse_reference(name)
+    if given.tag or given.digest:
+        raise SouteError("tag can't be used with --all-tags/-a", "give the repository only")
+    ref = given.docker_ref()
+    scopes = (repository_scope(ref.path, "pull"),)
+    tags: set[str] = set()
+    path: str | None = f"/v2/{ref.path}/tags/list?n=1000"
+    with Registry(ref.domain, settings=settings or RegistrySettings.load()) as registry:
+        pages = 0
+        while path is not None and pages < 1000:  # a registry that links back loops no more
+            pages += 1
+            try:
+                resp = registry.request("GET", path, scopes=scopes, context=str(ref))
+            except Unauthorized as e:
+                raise RegistryError(f"pull access denied for {ref.familiar_name}, repository "
+                                    "does not exist or may require 'soute login': "
+                                    f"{e.message}", status=e.status, codes=e.codes) from None
+            doc = resp.json()
+            tags.update(t for t in (doc.get("tags") or []) if isinstance(t, str))
+            path = _next_page(resp.header("Link"))
+    return sorted(tags)
+
+
+def _next_page(link: str | None) -> str | None:
+    """The path of a ``Link: </v2/...?last=x>; rel="next"`` header (distribution's paging)."""
+    if not link or 'rel="next"' not in link:
+        return None
+    start, end = link.find("<"), link.find(">")
+    if start < 0 or end < start:
+        return None
+    target = urllib.parse.urlsplit(link[start + 1:end])
+    return target.path + (f"?{target.query}" if target.query else "")
+
+
 class _Puller:
     def __init__(self, store: Store, registry: Registry, ref: Reference,
                  platform: Platform | None, printer: Progress, progress: Progress) -> None:
