@@ -547,6 +547,14 @@ def test_logs_follow_tail_and_timestamps(root: Path) -> None:
     assert ok(soute(root, "logs", "--tail", "2", "talker")) == "line3\n"
     stamped = ok(soute(root, "logs", "-t", "talker")).splitlines()
     assert stamped[0].endswith("Z line1") and stamped[0].startswith("20")
+    # --since and --until take the records' own times (0.3 s apart here), bounds included.
+    second = stamped[1].split()[0]
+    assert ok(soute(root, "logs", "--since", second, "talker")) == "line2\nline3\n"
+    assert ok(soute(root, "logs", "--until", second, "talker")) == "line1\nline2\n"
+    assert ok(soute(root, "logs", "--since", "1h", "--until", "1h", "talker")) == ""
+    assert ok(soute(root, "logs", "-f", "--since", second, "talker")) == "line2\nline3\n"
+    p = soute(root, "logs", "--until", "yesterday", "talker")
+    assert p.returncode == 1 and 'invalid value for --until: "yesterday"' in p.stderr
     ok(soute(root, "rm", "talker"))
 
 

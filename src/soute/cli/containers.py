@@ -393,6 +393,8 @@ def configure_logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--tail", default="all")
     p.add_argument("-t", "--timestamps", action="store_true")
+    p.add_argument("--since", help="only records from then on: 10m, an RFC 3339 time, seconds")
+    p.add_argument("--until", help="only records up to then (same forms)")
     p.add_argument("container", metavar="CONTAINER")
 
 
@@ -406,9 +408,11 @@ def run_logs(ctx: Context, args: argparse.Namespace) -> int:
         tail = None
     if args.follow:
         records = follow_logs(container.log_path, is_running=lambda: container.state().running,
-                              tail=tail, timestamps=args.timestamps)
+                              tail=tail, timestamps=args.timestamps, since=args.since,
+                              until=args.until)
     else:
-        records = read_logs(container.log_path, tail=tail, timestamps=args.timestamps)
+        records = read_logs(container.log_path, tail=tail, timestamps=args.timestamps,
+                            since=args.since, until=args.until)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     try:
         for stream, data in records:

@@ -99,8 +99,9 @@ def parse_time(text: str, *, local: bool = False) -> int | None:
     return seconds * _NS + int((frac or "0").ljust(9, "0"))
 
 
-def parse_since(text: str, now_ns: int | None = None) -> int:
-    """``docker logs --since``: a relative duration ("42m"), an RFC3339 time or a Unix timestamp."""
+def parse_since(text: str, now_ns: int | None = None, *, flag: str = "--since") -> int:
+    """``docker logs --since`` (or ``--until``): a relative duration ("42m", before now), an
+    RFC3339 time or a Unix timestamp."""
     value = text.strip()
     now = time.time_ns() if now_ns is None else now_ns
     if value != "0" and not re.fullmatch(r"\d+(\.\d*)?", value):
@@ -117,7 +118,7 @@ def parse_since(text: str, now_ns: int | None = None) -> int:
     ns = parse_time(value, local=True)
     if ns is None:
         raise SouteError(
-            f'invalid value for --since: "{text}"',
+            f'invalid value for {flag}: "{text}"',
             hint="use a duration (10m), an RFC3339 time (2024-01-02T15:04:05Z) or a Unix timestamp",
         )
     return ns
@@ -200,7 +201,8 @@ class LogWriter:
         self.close()
 
 
-def _decode(line: bytes, timestamps: bool, since_ns: int | None) -> tuple[str, bytes] | None:
+def _decode(line: bytes, timestamps: bool, since_ns: int | None,
+            until_ns: int | None = None) -> tuple[str, bytes] | None:
     """One record line to (stream, bytes); None for malformed or filtered-out records."""
     try:
         obj = json.loads(line)
@@ -211,9 +213,11 @@ def _decode(line: bytes, timestamps: bool, since_ns: int | None) -> tuple[str, b
     if not isinstance(text, str) or not isinstance(stream, str):
         return None
     data = text.encode("utf-8", "replace")
-    if timestamps or since_ns is not None:
+    if timestamps or since_ns is not None or until_ns is not None:
         ns = parse_time(str(obj.get("time", "")))
         if since_ns is not None and (ns is None or ns < since_ns):
+            return None
+        if until_ns is not None and (ns is None or ns > until_ns):
             return None
         if timestamps:
             stamp = format_time(ns) if ns is not None else str(obj.get("time", ""))
@@ -268,9 +272,11 @@ def read_logs(
     tail: int | None = None,
     timestamps: bool = False,
     since: str | None = None,
+    until: str | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """Yield (stream, bytes) per record, as ``docker logs`` (tail None or negative: all)."""
     since_ns = parse_since(since) if since else None
+    until_ns = parse_since(until, flag="--until") if until else None
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below; generator holds it across yields
     except FileNotFoundError:
@@ -284,7 +290,7 @@ def read_logs(
             pos += len(line)
             if pos > end:  # a record still being written
                 break
-            record = _decode(line, timestamps, since_ns)
+            record = _decode(line, timestamps, since_ns, until_ns)
             if record is not None:
                 yield record
 
@@ -296,12 +302,17 @@ def follow_logs(
     tail: int | None = None,
     timestamps: bool = False,
     poll: float = 0.1,
+    since: str | None = None,
+    until: str | None = None,
 ) -> Iterator[tuple[str, bytes]]:
-    """``docker logs -f``: existing records, then new ones until the container stops.
+    """``docker logs -f``: existing records, then new ones until the container stops (or
+    ``until`` has passed).
 
     ``is_running()`` must turn False only once the writer is closed, so that
     everything it wrote is yielded before this returns.
     """
+    since_ns = parse_since(since) if since else None
+    until_ns = parse_since(until, flag="--until") if until else None
     f: BinaryIO | None = None
     try:
         while True:
@@ -326,10 +337,10 @@ def follow_logs(
                 if not line.endswith(b"\n"):
                     f.seek(pos)  # torn record: retry once complete
                     break
-                record = _decode(line, timestamps, None)
+                record = _decode(line, timestamps, since_ns, until_ns)
                 if record is not None:
                     yield record
-            if not running:
+            if not running or (until_ns is not None and time.time_ns() > until_ns):
                 return
             time.sleep(poll)
     finally:
