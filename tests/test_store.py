@@ -168,6 +168,41 @@ def test_tag_rmi_and_garbage(tmp_path: Path) -> None:
     assert ok(soute(tmp_path, "images", "-q")) == ""
 
 
+def test_import_from_a_url(tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    tarball = rootfs_tar(FILES)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/rootfs.tar"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(tarball) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(tarball)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        # As dockerd: downloaded, and the history says where from.
+        from_url = ok(soute(tmp_path, "import", f"{base}/rootfs.tar", "web:1")).strip()
+        from_stdin = ok(soute(tmp_path, "import", "-", input=tarball)).strip()
+        history = ok(soute(tmp_path, "history", "--format", "{{.Comment}}", "web:1"))
+        assert history == f"Imported from {base}/rootfs.tar\n"
+        with Store(tmp_path) as store:
+            assert store.image(from_url).diff_ids == store.image(from_stdin).diff_ids
+        p = soute(tmp_path, "import", f"{base}/missing.tar")
+        assert p.returncode == 1 and "404" in p.stderr and len(p.stderr.splitlines()) == 1
+    finally:
+        httpd.shutdown()
+
+
 def test_images_filters_as_docker_reads_them(tmp_path: Path) -> None:
     def imported(mtime: int, *name: str, label: str = "a=b") -> str:
         # An import is as old as its newest file (docs/differences.md).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from soute.cli.table import print_table
 
@@ -451,7 +451,8 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def configure_import(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="file|-", help="root filesystem tarball ('-' for stdin)")
+    p.add_argument("file", metavar="file|URL|-",
+                   help="root filesystem tarball (a path, an http(s) URL, or - for stdin)")
     p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]")
     p.add_argument("-c", "--change", action="append", default=[],
                    help="apply a Dockerfile instruction to the image (repeatable)")
@@ -473,6 +474,11 @@ def run_import(ctx: Context, args: argparse.Namespace) -> int:
     if args.file == "-":
         image = import_tarball(store, sys.stdin.buffer, tags=tags, config=config,
                                comment=comment)
+    elif args.file.startswith(("http://", "https://")):
+        # As dockerd: it downloads the tarball itself (through the proxy variables).
+        with _download(args.file) as f:
+            image = import_tarball(store, f, tags=tags, config=config,
+                                   comment=args.message or f"Imported from {args.file}")
     else:
         try:
             f = open(args.file, "rb")  # noqa: SIM115 (closed by the with below)
@@ -483,6 +489,22 @@ def run_import(ctx: Context, args: argparse.Namespace) -> int:
             image = import_tarball(store, f, tags=tags, config=config, comment=comment)
     print(image.id)
     return 0
+
+
+def _download(url: str) -> BinaryIO:
+    import urllib.error
+    import urllib.request
+
+    from soute.errors import SouteError
+
+    try:
+        return urllib.request.urlopen(url, timeout=60)  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as e:
+        raise SouteError(f"cannot download {url}: {e.code} {e.reason}",
+                         "check the URL") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise SouteError(f"cannot download {url}: {reason}", "check the URL") from None
 
 
 def configure_bootstrap(p: argparse.ArgumentParser) -> None:
