@@ -207,6 +207,9 @@ def test_images_lists_a_pull_by_digest_under_its_repository(plain: RunningRegist
     out = soute_cli(store, "images", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}").ok()
     assert out == f"{plain.host}/it/listed v1 {digest}\n"
     assert soute_cli(store, "images", "-f", "dangling=true", "-q").ok() == ""
+    out = soute_cli(store, "rmi", name).ok()  # the digest goes with the image, as docker says
+    assert out.splitlines() == [f"Untagged: {name}", f"Untagged: {plain.host}/it/listed@{digest}",
+                                f"Deleted: {image_id(source, 'app')}"]
 
 
 def test_pull_all_tags_and_the_default_tag_notice(plain: RunningRegistry, source: Path,

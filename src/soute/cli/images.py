@@ -303,6 +303,7 @@ def remove_image(store: Store, name: str, *, force: bool = False) -> list[str]:
             "referenced in multiple repositories",
             "remove it by name, or use -f",
         )
+    digests = store.meta.repo_digests_of(image.id)  # go with the image: docker names them
     user = store.forget_image(image.id)
     if user is not None:  # a container made since the check above
         raise SouteError(
@@ -310,6 +311,7 @@ def remove_image(store: Store, name: str, *, force: bool = False) -> list[str]:
             f"used by stopped container {user[:12]}",
             "remove the container first (soute rm)")
     out += [f"Untagged: {familiar(tag)}" for tag in image.tags]
+    out += [f"Untagged: {familiar(ref)}" for ref in digests]
     out.append(f"Deleted: {image.id}")
     return out
 
