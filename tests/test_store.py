@@ -314,6 +314,13 @@ def test_load_names_what_it_loaded_even_with_quiet(tmp_path: Path) -> None:
     # docker's -q hides progress bars only: `docker load -q | sed` scripts get the names.
     archive = _docker_archive(THREE_LAYERS, "three:v1")
     assert ok(soute(tmp_path, "load", "-q", input=archive)) == "Loaded image: three:v1\n"
+    # Over a tag that names another image: docker says so, and the old one keeps no name.
+    old = ok(soute(tmp_path, "images", "-q", "--no-trunc", "three:v1")).strip()
+    other = _docker_archive(THREE_LAYERS[:2], "three:v1")
+    assert ok(soute(tmp_path, "load", input=other)).splitlines() == [
+        f"The image three:v1 already exists, renaming the old one with ID {old} to empty "
+        "string", "Loaded image: three:v1"]
+    assert ok(soute(tmp_path, "images", "-q", "--no-trunc", "-f", "dangling=true")) == old + "\n"
 
 
 def test_the_layers_of_an_image_unpack_side_by_side(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ def run_load(ctx: Context, args: argparse.Namespace) -> int:
     from soute.store.names import familiar
 
     store = ctx.store()
+    before = {name: image_id for name, image_id, _ in store.meta.tags()}
     if args.input is None:
         if sys.stdin.isatty():
             raise SouteError("requested load from stdin, but stdin is empty",
@@ -90,6 +91,10 @@ def run_load(ctx: Context, args: argparse.Namespace) -> int:
     for item in loaded:
         if item.tags:
             for tag in item.tags:
+                old = before.get(tag)
+                if old is not None and old != item.image.id:
+                    print(f"The image {familiar(tag)} already exists, renaming the old one "
+                          f"with ID {old} to empty string")
                 print(f"Loaded image: {familiar(tag)}")
         else:
             print(f"Loaded image ID: {item.image.id}")
