@@ -321,6 +321,9 @@ def test_load_names_what_it_loaded_even_with_quiet(tmp_path: Path) -> None:
         f"The image three:v1 already exists, renaming the old one with ID {old} to empty "
         "string", "Loaded image: three:v1"]
     assert ok(soute(tmp_path, "images", "-q", "--no-trunc", "-f", "dangling=true")) == old + "\n"
+    saved = tmp_path / "saved.tar"
+    ok(soute(tmp_path, "save", "-o", str(saved), "three:v1"))
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600  # docker's CLI makes it so
 
 
 def test_the_layers_of_an_image_unpack_side_by_side(tmp_path: Path) -> None:

@@ -50,7 +50,9 @@ def run_save(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     tmp = f"{args.output}.soute-tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        # 0600, as docker's CLI makes it (a temporary file renamed): images may hold secrets.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
             save(store, items, f, format=args.format,  # type: ignore[arg-type]
                  compression=args.compression)
         os.replace(tmp, args.output)  # a failed save leaves no half-written archive
