@@ -235,6 +235,15 @@ def test_images_filters_as_docker_reads_them(tmp_path: Path) -> None:
     for bad in ("bogus=1", "dangling=maybe", "dangling"):
         p = soute(tmp_path, "images", "-f", bad)
         assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stderr
+    # image prune's filters: what is older than until=, what has (or lacks) a label.
+    p = soute(tmp_path, "image", "prune", "-a", "--filter", "colour=red")
+    assert p.returncode == 1 and "invalid filter" in p.stderr
+    p = soute(tmp_path, "image", "prune", "-a", input=b"n\n")
+    assert p.stdout.endswith("Total reclaimed space: 0B\n") and ids() == [other, app, old]
+    ok(soute(tmp_path, "image", "prune", "-a", "-f", "--filter", "until=1600000050"))
+    assert ids() == [other, app]
+    ok(soute(tmp_path, "image", "prune", "-a", "-f", "--filter", "label!=tier=web"))
+    assert ids() == [app]
 
 
 def test_images_and_history_take_docker_templates(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING
 from soute.cli.table import print_table
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from soute.cli.main import Context
+    from soute.store.store import Image, Store
 
 
 def configure_fsck(p: argparse.ArgumentParser) -> None:
@@ -115,18 +118,61 @@ def configure_image_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true",
                    help="remove all unused images, not just dangling ones")
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="until=DURATION|TIME (made before), label=K[=V], label!=K[=V]")
 
 
 def run_image_prune(ctx: Context, args: argparse.Namespace) -> int:
     what = "all images without at least one container associated to them" if args.all \
         else "all dangling images"
+    keep = _prune_filter(args.filter)  # a bad filter is refused before the question
     if not _confirm(f"WARNING! This will remove {what}.", args.force):
+        print("Total reclaimed space: 0B")
         return 0
-    _prune_images(ctx, everything=args.all)
+    _prune_images(ctx, everything=args.all, keep=keep)
     return 0
 
 
-def _prune_images(ctx: Context, *, everything: bool) -> None:
+def _prune_filter(values: list[str]) -> Callable[[Store, Image], bool]:
+    """docker's prune filters: whether an image is spared."""
+    from soute.container.logs import parse_since
+    from soute.errors import SouteError
+    from soute.image.timestamp import Timestamp
+
+    until: list[int] = []
+    labels: list[tuple[bool, str, str | None]] = []  # (must have, key, value)
+    for value in values:
+        key, sep, arg = value.partition("=")
+        if key.endswith("!") and sep:
+            key, negated = key[:-1], True
+        else:
+            negated = False
+        if key == "until" and sep and not negated:
+            until.append(parse_since(arg, flag="until"))
+        elif key == "label" and sep:
+            name, has_value, wanted = arg.partition("=")
+            labels.append((not negated, name, wanted if has_value else None))
+        else:
+            raise SouteError(f"invalid filter {value!r}", "use until=..., label=... or label!=...")
+
+    def spared(store: Store, image: Image) -> bool:
+        created = Timestamp.parse(image.created).unix_nanos if image.created else 0
+        if any(created >= limit for limit in until):
+            return True
+        if labels:
+            config = store.config(image).get("config")
+            have = (config.get("Labels") if isinstance(config, dict) else None) or {}
+            for must, name, wanted in labels:
+                matches = name in have and (wanted is None or have[name] == wanted)
+                if matches != must:
+                    return True
+        return False
+
+    return spared
+
+
+def _prune_images(ctx: Context, *, everything: bool,
+                  keep: Callable[[Store, Image], bool] | None = None) -> None:
     from soute.image.inspect import human_size
     from soute.store.names import familiar
 
@@ -134,6 +180,8 @@ def _prune_images(ctx: Context, *, everything: bool) -> None:
     removed = []
     for image in store.images():
         if image.tags and not everything:
+            continue
+        if keep is not None and keep(store, image):
             continue
         if store.forget_image(image.id) is not None:
             continue  # a container's image stays while the container exists
@@ -156,7 +204,9 @@ def run_system_prune(ctx: Context, args: argparse.Namespace) -> int:
         else "all dangling images"
     warning = ("WARNING! This will remove:\n  - all stopped containers\n"
                f"  - {images}\n  - unused blobs and snapshots")
+    keep = _prune_filter(args.filter)
     if not _confirm(warning, args.force):
+        print("Total reclaimed space: 0B")
         return 0
     from soute.container.control import prune
 
@@ -165,7 +215,7 @@ def run_system_prune(ctx: Context, args: argparse.Namespace) -> int:
         print("Deleted Containers:")
         print("\n".join(containers))
         print()
-    _prune_images(ctx, everything=args.all)
+    _prune_images(ctx, everything=args.all, keep=keep)
     return 0
 
 
