@@ -556,7 +556,9 @@ def test_system_df(tmp_path: Path) -> None:
     ok(soute(tmp_path, "import", "-", "x", input=rootfs_tar(FILES)))
     lines = ok(soute(tmp_path, "system", "df")).splitlines()
     assert lines[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
-    assert lines[1].split()[:3] == ["Images", "1", "1"]
+    # No container uses it: not active, all of it reclaimable (docker's meaning).
+    assert lines[1].split()[:3] == ["Images", "1", "0"] and lines[1].endswith("(100%)")
+    assert lines[4].split()[:4] == ["Build", "Cache", "0", "0"]
 
 
 def test_skopeo_reads_the_store_layout_in_place(tmp_path: Path) -> None:

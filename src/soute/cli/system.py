@@ -39,19 +39,28 @@ def configure_df(p: argparse.ArgumentParser) -> None:
 
 
 def run_df(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.record import Containers
     from soute.image.inspect import human_size
 
     store = ctx.store()
     images = store.images()
     layer_sizes = dict(store.meta.layers())
-    total = sum(layer_sizes.values())
-    tagged_layers = {d for i in images if i.tags for d, _ in i.layers}
-    reclaimable = sum(s for d, s in layer_sizes.items() if d not in tagged_layers)
-    active = sum(1 for i in images if i.tags)
+    image_layers = {d for i in images for d, _ in i.layers}
+    total = sum(s for d, s in layer_sizes.items() if d in image_layers)
+    # As docker: an image is active while a container uses it; the rest could be pruned.
+    used_ids = {c.spec.image for c in Containers(store).all()}
+    used = [i for i in images if i.id in used_ids]
+    kept = {d for i in used for d, _ in i.layers}
+    reclaimable = sum(s for d, s in layer_sizes.items() if d in image_layers and d not in kept)
     pct = f" ({reclaimable * 100 // total}%)" if total else ""
-    rows = [["Images", str(len(images)), str(active), human_size(total),
+    rows = [["Images", str(len(images)), str(len(used)), human_size(total),
              human_size(reclaimable) + pct]]
     rows += _container_and_volume_rows(ctx)
+    # The build cache's own layers (those no image has), all of them free to prune.
+    cache_layers, _ = store.meta.cache_roots()
+    cache_size = sum(layer_sizes.get(d, 0) for d in cache_layers - image_layers)
+    rows.append(["Build Cache", str(store.meta.cache_count()), "0", human_size(cache_size),
+                 human_size(cache_size)])
     print_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
     if args.verbose:
         from soute.image.digest import short_id

@@ -451,6 +451,9 @@ class Meta:
         rows = list(self.db.execute("SELECT diff_id, chain_id FROM build_cache"))
         return ({d for d, _ in rows if d}, {c for _, c in rows if c})
 
+    def cache_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM build_cache").fetchone()[0])
+
     def cache_prune(self) -> int:
         with self.transaction() as db:
             n = db.execute("SELECT COUNT(*) FROM build_cache").fetchone()[0]
