@@ -794,11 +794,18 @@ def test_add_host_dns_shm_size_cidfile_and_privileged(root: Path, tmp_path: Path
                    "grep CapEff /proc/self/status; mkdir /m && mount -t tmpfs x /m "
                    "&& echo mounted"))
     assert "CapEff:\t00000000a80425fb" not in out and "mounted" in out
-    for args, message in ((["--add-host", "nocolon"], "bad format for add-host"),
+    out = ok(soute(root, "run", "--rm", "--ulimit", "nofile=1024:2048", "--ulimit", "core=-1",
+                   "busybox", "sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c"))
+    assert out.split() == ["1024", "2048", "unlimited"]
+    for args, message in ((["--ulimit", "nofile=3:2"], "must be less than or equal"),
+                          (["--ulimit", "colour=1"], "invalid ulimit argument"),
+                          (["--pull", "never", "no-such-image:9"], "No such image"),
+                          (["--add-host", "nocolon"], "bad format for add-host"),
                           (["--add-host", "h:300.1.1.1"], "invalid IP address"),
                           (["--dns", "x"], "is not an ip address"),
                           (["--shm-size", "lots"], "invalid --shm-size")):
-        p = soute(root, "run", "--rm", *args, "busybox", "true")
+        image = [] if args[-1].startswith("no-such") else ["busybox"]
+        p = soute(root, "run", "--rm", *args, *image, "true")
         assert p.returncode == 125 and message in p.stderr and len(p.stderr.splitlines()) == 1
 
 

@@ -225,6 +225,9 @@ def test_pull_all_tags_and_the_default_tag_notice(plain: RunningRegistry, source
     assert "Using default tag" not in out
     tags = soute_cli(store, "images", "--format", "{{.Tag}}", repo).ok().split()
     assert sorted(tags) == ["a", "b", "latest"]
+    # run --pull always asks the registry even for an image the store has (as docker).
+    p = soute_cli(store, "run", "--rm", "--pull", "always", "--network", "none", f"{repo}:a")
+    assert p.code == 0 and "a: Pulling from it/many" in p.err, p.err
     p = soute_cli(store, "pull", "-a", f"{repo}:a")
     assert p.code == 1 and "tag can't be used with --all-tags/-a" in p.err
     p = soute_cli(store, "pull", "-a", f"{plain.host}/it/nothing-here")

@@ -70,6 +70,10 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
         help="every capability, /proc and /sys unmasked (no host devices)")
     add("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
     add("--cidfile", metavar="FILE", help="write the container's ID to FILE")
+    add("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+        help="a resource limit, e.g. nofile=1024:2048 (-1: unlimited)")
+    add("--pull", choices=("missing", "always", "never"), default="missing",
+        help="pull the image first: missing (default), always, never")
     add("image", metavar="IMAGE")
     add("args", nargs=argparse.REMAINDER, metavar="ARG")
 
@@ -102,7 +106,7 @@ _RUN_DEFAULTS: dict[str, object] = {
     "cpus": None, "pids_limit": None, "health_cmd": None, "health_interval": None,
     "health_timeout": None, "health_start_period": None, "health_retries": None,
     "no_healthcheck": False, "runtime": "soute", "add_host": [], "dns": [],
-    "privileged": False, "shm_size": None, "cidfile": None,
+    "privileged": False, "shm_size": None, "cidfile": None, "ulimit": [], "pull": "missing",
 }
 # The options fast_run reads: flags without a value, spelt out in full.
 _RUN_FLAGS = {
@@ -153,6 +157,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         health_start_period=args.health_start_period, health_retries=args.health_retries,
         no_healthcheck=args.no_healthcheck, runtime=args.runtime, add_hosts=args.add_host,
         dns=args.dns, privileged=args.privileged, shm_size=args.shm_size, cidfile=args.cidfile,
+        ulimits=args.ulimit, pull=args.pull,
     )
 
 

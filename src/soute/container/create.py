@@ -76,6 +76,8 @@ class RunOptions:
     privileged: bool = False
     shm_size: str | None = None
     cidfile: str | None = None
+    ulimits: list[str] = field(default_factory=list)  # NAME=SOFT[:HARD]
+    pull: str = "missing"  # missing, always or never
 
 
 def command_of(config: ContainerConfig, opts: RunOptions) -> tuple[list[str], list[str]]:
@@ -283,6 +285,31 @@ def _extra_host(text: str) -> str:
     return f"{host}:{ip}"
 
 
+_ULIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+            "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def _ulimit(text: str) -> dict[str, object]:
+    """``--ulimit NAME=SOFT[:HARD]`` as docker reads it (-1: unlimited) for the runtime."""
+    import resource
+
+    name, sep, values = text.partition("=")
+    if not sep or name not in _ULIMITS:
+        raise ContainerError(f"invalid ulimit argument: {text!r}",
+                             "NAME=SOFT[:HARD] with NAME one of " + ", ".join(_ULIMITS))
+    soft_text, _, hard_text = values.partition(":")
+    try:
+        soft, hard = int(soft_text), int(hard_text or soft_text)
+    except ValueError:
+        raise ContainerError(f"invalid ulimit argument: {text!r}", "give numbers") from None
+    soft, hard = (resource.RLIM_INFINITY if v == -1 else v for v in (soft, hard))
+    if soft < -1 or hard < -1 or (hard != resource.RLIM_INFINITY and soft > hard) or (
+            soft == resource.RLIM_INFINITY and hard != resource.RLIM_INFINITY):
+        raise ContainerError(f"ulimit soft limit must be less than or equal to hard limit: "
+                             f"{text}")
+    return {"type": f"RLIMIT_{name.upper()}", "soft": soft, "hard": hard}
+
+
 def _dns_server(text: str) -> str:
     import ipaddress
 
@@ -359,12 +386,22 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
     if opts.cidfile and os.path.exists(opts.cidfile):
         raise ContainerError(f"container ID file found, make sure the other container isn't "
                              f"running or delete {opts.cidfile}")
-    try:
-        image = resolve(store, image_name)
-    except ImageNotFound:  # pulled when missing, as docker run does (the import is heavy)
-        from soute.registry.pull import ensure_image
+    limits = [_ulimit(u) for u in opts.ulimits]  # checked before any pull
+    if opts.pull == "always" and not image_name.startswith("sha256:"):
+        import sys
 
-        image = ensure_image(store, image_name)
+        from soute.registry.pull import pull
+
+        image = pull(store, image_name, out=sys.stderr, err=sys.stderr).image
+    else:
+        try:
+            image = resolve(store, image_name)
+        except ImageNotFound:  # pulled when missing, as docker run does (the import is heavy)
+            if opts.pull == "never":
+                raise
+            from soute.registry.pull import ensure_image
+
+            image = ensure_image(store, image_name)
     config = ImageConfig.from_json(store.blobs.read(image.id)).config
     entrypoint, cmd = command_of(config, opts)
     command = entrypoint + cmd
@@ -422,6 +459,7 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         dns=[_dns_server(d) for d in opts.dns],
         privileged=opts.privileged,
         shm_size=_shm_size(opts.shm_size) if opts.shm_size else None,
+        ulimits=limits,
     )
     if spec.runtime != "soute" and (spec.ports or spec.resources):
         raise ContainerError("-p/-P and --memory/--cpus/--pids-limit need soute's own runtime",

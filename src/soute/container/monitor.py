@@ -273,6 +273,7 @@ class Monitor:
             GeneratedFile,
             Mount,
             Process,
+            Rlimit,
             Spec,
             default_files,
             default_mounts,
@@ -329,7 +330,8 @@ class Monitor:
         return Spec(
             process=Process(args=args, env=runtime_env(spec), cwd=spec.workdir, user=spec.user,
                             terminal=spec.tty, no_new_privileges=True,
-                            capabilities=None if spec.privileged else capabilities_of(spec)),
+                            capabilities=None if spec.privileged else capabilities_of(spec),
+                            rlimits=tuple(Rlimit(**u) for u in spec.ulimits)),
             hostname=spec.hostname,
             namespaces=namespaces,
             mounts=mounts,

@@ -107,6 +107,7 @@ class ContainerSpec:
     dns: list[str] = field(default_factory=list)
     privileged: bool = False
     shm_size: int | None = None  # bytes
+    ulimits: list[dict[str, Any]] = field(default_factory=list)  # Rlimit's fields
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
