@@ -393,6 +393,16 @@ def test_inspect_shows_what_it_found_then_names_each_missing_one(root: Path) -> 
     assert 'map has no entry for key "Nope"' in p.stderr
 
 
+def test_a_mistake_on_a_late_line_stops_the_build_before_anything_runs(root: Path) -> None:
+    # As BuildKit, which turns the whole Dockerfile into its graph first.
+    for text, line in (
+            ('FROM busybox\nRUN echo running-now\nENV A=1\nLABEL "a=b"=c\n', 4),
+            ('FROM busybox AS one\nRUN echo running-now\nFROM one\nENV B=${A:?needs A}\n', 4)):
+        p = soute(root, "build", "--no-cache", "--progress", "plain", "-", input=text)
+        assert p.returncode == 1 and "running-now" not in p.stderr, p.stderr
+        assert p.stderr.startswith(f"Dockerfile:{line}: ") and len(p.stderr.splitlines()) == 1
+
+
 def test_run_cache_follows_args(root: Path) -> None:
     text = "FROM busybox\nARG X=1\nRUN echo $X > /x\n"
     first = ok(soute(root, "build", "-q", "-", input=text)).strip()

@@ -191,6 +191,7 @@ class Builder:
         for stage in plan:  # checked before anything runs, as BuildKit's solver does
             for instr in stage.commands:
                 self._check_entitlements(instr)
+        self._expand_ahead(scope, plan)
         with self.store.session():
             if self.remote is not None:
                 self.remote.load()
@@ -213,6 +214,35 @@ class Builder:
                         self.remote.record(*record)
                 self.remote.export(scope, plan[-1])
             return image
+
+    def _expand_ahead(self, scope: BuildScope, plan: Sequence[Stage]) -> None:
+        """Expand every instruction of the plan before anything runs, as BuildKit turns the
+        whole Dockerfile into its graph first: a quoting mistake on the last line stops the
+        build before the first RUN. A stage on an image the store lacks yet (a pull comes
+        first), or on such a stage, is left to the build itself."""
+        from soute.image.config import ImageConfig
+        from soute.store.names import resolve
+
+        walked: dict[int, StageScope] = {}
+        for stage in plan:
+            base = scope.resolve_base(stage)
+            if base.stage is not None:
+                if base.stage.index not in walked:
+                    continue
+                sscope = scope.stage_scope(stage, base=walked[base.stage.index])
+            elif base.name == "scratch":
+                sscope = scope.stage_scope(stage, image_env=[f"PATH={DEFAULT_PATH}"])
+            else:
+                try:
+                    image = resolve(self.store, base.name)
+                except SouteError:
+                    continue
+                config = ImageConfig.from_json(self.store.blobs.read(image.id)).config
+                sscope = scope.stage_scope(stage, image_env=_with_path(config.env),
+                                           image_onbuild=config.on_build)
+            for _ in sscope.walk():
+                pass
+            walked[stage.index] = sscope
 
     def _check_entitlements(self, instr: ins.Instruction) -> None:
         if (isinstance(instr, ins.Run) and instr.security == "insecure"
@@ -293,10 +323,7 @@ class Builder:
         else:
             image = self._base_image(base.name, stage)
             config = ImageConfig.from_json(self.store.blobs.read(image.id))
-            env = config.config.env or []
-            if not any(e.partition("=")[0] == "PATH" for e in env):
-                # BuildKit makes sure PATH is set: an imported root filesystem has none.
-                config.config.env = [*env, f"PATH={DEFAULT_PATH}"]
+            config.config.env = _with_path(config.config.env)
             layers = list(image.layers)
             key = _key("image", image.id)
             sscope = scope.stage_scope(
@@ -944,6 +971,15 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
 
     signal.signal(signal.SIGTERM, interrupt)
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _with_path(env: list[str] | None) -> list[str]:
+    """An image's Env with PATH, as BuildKit makes sure of (an imported root filesystem has
+    none)."""
+    env = env or []
+    if any(e.partition("=")[0] == "PATH" for e in env):
+        return env
+    return [*env, f"PATH={DEFAULT_PATH}"]
 
 
 def _created_by(instr: ins.Instruction, cfg: Any) -> str:
