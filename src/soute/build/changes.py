@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from soute.dockerfile import instructions as ins
-from soute.errors import SouteError
+from soute.errors import LocatedError, SouteError
 from soute.image.config import ContainerConfig, Healthcheck, ImageConfig
 
 # docker's list for `commit --change` and `import --change`.
@@ -95,16 +95,22 @@ def apply_changes(config: ImageConfig, changes: Sequence[str]) -> None:
     from soute.dockerfile.stages import BuildScope
 
     state = ConfigState()
+    allowed = "use one of " + ", ".join(sorted(CHANGE_INSTRUCTIONS))
     for change in changes:
-        df = parse_dockerfile("FROM scratch\n" + change, file="--change")
-        commands = df.stages[0].commands
-        if len(commands) != 1:
-            raise SouteError(f"--change {change!r}: give exactly one instruction")
-        instr = commands[0]
-        if instr.NAME not in CHANGE_INSTRUCTIONS:
-            raise SouteError(
-                f"{instr.NAME} is not a valid change command",
-                "use one of " + ", ".join(sorted(CHANGE_INSTRUCTIONS)),
-            )
-        scope = BuildScope(df).stage_scope(df.stages[0], image_env=config.config.env)
-        apply_instruction(config.config, scope.expand(instr), state)
+        try:
+            # Parsed as the line after a FROM: its errors are the change's, not a line's.
+            df = parse_dockerfile("FROM scratch\n" + change, file="--change")
+            commands = df.stages[0].commands
+            if len(commands) != 1:
+                raise SouteError(f"--change {change!r}: give exactly one instruction")
+            instr = commands[0]
+            if instr.NAME not in CHANGE_INSTRUCTIONS:
+                raise SouteError(f"{instr.NAME.lower()} is not a valid change command",
+                                 allowed)
+            scope = BuildScope(df).stage_scope(df.stages[0], image_env=config.config.env)
+            apply_instruction(config.config, scope.expand(instr), state)
+        except LocatedError as e:
+            word = change.split(maxsplit=1)[0].lower() if change.split() else ""
+            if e.message.startswith("unknown instruction"):
+                raise SouteError(f"{word} is not a valid change command", allowed) from None
+            raise SouteError(f"--change {change!r}: {e.message}", e.hint) from None
