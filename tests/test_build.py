@@ -385,9 +385,12 @@ def test_inspect_shows_what_it_found_then_names_each_missing_one(root: Path) -> 
     p = soute(root, "inspect", "-f", "{{.Os}}", "busybox", "no-such-a", "busybox", "no-such-b")
     assert (p.stdout, p.returncode) == ("linux\nlinux\n", 1)  # as docker
     assert [line.split(" (")[0] for line in p.stderr.splitlines()] == [
-        "soute: No such image: no-such-a", "soute: No such image: no-such-b"]
+        "soute: No such object: no-such-a", "soute: No such object: no-such-b"]
     p = soute(root, "inspect", "no-such-a")
     assert (p.stdout, p.returncode) == ("[]\n", 1)
+    p = soute(root, "image", "inspect", "-f", "{{.Os}}", "busybox", "no-such-a")
+    assert (p.stdout, p.stderr, p.returncode) == ("linux\n", "soute: No such image: no-such-a\n",
+                                                  1)
     p = soute(root, "inspect", "-f", "{{.Os}} {{.Nope}}", "busybox")  # a typo is an error
     assert (p.stdout, p.returncode) == ("\n", 1)  # nothing to show: docker's empty line
     assert 'map has no entry for key "Nope"' in p.stderr

@@ -429,7 +429,8 @@ def test_hostile_tarball_stores_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("inspect", "nope"), "No such image: nope"),
+        (("inspect", "nope"), "No such object: nope"),
+        (("image", "inspect", "nope"), "No such image: nope"),
         (("history", "Bad:Name:x"), "invalid reference format"),
         (("tag", "nope", "x"), "No such image: nope"),
         (("rmi", "nope"), "No such image: nope"),

@@ -405,10 +405,20 @@ def run_history(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_inspect(p: argparse.ArgumentParser) -> None:
+def configure_image_inspect(p: argparse.ArgumentParser) -> None:
+    configure_inspect(p, types=False)
+
+
+def run_image_inspect(ctx: Context, args: argparse.Namespace) -> int:
+    args.type = "image"  # `image inspect` looks at images only, as docker's
+    return run_inspect(ctx, args)
+
+
+def configure_inspect(p: argparse.ArgumentParser, *, types: bool = True) -> None:
     p.add_argument("images", nargs="+", metavar="NAME|ID")
-    p.add_argument("--type", choices=("container", "image"),
-                   help="only look for this kind (default: a container, then an image)")
+    if types:
+        p.add_argument("--type", choices=("container", "image"),
+                       help="only look for this kind (default: a container, then an image)")
     p.add_argument("-f", "--format",
                    help="a Go template applied to each object, e.g. '{{.Id}}' or "
                    "'{{json .Config.Env}}'")
@@ -420,6 +430,7 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
     from soute.image.config import ImageConfig
     from soute.image.inspect import inspect_dict
     from soute.store.names import familiar, resolve
+    from soute.store.store import ImageNotFound
 
     store = ctx.store()
     out: list[dict[str, object]] = []
@@ -436,6 +447,12 @@ def run_inspect(ctx: Context, args: argparse.Namespace) -> int:
                     partial.append(True)
                     continue
             image = resolve(store, name)
+        except ImageNotFound:
+            # docker's words: plain inspect looked for a container and an image.
+            errors.append(SouteError(f"No such object: {name}",
+                                     "see 'soute images' and 'soute ps -a'")
+                          if args.type is None else ImageNotFound(f"No such image: {name}"))
+            continue
         except SouteError as e:
             errors.append(e)
             continue

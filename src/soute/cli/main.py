@@ -62,6 +62,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("containers", "export", "Export a container's filesystem as a tar archive"),
     "cp": ("containers", "cp", "Copy files between a container and the host"),
     "container inspect": ("containers", "inspect", "Display detailed information on containers"),
+    "image inspect": ("images", "image_inspect", "Display detailed information on images"),
     "container prune": ("containers", "prune", "Remove all stopped containers"),
     "volume create": ("volumes", "create", "Create a volume"),
     "volume ls": ("volumes", "ls", "List volumes"),
@@ -76,7 +77,8 @@ GROUPS: dict[str, dict[str, str]] = {
     "image": {
         "build": "build", "ls": "images", "list": "images", "rm": "rmi", "remove": "rmi",
         "history": "history", "analyze": "analyze",
-        "inspect": "inspect", "tag": "tag", "save": "save", "load": "load", "import": "import",
+        "inspect": "image inspect", "tag": "tag", "save": "save", "load": "load",
+        "import": "import",
         "prune": "image prune", "push": "push", "pull": "pull",
     },
     "container": {
