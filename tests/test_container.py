@@ -1071,3 +1071,46 @@ def test_cp_out_never_writes_through_a_symlink_the_container_made(tmp_path: Path
         place(archive, "/x", str(tmp_path / "dest"), owner=None, host=True)
     assert os.readlink(tmp_path / "dest" / "a") == str(outside)  # the link, as docker's
     assert list(outside.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- restart
+
+
+def test_restart_policies_run_it_again_until_stopped(root: Path) -> None:
+    def inspected(name: str) -> tuple[str, int, int]:
+        info = json.loads(ok(soute(root, "inspect", name)))[0]
+        return info["State"]["Status"], info["State"]["ExitCode"], info["RestartCount"]
+
+    try:
+        # on-failure:2 — the first run and two restarts, then it stays exited.
+        ok(soute(root, "run", "-d", "--name", "rs-fail", "--restart", "on-failure:2",
+                 "busybox", "sh", "-c", "echo run; exit 3"))
+        wait_for(lambda: inspected("rs-fail") == ("exited", 3, 2))
+        time.sleep(0.5)
+        assert inspected("rs-fail") == ("exited", 3, 2)
+        assert ok(soute(root, "logs", "rs-fail")) == "run\n" * 3
+        # always — listed by ps while it comes and goes; a stop ends it for good.
+        ok(soute(root, "run", "-d", "--name", "rs-always", "--restart", "always",
+                 "busybox", "sh", "-c", "echo up; sleep 0.2"))
+        wait_for(lambda: inspected("rs-always")[2] >= 2)
+        assert "rs-always" in ok(soute(root, "ps", "--format", "{{.Names}}")).split()
+        ok(soute(root, "stop", "-t", "1", "rs-always"))
+        stopped = inspected("rs-always")
+        time.sleep(1)
+        assert inspected("rs-always") == stopped and stopped[0] == "exited"
+        ok(soute(root, "start", "rs-always"))  # counting again from 0
+        assert inspected("rs-always")[2] <= 1
+        wait_for(lambda: inspected("rs-always")[2] >= 1)
+        # An attached run returns the status; the policy goes on in the background.
+        p = soute(root, "run", "--name", "rs-attached", "--restart", "on-failure:1",
+                  "busybox", "sh", "-c", "echo once; exit 2")
+        assert (p.returncode, p.stdout) == (2, "once\n")
+        wait_for(lambda: inspected("rs-attached") == ("exited", 2, 1))
+        assert ok(soute(root, "logs", "rs-attached")) == "once\n" * 2
+        for args, message in ((["--restart", "sometimes"], "invalid restart policy"),
+                              (["--restart", "always:3"], "maximum retry count cannot"),
+                              (["--restart", "always", "--rm"], "conflicting options")):
+            p = soute(root, "run", *args, "busybox", "true")
+            assert p.returncode == 125 and message in p.stderr, p.stderr
+    finally:
+        soute(root, "rm", "-f", "rs-fail", "rs-always", "rs-attached")

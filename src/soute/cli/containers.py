@@ -74,6 +74,9 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
         help="a resource limit, e.g. nofile=1024:2048 (-1: unlimited)")
     add("--pull", choices=("missing", "always", "never"), default="missing",
         help="pull the image first: missing (default), always, never")
+    add("--restart", default="no", metavar="POLICY",
+        help="no (default), always, unless-stopped, on-failure[:MAX]: run it again when it "
+             "ends (while its monitor lives: there is no daemon to restart it at boot)")
     add("image", metavar="IMAGE")
     add("args", nargs=argparse.REMAINDER, metavar="ARG")
 
@@ -107,6 +110,7 @@ _RUN_DEFAULTS: dict[str, object] = {
     "health_timeout": None, "health_start_period": None, "health_retries": None,
     "no_healthcheck": False, "runtime": "soute", "add_host": [], "dns": [],
     "privileged": False, "shm_size": None, "cidfile": None, "ulimit": [], "pull": "missing",
+    "restart": "no",
 }
 # The options fast_run reads: flags without a value, spelt out in full.
 _RUN_FLAGS = {
@@ -157,7 +161,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         health_start_period=args.health_start_period, health_retries=args.health_retries,
         no_healthcheck=args.no_healthcheck, runtime=args.runtime, add_hosts=args.add_host,
         dns=args.dns, privileged=args.privileged, shm_size=args.shm_size, cidfile=args.cidfile,
-        ulimits=args.ulimit, pull=args.pull,
+        ulimits=args.ulimit, pull=args.pull, restart=args.restart,
     )
 
 

@@ -42,7 +42,22 @@ def run(store: Store, image: str, opts: RunOptions, *, attach: bool = False
         finally:
             if opts.auto_remove:
                 remove(store, container, volumes=True)
+    _restart_in_background(store, container, code)
     return code
+
+
+def _restart_in_background(store: Store, container: Container, code: int) -> None:
+    """As with dockerd: an attached run returns the container's status, and its restart
+    policy goes on in the background (a detached monitor, from its first restart)."""
+    from soute.container.monitor import StartError, spawn
+
+    if not container.should_restart(code, 0):
+        return
+    state = container.raw_state()
+    state.restart_count += 1  # the detached monitor's first run is its first restart
+    container.save_state(state)
+    with contextlib.suppress(StartError):
+        spawn(store, container)
 
 
 def start_attached(store: Store, container: Container, *, stdin: bool) -> int:
@@ -62,6 +77,7 @@ def start_attached(store: Store, container: Container, *, stdin: bool) -> int:
             out[stream].write(data)
             out[stream].flush()
         return wait(container)
+    container.clear_stop_request()  # a start: its restart policy applies again
     with _AfterTheCommand() as guard:
         try:
             code = Monitor(store, container, attach=True, attach_stdin=stdin).run(
@@ -69,6 +85,8 @@ def start_attached(store: Store, container: Container, *, stdin: bool) -> int:
         finally:
             if container.spec.auto_remove:
                 remove(store, container, volumes=True)
+    if not container.spec.auto_remove:
+        _restart_in_background(store, container, code)
     return code
 
 
@@ -220,10 +238,10 @@ def status_text(state: ContainerState, now: Any = None) -> str:
         up = human_duration((now.unix_nanos - started.unix_nanos) / 1e9)
         health = HealthState.from_json(state.health) if state.health else None
         return f"Up {up}{ps_status(health)}"
-    if state.status == "exited":
+    if state.status in ("exited", "restarting"):
         finished = Timestamp.parse(state.finished_at)
         ago = human_duration((now.unix_nanos - finished.unix_nanos) / 1e9)
-        return f"Exited ({state.exit_code}) {ago} ago"
+        return f"{state.status.capitalize()} ({state.exit_code}) {ago} ago"
     return state.status.capitalize()
 
 
@@ -240,8 +258,10 @@ def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = 
     records = []
     for c in containers:
         state = c.state()
-        # As docker: only a status filter also lists the containers that are not running.
-        if not state.running and not show_all and "status" not in wanted:
+        # As docker: only a status filter also lists the containers that are not running
+        # (one waiting to restart counts as running).
+        if (not state.running and state.status != "restarting" and not show_all
+                and "status" not in wanted):
             continue
         if not all(any(_matches(c, state, key, value) for value in values)
                    for key, values in wanted.items()):
@@ -344,7 +364,7 @@ def inspect_dict(c: Container) -> dict[str, Any]:
             "Status": state.status,
             "Running": state.running,
             "Paused": False,
-            "Restarting": False,
+            "Restarting": state.status == "restarting",
             "OOMKilled": state.oom_killed,
             "Dead": False,
             "Pid": state.pid if state.running else 0,
@@ -373,6 +393,7 @@ def inspect_dict(c: Container) -> dict[str, Any]:
             "Dns": spec.dns,
             "ExtraHosts": spec.extra_hosts or None,
             "Privileged": spec.privileged,
+            "RestartPolicy": spec.restart,
             "ShmSize": spec.shm_size or 64 << 20,
             "Runtime": spec.runtime,
         },

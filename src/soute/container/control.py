@@ -31,11 +31,20 @@ def start(store: Store, container: Container) -> None:
 
     if container.state().running:
         return
+    container.clear_stop_request()  # its restart policy applies again, counting from 0
+    with container.lock(blocking=False) as free:
+        if free:
+            state = container.raw_state()
+            if state.restart_count:
+                state.restart_count = 0
+                container.save_state(state)
     spawn(store, container)
 
 
 def kill(container: Container, sig: int = signal.SIGKILL) -> None:
     state = container.state()
+    if state.running:
+        container.request_stop()  # killed by the user: not restarted (as docker)
     if not state.running or not alive(state.pid, state.pid_start):
         raise ContainerError(f"cannot kill container: {container.name}: container "
                              f"{container.short_id} is not running")
@@ -56,6 +65,7 @@ def stop(container: Container, timeout: int | None = None, signal_name: str | No
     to end, never killing it (docker's)."""
     from soute.container.create import parse_signal
 
+    container.request_stop()  # also for one waiting to restart: it stays stopped
     state = container.state()
     if not state.running:
         return

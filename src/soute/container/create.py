@@ -78,6 +78,7 @@ class RunOptions:
     cidfile: str | None = None
     ulimits: list[str] = field(default_factory=list)  # NAME=SOFT[:HARD]
     pull: str = "missing"  # missing, always or never
+    restart: str = "no"  # no, always, unless-stopped, on-failure[:N]
 
 
 def command_of(config: ContainerConfig, opts: RunOptions) -> tuple[list[str], list[str]]:
@@ -285,6 +286,25 @@ def _extra_host(text: str) -> str:
     return f"{host}:{ip}"
 
 
+def _restart_policy(text: str) -> dict[str, object]:
+    """``--restart``: no, always, unless-stopped, on-failure[:MAX] (docker's RestartPolicy)."""
+    name, sep, count = text.partition(":")
+    if name not in ("no", "always", "unless-stopped", "on-failure"):
+        raise ContainerError(f"invalid restart policy {text!r}",
+                             "use no, always, unless-stopped or on-failure[:MAX]")
+    if sep and name != "on-failure":
+        raise ContainerError(f"maximum retry count cannot be used with restart policy "
+                             f"'{name}'")
+    try:
+        retries = int(count) if sep else 0
+    except ValueError:
+        raise ContainerError(f"maximum retry count must be an integer: {count!r}") from None
+    if retries < 0:
+        raise ContainerError(f"invalid restart policy: maximum retry count cannot be "
+                             f"negative: {retries}")
+    return {"Name": name, "MaximumRetryCount": retries}
+
+
 _ULIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
             "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
 
@@ -387,6 +407,10 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         raise ContainerError(f"container ID file found, make sure the other container isn't "
                              f"running or delete {opts.cidfile}")
     limits = [_ulimit(u) for u in opts.ulimits]  # checked before any pull
+    restart = _restart_policy(opts.restart)
+    if restart["Name"] != "no" and opts.auto_remove:
+        raise ContainerError("conflicting options: --restart and --rm",
+                             "a container that restarts is not removed when it ends")
     if opts.pull == "always" and not image_name.startswith("sha256:"):
         import sys
 
@@ -460,6 +484,7 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         privileged=opts.privileged,
         shm_size=_shm_size(opts.shm_size) if opts.shm_size else None,
         ulimits=limits,
+        restart=restart,
     )
     if spec.runtime != "soute" and (spec.ports or spec.resources):
         raise ContainerError("-p/-P and --memory/--cpus/--pids-limit need soute's own runtime",

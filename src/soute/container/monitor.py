@@ -527,6 +527,31 @@ def exec_process(container: Container, argv: list[str], *, user: str | None = No
 # ---------------------------------------------------------------------------- detached
 
 
+def keep_restarting(monitor: Monitor, code: int) -> None:
+    """Run the container again while its restart policy says so, as dockerd does: after
+    100 ms, twice as long each time up to a minute, back to 100 ms once a run lasted 10 s.
+    A stop or kill by the user, or a start by another monitor, ends it."""
+    import time
+
+    container = monitor.container
+    delay, restarts = 0.1, container.state().restart_count
+    ran_for = 0.0
+    while container.should_restart(code, restarts):
+        delay = 0.1 if ran_for >= 10 else delay
+        restarts += 1
+        monitor._update(status="restarting", restart_count=restarts)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not container.stop_requested():
+            time.sleep(0.05)
+        if container.stop_requested():
+            monitor._update(status="exited")
+            return
+        began = time.monotonic()
+        code = monitor.run()  # a SouteError (it cannot start any more) ends the loop
+        ran_for = time.monotonic() - began
+        delay = min(delay * 2, 60.0)
+
+
 def spawn(store: Store, container: Container) -> None:
     """Start a detached monitor for ``container`` and wait until its command runs."""
     import subprocess
@@ -579,7 +604,8 @@ def _main(argv: list[str]) -> int:
             return 125
         monitor = Monitor(store, container)
         with contextlib.suppress(SouteError):  # told through ready(), and in the state
-            monitor.run(ready)
+            code = monitor.run(ready)
+            keep_restarting(monitor, code)
         if container.spec.auto_remove:
             from soute.container.control import remove
 

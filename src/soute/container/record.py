@@ -108,6 +108,8 @@ class ContainerSpec:
     privileged: bool = False
     shm_size: int | None = None  # bytes
     ulimits: list[dict[str, Any]] = field(default_factory=list)  # Rlimit's fields
+    restart: dict[str, Any] = field(  # docker's RestartPolicy
+        default_factory=lambda: {"Name": "no", "MaximumRetryCount": 0})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -230,6 +232,9 @@ class Container:
     def state(self) -> ContainerState:
         """The state as recorded, corrected when its monitor died without a word."""
         state = self.raw_state()
+        if state.status == "restarting" and not alive(state.monitor_pid, state.monitor_start):
+            state.status = "exited"  # its monitor went while it waited to run it again
+            return state
         if state.status == "running" and not alive(state.monitor_pid, state.monitor_start):
             with self.lock(blocking=False) as got:
                 if not got:  # a monitor holds it: it is alive after all (pid namespaces)
@@ -246,6 +251,29 @@ class Container:
                     self.save_state(state)
                     self.remove_cgroup()
         return state
+
+    # A stop or kill by the user: its restart policy no longer applies (docker's
+    # HasBeenManuallyStopped), until the next start.
+    def request_stop(self) -> None:
+        (self.dir / "stopped-by-user").touch()
+
+    def stop_requested(self) -> bool:
+        return (self.dir / "stopped-by-user").exists()
+
+    def clear_stop_request(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "stopped-by-user").unlink()
+
+    def should_restart(self, code: int, restarts: int) -> bool:
+        """Whether its restart policy runs it again after it ended with ``code``."""
+        policy = self.spec.restart
+        name = policy.get("Name", "no")
+        if name == "no" or self.stop_requested():
+            return False
+        if name == "on-failure":
+            limit = int(policy.get("MaximumRetryCount", 0))
+            return code != 0 and (limit == 0 or restarts < limit)
+        return True  # always, unless-stopped
 
     def remove_cgroup(self) -> None:
         """The cgroup of a container with limits, left behind when its monitor was killed."""
