@@ -15,6 +15,7 @@ import pty
 import select
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -1071,6 +1072,58 @@ def test_cp_out_never_writes_through_a_symlink_the_container_made(tmp_path: Path
         place(archive, "/x", str(tmp_path / "dest"), owner=None, host=True)
     assert os.readlink(tmp_path / "dest" / "a") == str(outside)  # the link, as docker's
     assert list(outside.iterdir()) == []
+
+
+def _archive(*members: tuple[str, bytes, str, bytes]) -> io.BytesIO:
+    """A tar of (name, type, linkname, data) members, as a container's side would send it."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, kind, target, data in members:
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname, member.size = kind, target, len(data)
+            tar.addfile(member, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    out.seek(0)
+    return out
+
+
+def test_cp_out_replaces_what_is_in_the_way_and_keeps_hardlinks(tmp_path: Path) -> None:
+    from soute.container.copy import CopyError, place
+
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    victim.chmod(0o600)
+    host = tmp_path / "host"
+    host.mkdir()
+    os.symlink(victim, host / "x")  # left by an earlier copy from the same container
+    place(_archive(("x", tarfile.REGTYPE, "", b"payload")), "/x", str(host),
+          owner=None, host=True)
+    assert victim.read_text() == "mine\n" and (host / "x").read_bytes() == b"payload"
+    # A directory copied to a new name keeps its hardlinks (named after the new name).
+    data = _archive(("data", tarfile.DIRTYPE, "", b""), ("data/a", tarfile.REGTYPE, "", b"1"),
+                    ("data/b", tarfile.LNKTYPE, "data/a", b""))
+    place(data, "/data", str(host / "renamed"), owner=None, host=True)
+    assert os.path.samefile(host / "renamed" / "a", host / "renamed" / "b")
+    # A hardlink to what is a symlink there (to a file outside) is refused.
+    os.symlink(victim, host / "s")
+    evil = _archive(("s2", tarfile.DIRTYPE, "", b""), ("s2/l", tarfile.LNKTYPE, "s2", b""))
+    with pytest.raises(CopyError, match="hardlink"):
+        place(evil, "/s2", str(host), owner=None, host=True)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    # The user's own symlink to a directory is a fine destination, and so is /. as source.
+    os.symlink(host / "renamed", tmp_path / "link")
+    place(_archive((".", tarfile.DIRTYPE, "", b""), ("./c", tarfile.REGTYPE, "", b"3")),
+          "/data/.", str(tmp_path / "link"), owner=None, host=True)
+    assert (host / "renamed" / "c").read_bytes() == b"3"
+
+
+def test_cp_child_runs_nothing_of_the_container() -> None:
+    # No name lookups (glibc would load the container's NSS modules), no imports from files.
+    code = ("import sys, tarfile; from soute.container.copy import _nothing_from_the_container;"
+            "_nothing_from_the_container(); assert tarfile.pwd is None and tarfile.grp is None;"
+            "\ntry:\n    import xml.dom.minidom\nexcept ImportError:\n    print('refused')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "refused\n"
 
 
 # ---------------------------------------------------------------------------- restart

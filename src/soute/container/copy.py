@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import stat
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,9 @@ def copy_in(store: Store, container: Container, src: str, dest: str, *, archive:
     extracted into the directory ``DEST``)."""
     if src != "-" and not os.path.lexists(src):
         raise CopyError(f"stat {src}: no such file or directory")
+    if src == "-" and sys.stdin.isatty():
+        raise CopyError("cp - reads a tar archive from standard input, not a terminal",
+                        "pipe one in: tar -c FILES | soute cp - CONTAINER:DIR")
     read_fd, write_fd = os.pipe()
 
     def child() -> None:
@@ -121,25 +125,43 @@ def place(stream: IO[bytes], src: str, dest: str, *, owner: tuple[int, int] | No
                 if not os.path.isdir(parent):
                     raise CopyError(f"destination directory {parent} does not exist")
                 target = dest
+        # The user's side of the path is resolved now (before the archive made anything):
+        # what the archive makes is then checked against a real directory.
+        target = target.rstrip("/") or "/"
+        if src_is_dir and os.path.islink(target) and os.path.isdir(target):
+            target = os.path.realpath(target)
+        where = os.path.realpath(os.path.dirname(target) or "/")
+        top = os.path.basename(target)
         member: tarfile.TarInfo | None = first
         base = first.name
         while member is not None:
-            rest = member.name[len(base):].lstrip("/")
-            member.name = os.path.basename(target.rstrip("/")) + ("/" + rest if rest else "")
+            member.name = _rebased(member.name, base, top)
+            if member.islnk():
+                if member.linkname != base and not member.linkname.startswith(base + "/"):
+                    raise CopyError(f"refused {member.name}: a hardlink outside the copy")
+                member.linkname = _rebased(member.linkname, base, top)
             if owner is not None:
                 member.uid, member.gid = owner
                 member.uname = member.gname = ""
-            _extract(tar, member, os.path.dirname(target.rstrip("/")), host=host)
+            _extract(tar, member, where, host=host)
             member = tar.next()
 
 
+def _rebased(name: str, base: str, top: str) -> str:
+    """``name`` (``base`` or below it) renamed under ``top``."""
+    rest = name[len(base):].lstrip("/")
+    return top + ("/" + rest if rest else "")
+
+
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, *, host: bool) -> None:
-    # On the host the archive comes from the container: no member may land outside the
-    # destination, through its name or a symlink it made (_contained). Inside the
-    # container, it is the user's own archive, and the chroot bounds it anyway.
+    # On the host the archive comes from the container: nothing may land outside the
+    # destination, through its name, a symlink on the way or one already at its place
+    # (_make_room). Inside the container it is the user's own archive in a chroot.
     try:
+        if host:
+            _make_room(member, where)
         tar.extract(member, where, numeric_owner=True,  # type: ignore[call-arg]
-                    filter=_contained if host else "fully_trusted")
+                    filter="fully_trusted")
     except tarfile.FilterError as e:
         raise CopyError(f"refused {member.name}: {e}") from None
     except OSError as e:
@@ -147,22 +169,38 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, *, host:
                         f"{e.strerror or e}") from None
 
 
-def _contained(member: tarfile.TarInfo, where: str) -> tarfile.TarInfo:
-    """Like docker cp: every entry as it is (symlinks keep their targets, modes their set-id
-    bits), but written only below ``where``, never through a symlink on the way."""
+def _make_room(member: tarfile.TarInfo, where: str) -> None:
+    """Check that ``member`` stays below ``where`` (a real path) and would not be written
+    through a symlink; remove the non-directory at its place, as docker replaces it."""
+    root = where.rstrip("/") + "/"
+
     def inside(name: str) -> str:
         if os.path.isabs(name) or ".." in name.split("/"):
             raise tarfile.FilterError(f"{name!r} leaves the destination")
-        path = os.path.join(where, name)
-        parent = os.path.dirname(path.rstrip("/"))
-        if os.path.realpath(parent) != os.path.normpath(parent):
+        path = os.path.normpath(os.path.join(where, name))
+        parent = os.path.dirname(path)
+        if os.path.realpath(parent) != parent or not path.startswith(root):
             raise tarfile.FilterError(f"{name!r} would be written through a symlink")
         return path
 
-    inside(member.name)
+    path = inside(member.name)
     if member.islnk():
-        inside(member.linkname)  # tarfile links to where/linkname
-    return member
+        target = inside(member.linkname)
+        try:
+            kind = os.lstat(target).st_mode
+        except FileNotFoundError:
+            raise tarfile.FilterError(f"hardlink to {member.linkname!r}, not copied") from None
+        if stat.S_ISLNK(kind) or stat.S_ISDIR(kind):
+            raise tarfile.FilterError(f"hardlink to {member.linkname!r}, not a file")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode) and member.isdir():
+        return  # directories merge
+    if stat.S_ISDIR(st.st_mode):
+        raise tarfile.FilterError(f"{path} is a directory")
+    os.unlink(path)  # a file or symlink in the way: replaced, never written through
 
 
 def _extract_into(stream: IO[bytes], dest: str) -> None:
@@ -223,8 +261,11 @@ def _in_container(store: Store, container: Container, child: Callable[[], None],
                 os.close(close_in_child)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _enter(state.pid if running else None, layers)
+                _nothing_from_the_container()
                 child()
                 code = 0
+            except BrokenPipeError:
+                code = 3  # the parent stopped reading: its own error says why
             except BaseException as e:  # everything must end in _exit
                 message = str(e) if isinstance(e, SouteError) else f"{type(e).__name__}: {e}"
                 with contextlib.suppress(BaseException):
@@ -249,14 +290,16 @@ def _in_container(store: Store, container: Container, child: Callable[[], None],
         with os.fdopen(err_r, "rb") as f:
             said = f.read().decode(errors="replace").strip()
         _, status = os.waitpid(pid, 0)
-        if said or os.waitstatus_to_exitcode(status) != 0:
-            raise CopyError(said or f"the copy failed (status {status})")
-        if failure is not None:
-            if isinstance(failure, SouteError):
-                raise failure
-            if not isinstance(failure, (OSError, tarfile.TarError)):
-                raise failure
-            raise CopyError(f"the copy failed: {failure}") from None
+        # Who says why: our own error first (the child then only saw the pipe close), else
+        # the child's (we then only saw its archive end early).
+        if isinstance(failure, SouteError):
+            raise failure
+        if said:
+            raise CopyError(said)
+        if failure is not None and not isinstance(failure, (OSError, tarfile.TarError)):
+            raise failure
+        if failure is not None or os.waitstatus_to_exitcode(status) != 0:
+            raise CopyError(f"the copy failed: {failure or f'status {status}'}")
 
 
 def _stopped_root(store: Store, container: Container, stack: contextlib.ExitStack, *,
@@ -284,6 +327,33 @@ def _stopped_root(store: Store, container: Container, stack: contextlib.ExitStac
     link_layers(layers, scratch / "links")
     (scratch / "root").mkdir()
     return scratch
+
+
+def _nothing_from_the_container() -> None:
+    """Once inside, this root process must not run any code of the container's: no name
+    service lookups (glibc would load the container's NSS modules; tarfile asks for owner
+    names), no import (Python would look in the container's files), and no blocking open of
+    a FIFO put where a file was."""
+    import importlib.machinery
+
+    tarfile.pwd = tarfile.grp = None  # type: ignore[attr-defined]
+    sys.meta_path[:] = [importlib.machinery.BuiltinImporter,
+                        importlib.machinery.FrozenImporter]
+    sys.path[:] = []
+    sys.path_importer_cache.clear()
+
+    import builtins
+
+    def open_regular(name: str, mode: str = "rb") -> IO[bytes]:
+        if mode != "rb":  # extracting (cp into the container): bounded by its root
+            return builtins.open(name, mode)  # type: ignore[return-value]
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CopyError(f"{name} changed while it was copied")
+        return os.fdopen(fd, mode)
+
+    tarfile.bltn_open = open_regular  # type: ignore[attr-defined]
 
 
 def _enter(pid: int | None, scratch: Path | None) -> None:
