@@ -373,6 +373,8 @@ INSPECT_TEMPLATES = [
     "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}} {{$.Id}} {{(index .RepoTags 0)}}",
     '{{print 1 2 "x"}} {{title "hELLO wORLD"}} {{if gt (len .RootFS.Layers) 0}}L{{end}}',
     "{{.Config.Labels.nope}}", "{{.Id}} {{.Nope}}", "{{.Config.Nope}}",
+    # Fields docker's JSON leaves out when empty: the struct's zero values, no error.
+    "{{.Config.Healthcheck}}|{{.Config.StopSignal}}|{{.Variant}}|{{.Config.ExposedPorts}}",
 ]
 
 

@@ -40,6 +40,32 @@ _MAPS = frozenset({
     "Labels", "ExposedPorts", "Volumes", "Data", "Ports", "PortBindings", "Tmpfs", "Sysctls",
     "StorageOpt", "Networks", "Annotations"})
 _EMPTY_STRUCT_MAPS = frozenset({"ExposedPorts", "Volumes"})
+# The fields of docker's image inspect structs (types.ImageInspect and container.Config) that
+# its JSON leaves out when empty: a template reads their zero value, not an error.
+_STRUCT_FIELDS = {
+    "": frozenset({"Id", "RepoTags", "RepoDigests", "Parent", "Comment", "Created",
+                   "DockerVersion", "Author", "Config", "Architecture", "Variant", "Os",
+                   "OsVersion", "Size", "GraphDriver", "RootFS", "Metadata"}),
+    "Config": frozenset({"Hostname", "Domainname", "User", "AttachStdin", "AttachStdout",
+                         "AttachStderr", "ExposedPorts", "Tty", "OpenStdin", "StdinOnce",
+                         "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes",
+                         "WorkingDir", "Entrypoint", "NetworkDisabled", "MacAddress",
+                         "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell"}),
+}
+_NIL_POINTERS = frozenset({"Healthcheck", "StopTimeout"})  # print <nil>
+_BOOLS = frozenset({"AttachStdin", "AttachStdout", "AttachStderr", "Tty", "OpenStdin",
+                    "StdinOnce", "ArgsEscaped", "NetworkDisabled"})
+
+
+def _zero(name: str) -> Any:
+    """The zero value docker's struct has for a field its JSON left out."""
+    if name in _NIL_POINTERS:
+        return None
+    if name in _BOOLS:
+        return False
+    if name == "Size":
+        return 0
+    return _typed(name, None) if name in _SLICES or name in _MAPS else ""
 
 
 class TemplateError(SouteError):
@@ -377,16 +403,22 @@ def _value(op: Any, dot: Any, scopes: Scopes) -> Any:
         return _eval(op[1], dot, scopes)
     value = _value(op[1], dot, scopes)  # a field chain on a term
     is_map = False  # docker's maps (Labels...) lack keys quietly; its structs do not
+    parent: str | None = "" if op[1][0] == "dot" and value is dot is scopes[0]["$"] else None
     for name in op[2]:
         if isinstance(value, dict):
             got = value.get(name, _MISSING)
             if (got is _MISSING and not is_map and not isinstance(value, _NilMap)
                     and scopes[0][_STRICT]):
-                # docker's inspect falls back to the raw JSON with missingkey=error.
-                raise TemplateError(f'template: executing "" at <.{name}>: map has no '
-                                    f'entry for key "{name}"')
-            value = _typed(name, got)
+                known = _STRUCT_FIELDS.get(parent) if parent is not None else None
+                if known is None or name in known:
+                    got = _zero(name) if known is not None else got
+                else:
+                    # docker's inspect falls back to the raw JSON with missingkey=error.
+                    raise TemplateError(f'template: executing "" at <.{name}>: map has no '
+                                        f'entry for key "{name}"')
+            value = got if got is None and name in _NIL_POINTERS else _typed(name, got)
             is_map = name in _MAPS
+            parent = name if parent == "" and name == "Config" else None
         elif value is None or value is _MISSING:
             return _MISSING
         else:
