@@ -1147,6 +1147,10 @@ def test_restart_policies_run_it_again_until_stopped(root: Path) -> None:
                  "busybox", "sh", "-c", "echo up; sleep 0.2"))
         wait_for(lambda: inspected("rs-always")[2] >= 2)
         assert "rs-always" in ok(soute(root, "ps", "--format", "{{.Names}}")).split()
+        # Running or waiting to run again, it is not a stopped container to prune or rm.
+        ok(soute(root, "container", "prune", "-f"))
+        p = soute(root, "rm", "rs-always")
+        assert p.returncode == 1 and "You cannot remove a" in p.stderr
         ok(soute(root, "stop", "-t", "1", "rs-always"))
         stopped = inspected("rs-always")
         time.sleep(1)
@@ -1154,6 +1158,16 @@ def test_restart_policies_run_it_again_until_stopped(root: Path) -> None:
         ok(soute(root, "start", "rs-always"))  # counting again from 0
         assert inspected("rs-always")[2] <= 1
         wait_for(lambda: inspected("rs-always")[2] >= 1)
+        soute(root, "kill", "rs-always")  # as docker's kill: the policy ends (running or not)
+        killed = inspected("rs-always")
+        time.sleep(1)
+        assert inspected("rs-always") == killed and killed[0] == "exited"
+        ok(soute(root, "start", "rs-always"))
+        wait_for(lambda: inspected("rs-always")[2] >= 1)
+        started = time.monotonic()
+        ok(soute(root, "rm", "-f", "rs-always"))  # at once, whatever the policy was doing
+        assert time.monotonic() - started < 8
+        assert soute(root, "inspect", "rs-always").returncode == 1
         # An attached run returns the status; the policy goes on in the background.
         p = soute(root, "run", "--name", "rs-attached", "--restart", "on-failure:1",
                   "busybox", "sh", "-c", "echo once; exit 2")

@@ -12,7 +12,13 @@ import os
 import signal
 import time
 
-from soute.container.record import Container, ContainerError, Containers, alive
+from soute.container.record import (
+    Container,
+    ContainerError,
+    Containers,
+    ContainerState,
+    alive,
+)
 from soute.errors import SouteError
 
 TYPE_CHECKING = False
@@ -41,10 +47,26 @@ def start(store: Store, container: Container) -> None:
     spawn(store, container)
 
 
-def kill(container: Container, sig: int = signal.SIGKILL) -> None:
+def _settle(container: Container) -> ContainerState:
+    """Its state once it is no longer between two runs of its restart policy (a stop was
+    requested first: the policy then either started it already or will not)."""
     state = container.state()
-    if state.running:
-        container.request_stop()  # killed by the user: not restarted (as docker)
+    deadline = time.monotonic() + 5
+    while state.status == "restarting" and time.monotonic() < deadline:
+        time.sleep(0.02)
+        state = container.state()
+    return state
+
+
+def kill(container: Container, sig: int = signal.SIGKILL) -> None:
+    from soute.container.create import parse_signal
+
+    if sig in (signal.SIGKILL, parse_signal(container.spec.stop_signal)):
+        container.request_stop()  # as dockerd's ExitOnNext: its restart policy ends
+    was = container.state().status
+    state = _settle(container)
+    if was == "restarting" and not state.running:
+        return  # it waited to run again: it now stays stopped
     if not state.running or not alive(state.pid, state.pid_start):
         raise ContainerError(f"cannot kill container: {container.name}: container "
                              f"{container.short_id} is not running")
@@ -66,7 +88,7 @@ def stop(container: Container, timeout: int | None = None, signal_name: str | No
     from soute.container.create import parse_signal
 
     container.request_stop()  # also for one waiting to restart: it stays stopped
-    state = container.state()
+    state = _settle(container)
     if not state.running:
         return
     if timeout is None:
@@ -98,12 +120,14 @@ def remove(store: Store, container: Container, *, force: bool = False,
     """``soute rm``: a running container only with ``force`` (SIGKILL); ``volumes`` also
     removes its anonymous volumes."""
     state = container.state()
-    if state.running:
+    if state.running or state.status == "restarting":
         if not force:
             raise ContainerError(
-                f"You cannot remove a running container {container.id}",
+                f"You cannot remove a {state.status} container {container.id}",
                 "stop the container before attempting removal or force remove (-f)")
-        if alive(state.pid, state.pid_start):
+        container.request_stop()
+        state = _settle(container)
+        if state.running and alive(state.pid, state.pid_start):
             _signal(state.pid, signal.SIGKILL)
     with container.lock():
         container.remove_cgroup()
@@ -126,7 +150,7 @@ def prune(store: Store) -> list[str]:
     """``soute container prune``: remove every container that is not running."""
     removed = []
     for container in Containers(store).all():
-        if not container.state().running:
+        if container.state().status not in ("running", "restarting"):
             with container.lock(blocking=False) as free:
                 if not free:
                     continue

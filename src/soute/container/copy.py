@@ -247,6 +247,9 @@ def _in_container(store: Store, container: Container, child: Callable[[], None],
     err_r, err_w = os.pipe()
     with contextlib.ExitStack() as stack:
         state = container.state()
+        if state.status == "restarting":
+            raise CopyError(f"container {container.name} is restarting",
+                            "copy once it runs, or after 'soute stop'")
         running = state.running and alive(state.pid, state.pid_start)
         layers = None
         if not running:

@@ -78,6 +78,7 @@ class Monitor:
         self.attach = attach
         # `start -a` without -i: our output streams only, stdin stays the container's own.
         self.attach_stdin = attach and attach_stdin
+        self.restarting = False  # a run of its restart policy (keep_restarting)
         self._state_lock = threading.Lock()
         self._log_lock = threading.Lock()
         self.state = ContainerState()
@@ -109,6 +110,10 @@ class Monitor:
                     f"container {self.container.short_id} is already running")
                 tell(error)
                 raise error
+            if self.restarting and self.container.stop_requested():
+                # A stop came between the restart policy's decision and this run.
+                self._update(status="exited")
+                return self.state.exit_code
             try:
                 return self._run_locked(tell)
             except SouteError as exc:
@@ -536,15 +541,22 @@ def keep_restarting(monitor: Monitor, code: int) -> None:
     container = monitor.container
     delay, restarts = 0.1, container.state().restart_count
     ran_for = 0.0
+    monitor.restarting = True
     while container.should_restart(code, restarts):
         delay = 0.1 if ran_for >= 10 else delay
         restarts += 1
-        monitor._update(status="restarting", restart_count=restarts)
+        # The record is ours only while no other monitor holds the lock (a start).
+        with container.lock(blocking=False) as ours:
+            if not ours:
+                return
+            monitor._update(status="restarting", restart_count=restarts)
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and not container.stop_requested():
             time.sleep(0.05)
         if container.stop_requested():
-            monitor._update(status="exited")
+            with container.lock(blocking=False) as ours:
+                if ours:
+                    monitor._update(status="exited")
             return
         began = time.monotonic()
         code = monitor.run()  # a SouteError (it cannot start any more) ends the loop
