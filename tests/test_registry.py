@@ -201,11 +201,14 @@ def test_images_lists_a_pull_by_digest_under_its_repository(plain: RunningRegist
     short = image_id(source, "app")[7:19]
     rows = [line.split()[:3] for line in soute_cli(store, "images").ok().splitlines()]
     assert rows == [["REPOSITORY", "TAG", "IMAGE"], [f"{plain.host}/it/listed", "<none>", short]]
+    assert soute_cli(store, "images", "-q", "-f", "dangling=true").ok() == ""  # it has a name
     rows = [line.split()[:4] for line in soute_cli(store, "images", "--digests").ok().splitlines()]
     assert rows[1] == [f"{plain.host}/it/listed", "<none>", digest, short]
     soute_cli(store, "pull", name).ok()  # now tagged too: one row, with the digest
+    soute_cli(store, "tag", name, f"{plain.host}/it/listed:v2").ok()
     out = soute_cli(store, "images", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}").ok()
-    assert out == f"{plain.host}/it/listed v1 {digest}\n"
+    assert out.splitlines() == [f"{plain.host}/it/listed {tag} {digest}" for tag in ("v1", "v2")]
+    soute_cli(store, "rmi", f"{plain.host}/it/listed:v2").ok()
     assert soute_cli(store, "images", "-f", "dangling=true", "-q").ok() == ""
     out = soute_cli(store, "rmi", name).ok()  # the digest goes with the image, as docker says
     assert out.splitlines() == [f"Untagged: {name}", f"Untagged: {plain.host}/it/listed@{digest}",

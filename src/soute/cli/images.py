@@ -121,11 +121,14 @@ def _names(store: Store, image: Image, digests: bool) -> list[tuple[str, str, st
         repo, _, digest = familiar(ref).partition("@")
         by_repo.setdefault(repo, []).append(digest)
     rows = []
+    tagged = set()
     for repo, tag in (_familiar(t) for t in image.tags):
-        known = by_repo.pop(repo, []) if digests else []
-        by_repo.pop(repo, None)
+        tagged.add(repo)
+        known = by_repo.get(repo, []) if digests else []
         rows += [(repo, tag, d) for d in known] or [(repo, tag, "<none>")]
     for repo, known in by_repo.items():
+        if repo in tagged:
+            continue  # shown with its tags
         rows += [(repo, "<none>", d) for d in known] if digests else [(repo, "<none>", "<none>")]
     return rows or [("<none>", "<none>", "<none>")]
 
@@ -159,8 +162,10 @@ def _kept(store: Store, image: Image, created: object, filters: dict[str, list[s
     from soute.image.timestamp import Timestamp
 
     if "dangling" in filters:
-        dangling = filters["dangling"][-1].lower() in ("true", "1")
-        if dangling == bool(image.tags):
+        # As docker: an image known by a repository digest (a pull by digest) has a name.
+        named = bool(image.tags) or bool(store.meta.repo_digests_of(image.id))
+        wants_dangling = filters["dangling"][-1].lower() in ("true", "1")
+        if wants_dangling == named:
             return False
     when = created.unix_nanos if isinstance(created, Timestamp) else 0
     for key, keep in (("before", lambda t: when < t), ("since", lambda t: when > t)):
