@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 from soute.container.create import RunOptions, create
 from soute.container.record import Container, ContainerError, ContainerState
@@ -304,6 +303,8 @@ def _parse_filters(items: list[str]) -> dict[str, list[str]]:
         if key == "status" and value not in _STATES:
             raise SouteError(f"invalid filter {item!r}", "use status=" + "|".join(_STATES))
         if key == "name":
+            import re  # only for ps filters: `run` goes without it
+
             try:
                 re.compile(value)
             except re.error as e:
@@ -320,6 +321,8 @@ def _matches(c: Container, state: ContainerState, key: str, value: str) -> bool:
     if key == "id":
         return c.id.startswith(value)
     if key == "name":  # a regular expression, on the name with or without docker's '/'
+        import re
+
         return any(re.search(value, n) for n in (c.name, "/" + c.name))
     if key == "status":
         return state.status == value
