@@ -522,6 +522,21 @@ def state_id_gone(root: Path, name: str) -> bool:
     return soute(root, "inspect", "--type", "container", name).returncode != 0
 
 
+def test_system_prune_filters_spare_containers_too(root: Path) -> None:
+    ok(soute(root, "create", "--name", "pr-marked", "-l", "prunable=yes", "busybox", "true"))
+    ok(soute(root, "create", "--name", "pr-kept", "busybox", "true"))
+    try:
+        ok(soute(root, "system", "prune", "-f", "--filter", "until=1h"))  # both too young
+        names = ok(soute(root, "ps", "-a", "--format", "{{.Names}}")).split()
+        assert {"pr-marked", "pr-kept"} <= set(names)
+        out = ok(soute(root, "system", "prune", "-f", "--filter", "label=prunable=yes"))
+        names = ok(soute(root, "ps", "-a", "--format", "{{.Names}}")).split()
+        assert "pr-marked" not in names and "pr-kept" in names
+        assert "Deleted Containers:" in out
+    finally:
+        soute(root, "rm", "-f", "pr-marked", "pr-kept")
+
+
 def test_system_prune_and_df_know_containers(root: Path) -> None:
     ok(soute(root, "tag", "busybox", "kept-by-container:1"))
     ok(soute(root, "run", "--name", "stopped1", "kept-by-container:1", "sh", "-c",

@@ -142,8 +142,9 @@ def run_image_prune(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def _prune_filter(values: list[str]) -> Callable[[Store, Image], bool]:
-    """docker's prune filters: whether an image is spared."""
+def _prune_filter(values: list[str]) -> Callable[[str | None, dict[str, str]], bool]:
+    """docker's prune filters: whether what was created then, with these labels, is
+    spared (an image or a container alike)."""
     from soute.container.logs import parse_since
     from soute.errors import SouteError
     from soute.image.timestamp import Timestamp
@@ -164,24 +165,26 @@ def _prune_filter(values: list[str]) -> Callable[[Store, Image], bool]:
         else:
             raise SouteError(f"invalid filter {value!r}", "use until=..., label=... or label!=...")
 
-    def spared(store: Store, image: Image) -> bool:
-        created = Timestamp.parse(image.created).unix_nanos if image.created else 0
-        if any(created >= limit for limit in until):
+    def spared(created: str | None, have: dict[str, str]) -> bool:
+        when = Timestamp.parse(created).unix_nanos if created else 0
+        if any(when >= limit for limit in until):
             return True
-        if labels:
-            config = store.config(image).get("config")
-            have = (config.get("Labels") if isinstance(config, dict) else None) or {}
-            for must, name, wanted in labels:
-                matches = name in have and (wanted is None or have[name] == wanted)
-                if matches != must:
-                    return True
+        for must, name, wanted in labels:
+            matches = name in have and (wanted is None or have[name] == wanted)
+            if matches != must:
+                return True
         return False
 
     return spared
 
 
+def _image_labels(store: Store, image: Image) -> dict[str, str]:
+    config = store.config(image).get("config")
+    return (config.get("Labels") if isinstance(config, dict) else None) or {}
+
+
 def _prune_images(ctx: Context, *, everything: bool,
-                  keep: Callable[[Store, Image], bool] | None = None) -> None:
+                  keep: Callable[[str | None, dict[str, str]], bool] | None = None) -> None:
     from soute.image.inspect import human_size
     from soute.store.names import familiar
 
@@ -190,7 +193,7 @@ def _prune_images(ctx: Context, *, everything: bool,
     for image in store.images():
         if image.tags and not everything:
             continue
-        if keep is not None and keep(store, image):
+        if keep is not None and keep(image.created, _image_labels(store, image)):
             continue
         if store.forget_image(image.id) is not None:
             continue  # a container's image stays while the container exists
@@ -219,7 +222,7 @@ def run_system_prune(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     from soute.container.control import prune
 
-    containers = prune(ctx.store())
+    containers = prune(ctx.store(), keep=lambda c: keep(c.spec.created, c.spec.labels))
     if containers:
         print("Deleted Containers:")
         print("\n".join(containers))

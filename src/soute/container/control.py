@@ -23,7 +23,7 @@ from soute.errors import SouteError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from soute.store.store import Image, Store
@@ -146,10 +146,13 @@ def remove(store: Store, container: Container, *, force: bool = False,
                     known.remove(volume.name)
 
 
-def prune(store: Store) -> list[str]:
-    """``soute container prune``: remove every container that is not running."""
+def prune(store: Store, keep: Callable[[Container], bool] | None = None) -> list[str]:
+    """``soute container prune``: remove every container that is not running (and that
+    ``keep``, docker's ``--filter``, does not spare)."""
     removed = []
     for container in Containers(store).all():
+        if keep is not None and keep(container):
+            continue
         if container.state().status not in ("running", "restarting"):
             with container.lock(blocking=False) as free:
                 if not free:
