@@ -254,6 +254,9 @@ def test_images_filters_as_docker_reads_them(tmp_path: Path) -> None:
 
 
 def test_images_and_history_take_docker_templates(tmp_path: Path) -> None:
+    # With no image, a table still has its header (the template run on the titles).
+    out = ok(soute(tmp_path, "images", "--format", "table {{upper .Repository}}\t{{.ID}}"))
+    assert out.split() == ["REPOSITORY", "IMAGE", "ID"]
     image_id = ok(soute(tmp_path, "import", "-", "org/app:1", input=rootfs_tar(FILES)))
     short = image_id.strip()[7:19]
     other = ok(soute(tmp_path, "import", "-", input=rootfs_tar({"other": b"x"})))[7:19]

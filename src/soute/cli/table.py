@@ -65,8 +65,10 @@ def render_template(template: str, records: Sequence[dict[str, str]],
         except TemplateError as e:
             raise SouteError(f"template: cannot parse {template!r}: {e.message}") from None
         fill = lambda record: render(text, record)  # noqa: E731
-        # docker's header: the template run on a row whose every field is its title.
-        header = render(text, {k: title(k) for k in records[0]}) if records and table else ""
+        # docker's header: the template run on a row whose every field is its title (the
+        # fields the template names, when there is no row to take them from).
+        names = records[0] if records else re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)", text)
+        header = render(text, {k: title(k) for k in names}, strict=False) if table else ""
     else:
         header = _FIELD.sub(lambda m: title(m[1]), text)
     if not table:
