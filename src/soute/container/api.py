@@ -76,12 +76,7 @@ def start_attached(store: Store, container: Container, *, stdin: bool) -> int:
             out[stream].write(data)
             out[stream].flush()
         return wait(container)
-    container.clear_stop_request()  # a start: its restart policy applies again, from 0
-    with container.lock(blocking=False) as free:
-        state = container.raw_state()
-        if free and state.restart_count:
-            state.restart_count = 0
-            container.save_state(state)
+    container.started_by_user()
     with _AfterTheCommand() as guard:
         try:
             code = Monitor(store, container, attach=True, attach_stdin=stdin).run(

@@ -37,13 +37,7 @@ def start(store: Store, container: Container) -> None:
 
     if container.state().running:
         return
-    container.clear_stop_request()  # its restart policy applies again, counting from 0
-    with container.lock(blocking=False) as free:
-        if free:
-            state = container.raw_state()
-            if state.restart_count:
-                state.restart_count = 0
-                container.save_state(state)
+    container.started_by_user()
     spawn(store, container)
 
 

@@ -260,9 +260,16 @@ class Container:
     def stop_requested(self) -> bool:
         return (self.dir / "stopped-by-user").exists()
 
-    def clear_stop_request(self) -> None:
+    def started_by_user(self) -> None:
+        """A start by the user: its restart policy applies again, counting from 0 (unless a
+        monitor runs it already: that one's record stays as it is)."""
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "stopped-by-user").unlink()
+        with self.lock(blocking=False) as free:
+            state = self.raw_state()
+            if free and state.restart_count:
+                state.restart_count = 0
+                self.save_state(state)
 
     def should_restart(self, code: int, restarts: int) -> bool:
         """Whether its restart policy runs it again after it ended with ``code``."""
