@@ -483,6 +483,8 @@ def hosts_file(hostname: str, network: str, slirp: bool, extra: Sequence[str] = 
     if network == "host":
         try:
             text = Path("/etc/hosts").read_text(errors="surrogateescape")
+            if added and text and not text.endswith("\n"):
+                text += "\n"  # a last line without its newline must not join ours
             return (text + "".join(f"{line}\n" for line in added)).encode(
                 errors="surrogateescape")
         except OSError:
