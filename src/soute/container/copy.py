@@ -20,7 +20,7 @@ import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from soute.container.record import Container, ContainerError, alive
 from soute.errors import SouteError
@@ -153,6 +153,17 @@ def _rebased(name: str, base: str, top: str) -> str:
     return top + ("/" + rest if rest else "")
 
 
+class _Refused(Exception):
+    """An archive member that would land outside the destination or through a symlink."""
+
+
+# The checks are ours (_make_room). Extraction filters came with Python 3.11.4 (Debian 12
+# has 3.11.2): where they exist, say that none is wanted, as later Pythons warn, then
+# default to "data", which would refuse the container's absolute symlinks.
+_NO_FILTER: dict[str, Any] = (
+    {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {})
+
+
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, *, host: bool) -> None:
     # On the host the archive comes from the container: nothing may land outside the
     # destination, through its name, a symlink on the way or one already at its place
@@ -160,9 +171,8 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str, *, host:
     try:
         if host:
             _make_room(member, where)
-        tar.extract(member, where, numeric_owner=True,  # type: ignore[call-arg]
-                    filter="fully_trusted")
-    except tarfile.FilterError as e:
+        tar.extract(member, where, numeric_owner=True, **_NO_FILTER)
+    except _Refused as e:
         raise CopyError(f"refused {member.name}: {e}") from None
     except OSError as e:
         raise CopyError(f"cannot copy to {os.path.join(where, member.name)}: "
@@ -176,11 +186,11 @@ def _make_room(member: tarfile.TarInfo, where: str) -> None:
 
     def inside(name: str) -> str:
         if os.path.isabs(name) or ".." in name.split("/"):
-            raise tarfile.FilterError(f"{name!r} leaves the destination")
+            raise _Refused(f"{name!r} leaves the destination")
         path = os.path.normpath(os.path.join(where, name))
         parent = os.path.dirname(path)
         if os.path.realpath(parent) != parent or not path.startswith(root):
-            raise tarfile.FilterError(f"{name!r} would be written through a symlink")
+            raise _Refused(f"{name!r} would be written through a symlink")
         return path
 
     path = inside(member.name)
@@ -189,9 +199,9 @@ def _make_room(member: tarfile.TarInfo, where: str) -> None:
         try:
             kind = os.lstat(target).st_mode
         except FileNotFoundError:
-            raise tarfile.FilterError(f"hardlink to {member.linkname!r}, not copied") from None
+            raise _Refused(f"hardlink to {member.linkname!r}, not copied") from None
         if stat.S_ISLNK(kind) or stat.S_ISDIR(kind):
-            raise tarfile.FilterError(f"hardlink to {member.linkname!r}, not a file")
+            raise _Refused(f"hardlink to {member.linkname!r}, not a file")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -199,7 +209,7 @@ def _make_room(member: tarfile.TarInfo, where: str) -> None:
     if stat.S_ISDIR(st.st_mode) and member.isdir():
         return  # directories merge
     if stat.S_ISDIR(st.st_mode):
-        raise tarfile.FilterError(f"{path} is a directory")
+        raise _Refused(f"{path} is a directory")
     os.unlink(path)  # a file or symlink in the way: replaced, never written through
 
 
