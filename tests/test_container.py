@@ -653,6 +653,53 @@ def test_ps_filters_and_format(root: Path) -> None:
             soute(root, "rm", "-f", name)
 
 
+def test_ps_size_and_diff(root: Path) -> None:
+    """``ps -s``: what a container wrote, then with its image; ``diff``: what it changed.
+    (Both are compared with docker's in test_run_differential.py.)"""
+    ok(soute(root, "run", "--name", "sized", "busybox", "sh", "-c",
+             "head -c 1048576 /dev/zero > /root/mib && rm /etc/group"))
+    try:
+        table = ok(soute(root, "ps", "-a", "-s", "-f", "name=^sized$")).splitlines()
+        assert table[0].split()[-1] == "SIZE"
+        image = json.loads(ok(soute(root, "image", "inspect", "busybox")))[0]["Size"]
+        size = ok(soute(root, "ps", "-a", "-f", "name=^sized$", "--format", "{{.Size}}"))
+        assert size.startswith("1.05MB (virtual ") and table[1].endswith(size.strip())
+        whole = size.strip()[:-1].partition(" (virtual ")[2]
+        assert abs(_bytes(whole) - (image + 1048576)) < 0.01 * image, (whole, image)
+        assert ok(soute(root, "diff", "sized")) == "C /etc\nD /etc/group\nC /root\nA /root/mib\n"
+        assert ok(soute(root, "container", "diff", "sized")) == ok(soute(root, "diff", "sized"))
+        p = soute(root, "diff", "no-such-container")
+        assert p.returncode == 1 and "no-such-container" in p.stderr
+    finally:
+        soute(root, "rm", "-f", "sized")
+
+
+def test_group_add_holds_for_exec_and_shows_in_inspect(root: Path) -> None:
+    """--group-add (compared with docker's for run in test_run_differential.py): exec'd
+    processes get the groups too, as in docker, and inspect shows them."""
+    ok(soute(root, "run", "-d", "--name", "grouped", "--group-add", "nogroup", "--group-add",
+             "4242", "busybox", "sleep", "60"))
+    try:
+        assert ok(soute(root, "exec", "grouped", "id", "-G")).split() == ["0", "4242", "65534"]
+        assert ok(soute(root, "exec", "-u", "1000", "grouped", "id", "-G")).split() == [
+            "0", "4242", "65534"]
+        assert ok(soute(root, "inspect", "-f", "{{json .HostConfig.GroupAdd}}",
+                        "grouped")) == '["nogroup","4242"]\n'
+    finally:
+        soute(root, "rm", "-f", "grouped")
+    p = soute(root, "run", "--rm", "--group-add", "nosuchgroup", "busybox", "true")
+    assert p.returncode == 125 and "unable to find group nosuchgroup" in p.stderr, p.stderr
+
+
+def _bytes(human: str) -> float:
+    """docker's human sizes back to bytes (1000-based)."""
+    units = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "B": 1}
+    for unit, factor in units.items():
+        if human.endswith(unit):
+            return float(human[: -len(unit)]) * factor
+    raise AssertionError(human)
+
+
 def test_capabilities_read_only_and_stop_signal_flags(root: Path) -> None:
     out = ok(soute(root, "run", "--rm", "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE",
                    "busybox", "grep", "CapEff", "/proc/self/status"))

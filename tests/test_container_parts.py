@@ -590,3 +590,85 @@ def test_host_pid_namespace_falls_back_to_descendants() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+# ---------------------------------------------------------------------------- diff
+
+
+def _whiteout(path: Path) -> None:
+    os.mknod(path, 0o600 | 0o020000, os.makedev(0, 0))  # a character device 0/0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and trusted xattrs need root")
+def test_changes_lists_what_docker_lists(tmp_path: Path) -> None:
+    """Kinds and order of ``soute diff``, on an upper dir over two layers: added, changed
+    and deleted entries, parents listed once before them, directories whose mtime alone
+    moved left out, what the image had under a directory removed and made again as
+    deleted, lookups that honour the layers' whiteouts and never leave them through a
+    symlink."""
+    from soute.container.changes import changes, upper_size
+
+    base, top, upper = tmp_path / "base", tmp_path / "top", tmp_path / "upper"
+    for d in ("etc", "usr/lib", "var/cache/apt", "opt/y", "root"):
+        (base / d).mkdir(parents=True)
+    (base / "var" / "cache" / "apt" / "old").write_text("x\n")
+    (base / "etc" / "passwd").write_text("root\n")
+    (base / "etc" / "gone").write_text("x\n")
+    (base / "usr" / "lib" / "old").write_text("x\n")
+    (base / "link").symlink_to("/etc")  # must not be followed to the host's /etc
+    (top / "usr").mkdir(parents=True)
+    _whiteout(top / "usr" / "lib")  # the top layer removed /usr/lib
+    (top / "etc").mkdir()
+    (top / "etc" / "motd").write_text("hi\n")
+
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc" / "passwd").write_text("root\nnew\n")  # changed
+    _whiteout(upper / "etc" / "gone")  # deleted
+    (upper / "usr" / "lib").mkdir(parents=True)  # new: the image had it removed
+    (upper / "var" / "cache" / "apt").mkdir(parents=True)
+    os.setxattr(upper / "var" / "cache" / "apt", "trusted.overlay.opaque", b"y")
+    (upper / "var" / "cache" / "apt" / "pkg").write_text("p\n")
+    (upper / "link").mkdir()
+    (upper / "link" / "hosts").write_text("over the host's?\n")
+    (upper / "opt" / "x").mkdir(parents=True)
+    os.link(upper / "etc" / "passwd", upper / "opt" / "x" / "hard")
+    (upper / "root").mkdir()  # copied up, its mtime moved: nothing changed in it
+    os.utime(upper / "root", ns=(1, 10**9))
+
+    assert changes(upper, [base, top]) == [
+        ("C", "/etc"),  # unchanged itself: listed for what changed in it
+        ("D", "/etc/gone"),
+        ("C", "/etc/passwd"),
+        ("C", "/link"),  # a directory where the image has a symlink
+        ("A", "/link/hosts"),  # not the host's /etc/hosts
+        ("C", "/opt"),
+        ("A", "/opt/x"),
+        ("A", "/opt/x/hard"),
+        ("C", "/usr"),
+        ("A", "/usr/lib"),  # the image's was removed by its top layer
+        ("C", "/var"),
+        ("C", "/var/cache"),
+        ("C", "/var/cache/apt"),  # removed, then made again (opaque):
+        ("D", "/var/cache/apt/old"),  # what the image had in it is gone
+        ("A", "/var/cache/apt/pkg"),
+    ]
+    # What ps -s counts: the files' sizes, a hardlinked one once, whiteouts nothing.
+    assert upper_size(upper) == len("root\nnew\n") + len("over the host's?\n") + len("p\n")
+
+
+def test_changes_leave_out_the_runtime_mountpoints(tmp_path: Path) -> None:
+    """A running container's empty mountpoint stubs (docker keeps them in its init layer)
+    are not listed, nor a directory made only to hold them; a user's file there is."""
+    from soute.container.changes import RUNTIME_STUBS, changes
+
+    base, upper = tmp_path / "base", tmp_path / "upper"
+    (base / "bin").mkdir(parents=True)
+    (upper / "etc").mkdir(parents=True)  # an image without /etc: made for the stubs
+    (upper / "etc" / "hosts").write_bytes(b"")
+    (upper / "proc").mkdir()
+    assert changes(upper, [base], RUNTIME_STUBS) == []
+    assert changes(upper, [base]) == [("A", "/etc"), ("A", "/etc/hosts"), ("A", "/proc")]
+    (upper / "etc" / "motd").write_text("hi\n")
+    (upper / "etc" / "hostname").write_text("written by the container\n")
+    assert changes(upper, [base], RUNTIME_STUBS) == [
+        ("A", "/etc"), ("A", "/etc/hostname"), ("A", "/etc/motd")]

@@ -9,12 +9,13 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # argparse and typing: not imported by `soute run`'s fast path
     import argparse
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from soute.cli.main import Context
     from soute.container.create import RunOptions
     from soute.container.record import Container
+    from soute.store.store import Store
 
 
 # ---------------------------------------------------------------------------- run, create
@@ -68,6 +69,8 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
     add("--dns", action="append", default=[], metavar="IP", help="a nameserver of its own")
     add("--privileged", action="store_true",
         help="every capability, /proc and /sys unmasked (no host devices)")
+    add("--group-add", action="append", default=[], metavar="GROUP",
+        help="another group for the process: a name in the image's /etc/group, or a gid")
     add("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
     add("--cidfile", metavar="FILE", help="write the container's ID to FILE")
     add("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
@@ -110,7 +113,7 @@ _RUN_DEFAULTS: dict[str, object] = {
     "health_timeout": None, "health_start_period": None, "health_retries": None,
     "no_healthcheck": False, "runtime": "soute", "add_host": [], "dns": [],
     "privileged": False, "shm_size": None, "cidfile": None, "ulimit": [], "pull": "missing",
-    "restart": "no",
+    "restart": "no", "group_add": [],
 }
 # The options fast_run reads: flags without a value, spelt out in full.
 _RUN_FLAGS = {
@@ -161,7 +164,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         health_start_period=args.health_start_period, health_retries=args.health_retries,
         no_healthcheck=args.no_healthcheck, runtime=args.runtime, add_hosts=args.add_host,
         dns=args.dns, privileged=args.privileged, shm_size=args.shm_size, cidfile=args.cidfile,
-        ulimits=args.ulimit, pull=args.pull, restart=args.restart,
+        ulimits=args.ulimit, pull=args.pull, restart=args.restart, group_add=args.group_add,
     )
 
 
@@ -365,9 +368,11 @@ def configure_ps(p: argparse.ArgumentParser) -> None:
                    help="id, name, status, exited, ancestor, label, health (repeatable)")
     p.add_argument("--format", help="a Go template: '{{.ID}} {{.Names}}', 'table ...', json")
     p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("-s", "--size", action="store_true", help="display total file sizes")
 
 
 PS_COLUMNS = ("ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names")
+PS_TITLES = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
 
 
 def run_ps(ctx: Context, args: argparse.Namespace) -> int:
@@ -375,11 +380,14 @@ def run_ps(ctx: Context, args: argparse.Namespace) -> int:
     from soute.container.api import ps_records
     from soute.container.record import Containers
 
-    containers = Containers(ctx.store()).all()
+    store = ctx.store()
+    containers = Containers(store).all()
     show_all = args.all or args.latest or args.last >= 0
     limit = 1 if args.latest else args.last
+    # As docker: a template that uses .Size gets it without -s.
+    sized = args.size or ".Size" in (args.format or "")
     records = ps_records(containers, show_all=show_all, no_trunc=args.no_trunc,
-                         filters=args.filter)
+                         filters=args.filter, size_of=_size_of(store) if sized else None)
     if limit >= 0:
         records = records[:limit]
     if args.quiet:
@@ -390,9 +398,27 @@ def run_ps(ctx: Context, args: argparse.Namespace) -> int:
     elif args.format:
         sys.stdout.write(render_template(args.format, records))
     else:
-        print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
-                    [[r[k] for k in PS_COLUMNS] for r in records])
+        columns = (*PS_COLUMNS, "Size") if args.size else PS_COLUMNS
+        print_table(PS_TITLES + (["SIZE"] if args.size else []),
+                    [[r[k] for k in columns] for r in records])
     return 0
+
+
+def _size_of(store: Store) -> Callable[[Container], str]:
+    """docker's SIZE: what the container wrote, then with its image ("virtual")."""
+    from soute.container.changes import upper_size
+    from soute.image.inspect import human_size
+    from soute.store.store import ImageNotFound
+
+    def size_of(container: Container) -> str:
+        written = upper_size(container.upper)
+        try:
+            image = store.image(container.spec.image).size
+        except ImageNotFound:
+            return human_size(written)
+        return f"{human_size(written)} (virtual {human_size(written + image)})"
+
+    return size_of
 
 
 # ---------------------------------------------------------------------------- logs, top, port
@@ -618,6 +644,24 @@ def run_cp(ctx: Context, args: argparse.Namespace) -> int:
         container = Containers(store).get(dest[0])
         copy_in(store, container, args.src, dest[1], archive=args.archive,
                 follow=args.follow_link)
+    return 0
+
+
+def configure_diff(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def run_diff(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.changes import RUNTIME_STUBS, changes, container_lowers
+    from soute.container.record import Containers
+
+    store = ctx.store()
+    container = Containers(store).get(args.container)
+    stubs = RUNTIME_STUBS if container.state().running else frozenset()
+    with store.session():  # no garbage collection of its image's snapshots meanwhile
+        snapshots = store.snapshots(store.image(container.spec.image).diff_ids)
+        found = changes(container.upper, container_lowers(snapshots, container.dir), stubs)
+    sys.stdout.write("".join(f"{kind} {path}\n" for kind, path in found))
     return 0
 
 

@@ -60,6 +60,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "exec": ("containers", "exec", "Execute a command in a running container"),
     "commit": ("containers", "commit", "Create a new image from a container's changes"),
     "export": ("containers", "export", "Export a container's filesystem as a tar archive"),
+    "diff": ("containers", "diff", "Inspect changes to files or directories on a container's "
+             "filesystem"),
     "cp": ("containers", "cp", "Copy files between a container and the host"),
     "container inspect": ("containers", "inspect", "Display detailed information on containers"),
     "image inspect": ("images", "image_inspect", "Display detailed information on images"),
@@ -86,7 +88,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "restart": "restart", "kill": "kill", "wait": "wait", "rm": "rm", "remove": "rm",
         "rename": "rename", "ls": "ps", "list": "ps", "ps": "ps", "logs": "logs", "top": "top",
         "port": "port", "exec": "exec", "commit": "commit", "export": "export", "cp": "cp",
-        "inspect": "container inspect", "prune": "container prune",
+        "diff": "diff", "inspect": "container inspect", "prune": "container prune",
     },
     "volume": {"create": "volume create", "ls": "volume ls", "list": "volume ls",
                "inspect": "volume inspect", "rm": "volume rm", "remove": "volume rm",

@@ -11,7 +11,7 @@ from soute.errors import SouteError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any
 
     from soute.runtime import Process
@@ -245,9 +245,11 @@ def status_text(state: ContainerState, now: Any = None) -> str:
 
 
 def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = False,
-               filters: list[str] | None = None) -> list[dict[str, str]]:
+               filters: list[str] | None = None,
+               size_of: Callable[[Container], str] | None = None) -> list[dict[str, str]]:
     """``soute ps``'s rows, newest first, as docker's ``--format`` fields name them.
-    ``filters``: docker's ``-f KEY=VALUE`` (the same key twice: either; different keys: all)."""
+    ``filters``: docker's ``-f KEY=VALUE`` (the same key twice: either; different keys: all);
+    ``size_of``: the SIZE column (``ps -s``), else it stays empty."""
     from soute.container.ports import PortBinding, format_ports
     from soute.image.inspect import ellipsis, human_duration_ago
     from soute.image.timestamp import Timestamp
@@ -281,6 +283,7 @@ def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = 
             "Status": status_text(state, now),
             "Names": c.name,
             "Labels": ",".join(f"{k}={v}" for k, v in sorted(c.spec.labels.items())),
+            "Size": size_of(c) if size_of is not None else "",
         })
     return records
 
@@ -395,6 +398,7 @@ def inspect_dict(c: Container) -> dict[str, Any]:
             "CapDrop": spec.cap_drop or None,
             "Dns": spec.dns,
             "ExtraHosts": spec.extra_hosts or None,
+            "GroupAdd": spec.group_add or None,
             "Privileged": spec.privileged,
             "RestartPolicy": spec.restart,
             "ShmSize": spec.shm_size or 64 << 20,

@@ -78,6 +78,7 @@ class RunOptions:
     cidfile: str | None = None
     ulimits: list[str] = field(default_factory=list)  # NAME=SOFT[:HARD]
     pull: str = "missing"  # missing, always or never
+    group_add: list[str] = field(default_factory=list)  # names or gids
     restart: str = "no"  # no, always, unless-stopped, on-failure[:N]
 
 
@@ -482,6 +483,7 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         extra_hosts=[_extra_host(h) for h in opts.add_hosts],
         dns=[_dns_server(d) for d in opts.dns],
         privileged=opts.privileged,
+        group_add=list(opts.group_add),
         shm_size=_shm_size(opts.shm_size) if opts.shm_size else None,
         ulimits=limits,
         restart=restart,

@@ -334,7 +334,8 @@ class Monitor:
             namespaces.add("network")
         return Spec(
             process=Process(args=args, env=runtime_env(spec), cwd=spec.workdir, user=spec.user,
-                            terminal=spec.tty, no_new_privileges=True,
+                            group_add=tuple(spec.group_add), terminal=spec.tty,
+                            no_new_privileges=True,
                             capabilities=None if spec.privileged else capabilities_of(spec),
                             rlimits=tuple(Rlimit(**u) for u in spec.ulimits)),
             hostname=spec.hostname,
@@ -527,7 +528,8 @@ def exec_process(container: Container, argv: list[str], *, user: str | None = No
 
         merged += user_env(env)
     return Process(args=argv, env=merged, cwd=workdir or spec.workdir,
-                   user=spec.user if user is None else user, terminal=tty,
+                   user=spec.user if user is None else user,
+                   group_add=tuple(spec.group_add), terminal=tty,
                    no_new_privileges=True, capabilities=capabilities_of(spec))
 
 

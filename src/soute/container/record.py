@@ -106,6 +106,7 @@ class ContainerSpec:
     extra_hosts: list[str] = field(default_factory=list)  # HOST:IP, IP may be host-gateway
     dns: list[str] = field(default_factory=list)
     privileged: bool = False
+    group_add: list[str] = field(default_factory=list)  # more groups: names or gids
     shm_size: int | None = None  # bytes
     ulimits: list[dict[str, Any]] = field(default_factory=list)  # Rlimit's fields
     restart: dict[str, Any] = field(  # docker's RestartPolicy

@@ -850,7 +850,7 @@ def _join_namespaces(joined: dict[str, int], root_fd: int) -> None:
 def _become(process: Process, before_exec: Callable[[], None] | None = None) -> NoReturn:
     """The end of every start: user, limits, capabilities, cwd, then exec (all inside).
     ``before_exec`` runs last of all, right before execve."""
-    user = resolve_user("/", process.user)
+    user = resolve_user("/", process.user, process.group_add)
     env = process_env(process, user.home)
     for limit in process.rlimits:
         try:
@@ -890,7 +890,7 @@ def _start_runtime(
     except OSError as exc:
         raise _step("creating a mount namespace", exc) from None
     _mount_root(ctx, report)
-    user = resolve_user(ctx.root, process.user)
+    user = resolve_user(ctx.root, process.user, process.group_add)
     env = process_env(process, user.home)
     # The runtime would fail the same way, less clearly (and with status 1).
     look_path(process.args[0], _env_path(env), root=ctx.root,

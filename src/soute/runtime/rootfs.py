@@ -209,6 +209,31 @@ def merged_lstat(lowers: Sequence[Path], rel: str) -> os.stat_result | None:
     None when it is not there or a whiteout hides it. Nothing is followed: a symlink on the
     way is not a directory, as overlayfs merges directories only.
     """
+    return _merged(lowers, rel)[0]
+
+
+def merged_listdir(lowers: Sequence[Path], rel: str) -> set[str]:
+    """The names in directory ``rel`` of the overlay of ``lowers`` (base first), without
+    mounting it: empty when it is not a directory there."""
+    found, layers = _merged(lowers, rel)
+    names: set[str] = set()
+    if found is None or not stat.S_ISDIR(found.st_mode):
+        return names
+    hidden: set[str] = set()
+    for layer in layers:  # top first, down to an opaque one
+        with os.scandir(os.path.join(layer, rel.strip("/"))) as entries:
+            for entry in entries:
+                if entry.name in names or entry.name in hidden:
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                (hidden if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else names).add(
+                    entry.name)
+    return names
+
+
+def _merged(lowers: Sequence[Path], rel: str) -> tuple[os.stat_result | None, list[str]]:
+    """What overlayfs finds at ``rel``, and the layers (top first) whose directories it
+    merges there (none for a non-directory)."""
     parts = [p for p in rel.split("/") if p and p != "."]
     layers = [str(p) for p in reversed(lowers)]  # top first
     found: os.stat_result | None = None
@@ -228,12 +253,12 @@ def merged_lstat(lowers: Sequence[Path], rel: str) -> os.stat_result | None:
             if not stat.S_ISDIR(st.st_mode):
                 break  # a non-directory ends the lookup, under a directory or not
             merged.append(layer)
-            if _opaque(path):
+            if is_opaque(path):
                 break
         if found is None or (depth < len(parts) and not stat.S_ISDIR(found.st_mode)):
-            return None
+            return None, []
         layers = merged
-    return found
+    return found, layers
 
 
 # ---------------------------------------------------------------------------- stubs
@@ -399,7 +424,7 @@ def _settle_parent(path: str, parent: DirState, times: tuple[int, int] | None) -
         return True
     ours_only = not parent.in_upper and not os.listdir(path)
     same = (st.st_mode, st.st_uid, st.st_gid) == (parent.mode, parent.uid, parent.gid)
-    if ours_only and same and not _opaque(path):
+    if ours_only and same and not is_opaque(path):
         try:
             os.rmdir(path)
             return True
@@ -414,7 +439,8 @@ def _settle_parent(path: str, parent: DirState, times: tuple[int, int] | None) -
     return False
 
 
-def _opaque(path: str) -> bool:
+def is_opaque(path: str | bytes) -> bool:
+    """Whether overlayfs hides what the layers below have in directory ``path``."""
     for name in _OPAQUE_XATTRS:
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
