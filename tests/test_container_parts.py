@@ -672,3 +672,20 @@ def test_changes_leave_out_the_runtime_mountpoints(tmp_path: Path) -> None:
     (upper / "etc" / "hostname").write_text("written by the container\n")
     assert changes(upper, [base], RUNTIME_STUBS) == [
         ("A", "/etc"), ("A", "/etc/hostname"), ("A", "/etc/motd")]
+
+
+def test_changes_walk_never_follows_a_symlink_and_keeps_raw_names(tmp_path: Path) -> None:
+    """The walk goes by directory handles (a swapped-in symlink is not entered) and names
+    that are no valid UTF-8 come back as os.fsdecode gives them."""
+    from soute.container.changes import _walk, changes
+
+    base, upper = tmp_path / "base", tmp_path / "upper"
+    base.mkdir()
+    (upper / "d").mkdir(parents=True)
+    (upper / "d" / os.fsdecode(b"caf\xe9")).write_text("x")
+    (upper / "host").symlink_to("/etc")
+    walked = [("/".join(parts), names) for parts, _, names, _ in _walk(upper)]
+    assert walked == [("d", [os.fsdecode(b"caf\xe9")]), ("d/" + os.fsdecode(b"caf\xe9"), []),
+                      ("host", [])]
+    assert changes(upper, [base]) == [("A", "/d"), ("A", "/d/" + os.fsdecode(b"caf\xe9")),
+                                      ("A", "/host")]

@@ -4,6 +4,7 @@ restart, commit, container inspect and prune. Thin: the work is in :mod:`soute.c
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -661,7 +662,9 @@ def run_diff(ctx: Context, args: argparse.Namespace) -> int:
     with store.session():  # no garbage collection of its image's snapshots meanwhile
         snapshots = store.snapshots(store.image(container.spec.image).diff_ids)
         found = changes(container.upper, container_lowers(snapshots, container.dir), stubs)
-    sys.stdout.write("".join(f"{kind} {path}\n" for kind, path in found))
+    # Paths as the container wrote them, even in no valid encoding.
+    sys.stdout.flush()
+    sys.stdout.buffer.write(b"".join(os.fsencode(f"{kind} {path}\n") for kind, path in found))
     return 0
 
 

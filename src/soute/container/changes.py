@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from soute.runtime.rootfs import INIT_LAYER, is_opaque, merged_listdir, merged_lstat
+from soute.runtime.rootfs import INIT_LAYER, is_opaque_fd, merged_listdir, merged_lstat
 
 
 def _whiteout(st: os.stat_result) -> bool:
@@ -62,71 +62,90 @@ def changes(upper: Path, lowers: Sequence[Path],
     paths left out when they are the runtime's empty mountpoints (see RUNTIME_STUBS), with
     the directories made only to hold them."""
     found: list[tuple[str, str]] = []
-    listed: set[bytes] = {b""}  # the directories already in the list ("" is the root)
-    held: dict[bytes, str] = {}  # directories above a stub: listed once something else is
-    stub_paths = {os.fsencode(p) for p in stubs}
-    top = os.fsencode(upper)
+    listed: set[str] = {""}  # the directories already in the list ("" is the root)
+    held: dict[str, str] = {}  # directories above a stub: listed once something else is
 
-    def record(kind: str, rel: bytes) -> None:
+    def record(kind: str, rel: str) -> None:
         missing = []
-        parent = rel.rpartition(b"/")[0]
+        parent = rel.rpartition("/")[0]
         while parent not in listed:
             missing.append(parent)
             listed.add(parent)
-            parent = parent.rpartition(b"/")[0]
-        found.extend((held.get(p, "C"), os.fsdecode(p)) for p in reversed(missing))
-        found.append((kind, os.fsdecode(rel)))
+            parent = parent.rpartition("/")[0]
+        found.extend((held.get(p, "C"), p) for p in reversed(missing))
+        found.append((kind, rel))
         listed.add(rel)
 
-    def is_stub(rel: bytes, st: os.stat_result, names: list[bytes]) -> bool:
-        if rel not in stub_paths:
+    def is_stub(rel: str, st: os.stat_result, names: list[str]) -> bool:
+        if rel not in stubs:
             return False
         return (stat.S_ISREG(st.st_mode) and st.st_size == 0) or (
             stat.S_ISDIR(st.st_mode) and not names)
 
-    def visit(parts: list[bytes], st: os.stat_result, names: list[bytes]) -> None:
-        rel = b"/" + b"/".join(parts)
+    for parts, st, names, opaque in _walk(upper):
+        rel = "/" + "/".join(parts)
         if _whiteout(st):
             record("D", rel)
-            return
-        before = merged_lstat(lowers, os.fsdecode(rel))
+            continue
+        before = merged_lstat(lowers, rel)
         if before is None and is_stub(rel, st, names):
-            return
+            continue
         if before is None and stat.S_ISDIR(st.st_mode) and any(
-                p.startswith(rel + b"/") for p in stub_paths):
+                p.startswith(rel + "/") for p in stubs):
             held[rel] = "A"  # perhaps made for a stub alone: listed with what else it holds
-            return
+            continue
         if before is None:
             record("A", rel)
-            return
+            continue
         if _changed(before, st):
             record("C", rel)
-        if stat.S_ISDIR(st.st_mode) and is_opaque(top + rel):
-            # Removed and made again: what the image had in it is gone.
-            gone = {os.fsencode(n) for n in merged_listdir(lowers, os.fsdecode(rel))}
-            for name in sorted(gone - set(names)):
-                record("D", rel + b"/" + name)
-
-    def listing(parts: list[bytes]) -> list[bytes]:
-        directory = top + b"/" + b"/".join(parts) if parts else top
-        try:
-            return sorted(os.listdir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            return []  # a running container removed it meanwhile
-
-    # Depth first, a directory before its entries, names in byte order; no recursion,
-    # whatever the depth the container made.
-    stack = [[name] for name in reversed(listing([]))]
-    while stack:
-        parts = stack.pop()
-        try:
-            st = os.lstat(top + b"/" + b"/".join(parts))
-        except FileNotFoundError:
-            continue
-        names = listing(parts) if stat.S_ISDIR(st.st_mode) else []
-        visit(parts, st, names)
-        stack.extend([*parts, name] for name in reversed(names))
+        if opaque:  # removed and made again: what the image had in it is gone
+            for name in sorted(merged_listdir(lowers, rel) - set(names)):
+                record("D", f"{rel}/{name}")
     return found
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _walk(top: Path) -> Iterator[tuple[list[str], os.stat_result, list[str], bool]]:
+    """Every entry below ``top``: its path's parts, lstat, and for a directory its names
+    (sorted) and whether it is opaque; a directory before its entries, names in byte order.
+
+    Directories are opened one below the other, never by path: a running container that
+    swaps one for a symlink meanwhile cannot send the walk to the host's files. No
+    recursion, whatever the depth the container made."""
+    fd = os.open(top, _DIR_FLAGS)
+    stack: list[tuple[int, list[str], Iterator[str]]] = [(fd, [], iter(_names(fd)))]
+    try:
+        while stack:
+            fd, parts, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                stack.pop()
+                os.close(fd)
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # a running container removed it meanwhile
+            child = [*parts, name]
+            if not stat.S_ISDIR(st.st_mode):
+                yield child, st, [], False
+                continue
+            try:
+                child_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:  # gone, or no longer a directory (ELOOP, ENOTDIR)
+                continue
+            stack.append((child_fd, child, iter(child_names := _names(child_fd))))
+            yield child, os.fstat(child_fd), child_names, is_opaque_fd(child_fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def _names(fd: int) -> list[str]:
+    return sorted(os.listdir(fd), key=os.fsencode)
 
 
 def container_lowers(store_snapshots: list[Path], container_dir: Path) -> list[Path]:
@@ -141,21 +160,8 @@ def upper_size(upper: Path) -> int:
     directory, each inode once, as docker's ``directory.Size`` counts them."""
     total = 0
     seen: set[int] = set()
-    stack = [os.fsencode(upper)]
-    while stack:
-        directory = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # a running container removed it meanwhile
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(entry.path)
-            elif st.st_size and st.st_ino not in seen:
-                seen.add(st.st_ino)
-                total += st.st_size
+    for _, st, _, _ in _walk(upper):
+        if not stat.S_ISDIR(st.st_mode) and st.st_size and st.st_ino not in seen:
+            seen.add(st.st_ino)
+            total += st.st_size
     return total

@@ -26,7 +26,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -439,11 +439,20 @@ def _settle_parent(path: str, parent: DirState, times: tuple[int, int] | None) -
     return False
 
 
-def is_opaque(path: str | bytes) -> bool:
+def is_opaque(path: str) -> bool:
     """Whether overlayfs hides what the layers below have in directory ``path``."""
+    return _opaque_xattr(lambda name: os.getxattr(path, name, follow_symlinks=False))
+
+
+def is_opaque_fd(fd: int) -> bool:
+    """:func:`is_opaque` of an open directory."""
+    return _opaque_xattr(lambda name: os.getxattr(fd, name))
+
+
+def _opaque_xattr(get: Callable[[str], bytes]) -> bool:
     for name in _OPAQUE_XATTRS:
         try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+            if get(name) == b"y":
                 return True
         except OSError:
             continue
