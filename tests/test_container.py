@@ -691,6 +691,36 @@ def test_group_add_holds_for_exec_and_shows_in_inspect(root: Path) -> None:
     assert p.returncode == 125 and "unable to find group nosuchgroup" in p.stderr, p.stderr
 
 
+def test_stats_of_a_container_with_limits_and_children(root: Path) -> None:
+    """``stats``: the processes of the container, its --memory as the limit; without
+    --no-stream it refreshes the screen every second until stopped."""
+    ok(soute(root, "run", "-d", "--name", "busy", "--memory", "64m", "busybox", "sh", "-c",
+             "sleep 100 & sleep 100 & wait"))
+    try:
+        line = ok(soute(root, "stats", "--no-stream", "--format",
+                        "{{.Name}} {{.MemUsage}} {{.PIDs}}", "busy"))
+        name, usage, _, limit, pids = line.split()
+        assert (name, limit, pids) == ("busy", "64MiB", "3"), line
+        assert usage.endswith(("KiB", "MiB")) and float(usage[:-3]) > 0, usage
+        stream = _run_for(root, 3.5, "stats", "busy")
+        tables = stream.split("\033[2J\033[H")
+        assert tables[0] == "" and len(tables) >= 3, stream  # a clear screen before each
+        assert all(t.startswith("CONTAINER ID") and "busy" in t for t in tables[1:])
+    finally:
+        soute(root, "rm", "-f", "busy")
+
+
+def _run_for(root: Path, seconds: float, *args: str) -> str:
+    """What ``soute ARGS`` printed in ``seconds``, then interrupted."""
+    cli = subprocess.Popen([sys.executable, "-m", "soute.cli.main", "--root", str(root), *args],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds)
+    cli.send_signal(signal.SIGINT)
+    out, err = cli.communicate(timeout=10)
+    assert "Traceback" not in err, err
+    return out
+
+
 def _bytes(human: str) -> float:
     """docker's human sizes back to bytes (1000-based)."""
     units = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "B": 1}

@@ -586,6 +586,44 @@ def test_diff(peers: Peers, case: str, running: bool) -> None:
     assert paths == sorted(paths, key=lambda p: p.split("/"))  # a directory first
 
 
+def test_stats(peers: Peers) -> None:
+    """``stats --no-stream``: docker's columns, formats and fields; a stopped container's
+    zeros; a busy loop's CPU. (The figures themselves come from elsewhere: docker reads
+    cgroups, soute /proc.)"""
+    import json
+    import re
+
+    seen: dict[str, dict[str, Any]] = {}
+    for tool in ("docker", "soute"):
+        call = getattr(peers, tool)
+        up, down = f"soute-diff-stats-up-{tool}", f"soute-diff-stats-down-{tool}"
+        ok(call("run", "-d", "--name", up, "--network", "none", "busybox", "sh", "-c",
+                "while true; do :; done"))
+        try:
+            ok(call("run", "--name", down, "--network", "none", "busybox", "true"))
+            table = ok(call("stats", "--no-stream", up, down)).splitlines()
+            record = json.loads(ok(call("stats", "--no-stream", "--format", "{{json .}}", up)))
+            missing = call("stats", "--no-stream", "soute-diff-nosuch")
+        finally:
+            call("rm", "-f", up, down)
+        rows = {line.split()[1]: re.split(r"\s{2,}", line) for line in table[1:]}
+        seen[tool] = {"header": re.split(r"\s{2,}", table[0]), "down": rows[down][2:],
+                      "up": rows[up][2:], "record": record,
+                      "missing": (missing.returncode, missing.stderr)}
+    docker, soute = seen["docker"], seen["soute"]
+    assert soute["header"] == docker["header"]
+    assert soute["down"] == docker["down"] == ["0.00%", "0B / 0B", "0.00%", "0B / 0B",
+                                               "0B / 0B", "0"]
+    for tool in (docker, soute):
+        cpu, usage, _, net, _, pids = tool["up"]
+        assert float(cpu.rstrip("%")) > 50 and net == "0B / 0B" and pids == "1", tool["up"]
+        assert re.fullmatch(r"[0-9.]+[KMG]?i?B / [0-9.]+GiB", usage), usage
+    assert list(soute["record"]) == list(docker["record"])  # the same fields, in order
+    assert soute["record"]["Container"] == "soute-diff-stats-up-soute"
+    assert soute["missing"][0] == docker["missing"][0] == 1
+    assert "No such container: soute-diff-nosuch" in soute["missing"][1]
+
+
 @pytest.mark.parametrize("option", ["/x:size=abc", "/x:nosuchopt", "relative:size=1m",
                                     "/x:mode=99999", "/x:huge=always"])
 def test_bad_tmpfs_options(peers: Peers, option: str) -> None:

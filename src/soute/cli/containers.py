@@ -668,6 +668,89 @@ def run_diff(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="all containers, not only running")
+    p.add_argument("--no-stream", action="store_true", help="print once and exit")
+    p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("--format", help="a Go template: '{{.Name}} {{.CPUPerc}}', 'table ...', json")
+    p.add_argument("containers", nargs="*", metavar="CONTAINER")
+
+
+STATS_TABLE = ("table {{.ID}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t"
+               "{{.NetIO}}\t{{.BlockIO}}\t{{.PIDs}}")
+STATS_TITLES = {"ID": "CONTAINER ID", "CPUPerc": "CPU %", "MemUsage": "MEM USAGE / LIMIT",
+                "MemPerc": "MEM %", "NetIO": "NET I/O", "BlockIO": "BLOCK I/O", "PIDs": "PIDS",
+                "Container": "CONTAINER"}
+
+
+def run_stats(ctx: Context, args: argparse.Namespace) -> int:
+    import time
+
+    from soute.cli.table import render_template
+    from soute.container.record import Containers
+
+    store = ctx.store()
+    registry = Containers(store)
+    named = [(given, registry.get(given)) for given in args.containers]  # unknown: error now
+    template = STATS_TABLE if args.format in (None, "table") else (
+        "{{json .}}" if args.format == "json" else args.format)
+
+    def chosen() -> list[tuple[str, Container]]:
+        if named:
+            return named
+        return [(c.short_id, c) for c in registry.all() if args.all or c.state().running]
+
+    before = _stats_readings(chosen())
+    while True:
+        time.sleep(1.0)  # docker's CPU % is over the last second too
+        containers = chosen()
+        after = _stats_readings(containers)
+        records = [_stats_record(given, c, before.get(c.id), after[c.id], args.no_trunc)
+                   for given, c in containers]
+        if not args.no_stream:
+            sys.stdout.write("\033[2J\033[H")  # docker clears the screen for each refresh
+        sys.stdout.write(render_template(template, records, STATS_TITLES))
+        sys.stdout.flush()
+        if args.no_stream:
+            return 0
+        before = after
+
+
+def _stats_readings(containers: list[tuple[str, Container]]) -> dict[str, Any]:
+    from soute.container import stats
+
+    out = {}
+    for _, c in containers:
+        state = c.state()
+        out[c.id] = stats.read(state.pid, own_network=c.spec.network == "private") \
+            if state.running else stats.ZERO
+    return out
+
+
+def _stats_record(given: str, c: Container, before: Any, after: Any,
+                  no_trunc: bool) -> dict[str, str]:
+    from soute.container import stats
+    from soute.image.inspect import human_size
+
+    if after is stats.ZERO:  # not running: docker's zeros
+        usage, limit, cpu = 0, 0, 0.0
+    else:
+        usage, limit = after.memory, stats.memory_limit(c.spec.resources.get("memory"))
+        cpu = stats.cpu_percent(before or after, after)
+    return {  # in docker's order of {{json .}}
+        "BlockIO": f"{human_size(after.block_read)} / {human_size(after.block_write)}",
+        "CPUPerc": f"{cpu:.2f}%",
+        "Container": given,
+        "ID": c.id if no_trunc else c.short_id,
+        "MemPerc": f"{usage / limit * 100 if limit else 0.0:.2f}%",
+        "MemUsage": f"{human_size(usage, 4, binary=True)} / "
+                    f"{human_size(limit, 4, binary=True)}",
+        "Name": c.name,
+        "NetIO": f"{human_size(after.net_rx)} / {human_size(after.net_tx)}",
+        "PIDs": str(after.pids),
+    }
+
+
 def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="write the tar archive to FILE")
     p.add_argument("container", metavar="CONTAINER")

@@ -60,6 +60,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "exec": ("containers", "exec", "Execute a command in a running container"),
     "commit": ("containers", "commit", "Create a new image from a container's changes"),
     "export": ("containers", "export", "Export a container's filesystem as a tar archive"),
+    "stats": ("containers", "stats", "Display a live stream of container(s) resource usage "
+              "statistics"),
     "diff": ("containers", "diff", "Inspect changes to files or directories on a container's "
              "filesystem"),
     "cp": ("containers", "cp", "Copy files between a container and the host"),
@@ -88,7 +90,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "restart": "restart", "kill": "kill", "wait": "wait", "rm": "rm", "remove": "rm",
         "rename": "rename", "ls": "ps", "list": "ps", "ps": "ps", "logs": "logs", "top": "top",
         "port": "port", "exec": "exec", "commit": "commit", "export": "export", "cp": "cp",
-        "diff": "diff", "inspect": "container inspect", "prune": "container prune",
+        "diff": "diff", "stats": "stats", "inspect": "container inspect",
+        "prune": "container prune",
     },
     "volume": {"create": "volume create", "ls": "volume ls", "list": "volume ls",
                "inspect": "volume inspect", "rm": "volume rm", "remove": "volume rm",

@@ -222,14 +222,17 @@ def history_created_since(created: Timestamp | None, now: Timestamp | None = Non
     return human_duration_ago(Timestamp.from_unix(created.seconds), now)
 
 
-def human_size(size: float, precision: int = 3) -> str:
+def human_size(size: float, precision: int = 3, *, binary: bool = False) -> str:
     """go-units ``HumanSizeWithPrecision``: SI units, ``precision`` significant digits (3 as in
-    ``docker images``/``history``: ``169MB``, ``1.23kB``, ``0B``; 4 is ``HumanSize``)."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+    ``docker images``/``history``: ``169MB``, ``1.23kB``, ``0B``; 4 is ``HumanSize``).
+    ``binary``: powers of 1024 (``BytesSize`` with precision 4: ``1.465MiB``)."""
+    units = (("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB") if binary
+             else ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"))
+    base = 1024.0 if binary else 1000.0
     value = float(size)
     i = 0
-    while value >= 1000.0 and i < len(units) - 1:
-        value /= 1000.0
+    while value >= base and i < len(units) - 1:
+        value /= base
         i += 1
     return f"{value:.{precision}g}{units[i]}"
 
