@@ -721,6 +721,21 @@ def _run_for(root: Path, seconds: float, *args: str) -> str:
     return out
 
 
+def test_volumes_from_keeps_a_shared_volume_until_its_last_user_goes(root: Path) -> None:
+    ok(soute(root, "create", "--name", "vf-src", "-v", "/data", "busybox"))
+    volume = json.loads(ok(soute(root, "inspect", "vf-src")))[0]["Mounts"][0]["Name"]
+    try:
+        ok(soute(root, "run", "--name", "vf-dst", "--volumes-from", "vf-src", "busybox", "sh",
+                 "-c", "echo kept > /data/f"))
+        ok(soute(root, "rm", "-v", "vf-src"))  # vf-dst still uses it
+        assert ok(soute(root, "run", "--rm", "--volumes-from", "vf-dst", "busybox", "cat",
+                        "/data/f")) == "kept\n"
+        ok(soute(root, "rm", "-v", "vf-dst"))
+        assert volume not in ok(soute(root, "volume", "ls", "-q")).split()
+    finally:
+        soute(root, "rm", "-f", "-v", "vf-src", "vf-dst")
+
+
 def _bytes(human: str) -> float:
     """docker's human sizes back to bytes (1000-based)."""
     units = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "B": 1}

@@ -586,6 +586,39 @@ def test_diff(peers: Peers, case: str, running: bool) -> None:
     assert paths == sorted(paths, key=lambda p: p.split("/"))  # a directory first
 
 
+def test_volumes_from(peers: Peers, tmp_path: Path) -> None:
+    """``--volumes-from``: another container's volumes and binds (not its tmpfs), shared,
+    read-only with ``:ro``; -v wins over it for the same path; unknown names and modes."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "b").write_text("from the host\n")
+    script = ("cat /data/f /bound/b; ls /scratch 2>&1; touch /data/g 2>&1; echo $?; "
+              "cat /other/f 2>&1; grep -c ' /data ' /proc/mounts")
+    out = {}
+    for tool in ("docker", "soute"):
+        call = getattr(peers, tool)
+        src, dst = f"soute-diff-vf-src-{tool}", f"soute-diff-vf-dst-{tool}"
+        ok(call("create", "--name", src, "--network", "none", "-v", "/data", "-v",
+                f"{shared}:/bound", "--tmpfs", "/scratch", "busybox"))
+        try:
+            ok(call("run", "--name", dst, "--network", "none", "--volumes-from", src,
+                    "busybox", "sh", "-c", "echo hi > /data/f"))
+            results = [call("run", "--rm", "--network", "none", "--volumes-from", f"{src}:ro",
+                            "busybox", "sh", "-c", script),
+                       call("run", "--rm", "--network", "none", "--volumes-from", dst,
+                            "-v", f"{shared}:/data", "busybox", "ls", "/data"),
+                       call("inspect", "-f", "{{.HostConfig.VolumesFrom}}", dst)]
+            bad = [call("run", "--rm", "--volumes-from", f"{src}:bogus", "busybox", "true"),
+                   call("run", "--rm", "--volumes-from", "soute-diff-vf-none", "busybox")]
+        finally:
+            call("rm", "-f", "-v", dst)
+            call("rm", "-f", "-v", src)
+        out[tool] = ([(r.stdout.replace(f"-{tool}", "-TOOL"), r.returncode) for r in results],
+                     [r.returncode for r in bad])
+    assert out["soute"] == out["docker"]
+    assert out["docker"][0][0][0].startswith("hi\nfrom the host\n")
+
+
 def test_stats(peers: Peers) -> None:
     """``stats --no-stream``: docker's columns, formats and fields; a stopped container's
     zeros; a busy loop's CPU. (The figures themselves come from elsewhere: docker reads

@@ -70,6 +70,8 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
     add("--dns", action="append", default=[], metavar="IP", help="a nameserver of its own")
     add("--privileged", action="store_true",
         help="every capability, /proc and /sys unmasked (no host devices)")
+    add("--volumes-from", action="append", default=[], metavar="CONTAINER[:ro|rw]",
+        help="the volumes and bind mounts of another container")
     add("--group-add", action="append", default=[], metavar="GROUP",
         help="another group for the process: a name in the image's /etc/group, or a gid")
     add("--shm-size", metavar="SIZE", help="size of /dev/shm (default 64m)")
@@ -114,7 +116,7 @@ _RUN_DEFAULTS: dict[str, object] = {
     "health_timeout": None, "health_start_period": None, "health_retries": None,
     "no_healthcheck": False, "runtime": "soute", "add_host": [], "dns": [],
     "privileged": False, "shm_size": None, "cidfile": None, "ulimit": [], "pull": "missing",
-    "restart": "no", "group_add": [],
+    "restart": "no", "group_add": [], "volumes_from": [],
 }
 # The options fast_run reads: flags without a value, spelt out in full.
 _RUN_FLAGS = {
@@ -166,6 +168,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         no_healthcheck=args.no_healthcheck, runtime=args.runtime, add_hosts=args.add_host,
         dns=args.dns, privileged=args.privileged, shm_size=args.shm_size, cidfile=args.cidfile,
         ulimits=args.ulimit, pull=args.pull, restart=args.restart, group_add=args.group_add,
+        volumes_from=args.volumes_from,
     )
 
 

@@ -399,6 +399,7 @@ def inspect_dict(c: Container) -> dict[str, Any]:
             "Dns": spec.dns,
             "ExtraHosts": spec.extra_hosts or None,
             "GroupAdd": spec.group_add or None,
+            "VolumesFrom": spec.volumes_from or None,
             "Privileged": spec.privileged,
             "RestartPolicy": spec.restart,
             "ShmSize": spec.shm_size or 64 << 20,

@@ -79,6 +79,7 @@ class RunOptions:
     ulimits: list[str] = field(default_factory=list)  # NAME=SOFT[:HARD]
     pull: str = "missing"  # missing, always or never
     group_add: list[str] = field(default_factory=list)  # names or gids
+    volumes_from: list[str] = field(default_factory=list)  # CONTAINER[:ro|rw]
     restart: str = "no"  # no, always, unless-stopped, on-failure[:N]
 
 
@@ -169,7 +170,7 @@ def _labels(items: list[str]) -> dict[str, str]:
 
 
 def _mounts(store: Store, config: ContainerConfig, opts: RunOptions) -> list[MountSpec]:
-    if not (opts.volumes or opts.mounts or opts.tmpfs or config.volumes):
+    if not (opts.volumes or opts.mounts or opts.tmpfs or config.volumes or opts.volumes_from):
         return []  # without importing the volumes module (about 2 ms of every run)
     from soute.container.volumes import (
         Volumes,
@@ -203,6 +204,11 @@ def _mounts(store: Store, config: ContainerConfig, opts: RunOptions) -> list[Mou
                                     options=_tmpfs_options(spec.options, spec.readonly)))
     mounts += tmpfs
     taken = {os.path.normpath(m.target) for m in mounts}
+    # --volumes-from: what -v, --mount and --tmpfs do not cover, before the image's VOLUMEs.
+    for shared in _volumes_from(store, opts.volumes_from):
+        if os.path.normpath(shared.target) not in taken:
+            mounts.append(shared)
+            taken.add(os.path.normpath(shared.target))
     for volume_path in sorted(config.volumes):  # each VOLUME of the image: an anonymous one
         # docker places a relative one (`VOLUME a`, or a broken JSON form) under /.
         target = os.path.normpath(os.path.join("/", volume_path))
@@ -210,6 +216,24 @@ def _mounts(store: Store, config: ContainerConfig, opts: RunOptions) -> list[Mou
             volume = volumes.create(None, anonymous=True)
             mounts.append(MountSpec("volume", target, volume.name, copy_up=True))
     return mounts
+
+
+def _volumes_from(store: Store, refs: list[str]) -> list[MountSpec]:
+    """docker's ``--volumes-from CONTAINER[:ro|:rw]``: the volumes and bind mounts of
+    another container (not its tmpfs), read-only with ``ro``, else as they are there."""
+    from soute.container.record import Containers
+
+    found: list[MountSpec] = []
+    for ref in refs:
+        name, _, mode = ref.partition(":")
+        modes = set(mode.split(",")) if mode else set()
+        if not modes <= {"ro", "rw", "z", "Z"} or {"ro", "rw"} <= modes:
+            raise ContainerError(f"invalid mode: {mode}", "use CONTAINER, CONTAINER:ro or "
+                                 "CONTAINER:rw")
+        source = Containers(store).get(name)
+        found += [MountSpec(m.kind, m.target, m.source, m.readonly or "ro" in modes)
+                  for m in source.spec.mounts if m.kind in ("volume", "bind")]
+    return found
 
 
 def _tmpfs_options(options: dict[str, str], readonly: bool) -> list[str]:
@@ -484,6 +508,7 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         dns=[_dns_server(d) for d in opts.dns],
         privileged=opts.privileged,
         group_add=list(opts.group_add),
+        volumes_from=list(opts.volumes_from),
         shm_size=_shm_size(opts.shm_size) if opts.shm_size else None,
         ulimits=limits,
         restart=restart,

@@ -107,6 +107,7 @@ class ContainerSpec:
     dns: list[str] = field(default_factory=list)
     privileged: bool = False
     group_add: list[str] = field(default_factory=list)  # more groups: names or gids
+    volumes_from: list[str] = field(default_factory=list)  # as given: CONTAINER[:MODE]
     shm_size: int | None = None  # bytes
     ulimits: list[dict[str, Any]] = field(default_factory=list)  # Rlimit's fields
     restart: dict[str, Any] = field(  # docker's RestartPolicy
