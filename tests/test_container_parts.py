@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -689,3 +690,76 @@ def test_changes_walk_never_follows_a_symlink_and_keeps_raw_names(tmp_path: Path
                       ("host", [])]
     assert changes(upper, [base]) == [("A", "/d"), ("A", "/d/" + os.fsdecode(b"caf\xe9")),
                                       ("A", "/host")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="trusted xattrs need root")
+def test_changes_under_a_directory_removed_and_made_again(tmp_path: Path) -> None:
+    """Below an opaque directory, a directory made again is a plain one in the upper dir,
+    yet the image's entries in it are gone too."""
+    from soute.container.changes import changes
+
+    base, upper = tmp_path / "base", tmp_path / "upper"
+    (base / "usr" / "bin").mkdir(parents=True)
+    (base / "usr" / "sbin").mkdir()
+    for name in ("a", "b"):
+        (base / "usr" / "sbin" / name).write_text(name)
+    (upper / "usr" / "sbin").mkdir(parents=True)
+    os.setxattr(upper / "usr", "trusted.overlay.opaque", b"y")
+    (upper / "usr" / "sbin" / "newf").write_text("")
+    assert changes(upper, [base]) == [
+        ("C", "/usr"), ("D", "/usr/bin"), ("C", "/usr/sbin"), ("D", "/usr/sbin/a"),
+        ("D", "/usr/sbin/b"), ("A", "/usr/sbin/newf")]
+
+
+def test_changes_of_a_tree_deeper_than_the_open_file_limit(tmp_path: Path) -> None:
+    """A container can nest directories past any descriptor limit: the walk keeps two."""
+    deep = tmp_path / "upper"
+    path = deep
+    for _ in range(300):
+        path = path / "d"
+    path.mkdir(parents=True)
+    program = f"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+from soute.container.changes import changes, upper_size
+found = changes({str(deep)!r}, [])
+assert len(found) == 300 and found[-1] == ("A", "/d" * 300), found[-1]
+assert upper_size({str(deep)!r}) == 0
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent /
+                                                             "src")}, check=False)
+    assert out.stdout == "ok\n", out.stderr
+
+
+def test_remove_tree_deeper_than_recursion_and_descriptors_never_follows_links(
+        tmp_path: Path) -> None:
+    """What `rm` of a container does with its directory: a tree 1,200 levels deep goes
+    (no recursion, two descriptors), and a symlink in it to a directory outside is removed,
+    not followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("k")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1200):  # deeper than PATH_MAX allows by path: one level at a time
+        os.mkdir("d", dir_fd=fd)
+        below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    os.close(fd)
+    (tree / "d" / "link").symlink_to(outside)
+    program = f"""
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+from soute.runtime.paths import remove_tree
+remove_tree({str(tree)!r})
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent /
+                                                             "src")}, check=False)
+    assert out.returncode == 0, out.stderr
+    assert not tree.exists() and (outside / "keep").read_text() == "k"

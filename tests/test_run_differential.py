@@ -546,6 +546,7 @@ DIFF_CASES: dict[str, tuple[list[str], str]] = {
     "modified": ([], "echo x >> /etc/passwd && chmod 700 /home"),
     "deleted": ([], "rm /bin/ls && rm -rf /usr/sbin && rm /etc/group"),
     "deleted-then-made": ([], "rm -rf /var/spool && mkdir /var/spool && touch /var/spool/z"),
+    "tree-made-again": ([], "rm -rf /usr && mkdir -p /usr/sbin && touch /usr/sbin/newf"),
     "renamed": ([], "mv /etc/passwd /etc/passwd.old"),
     "symlink": ([], "ln -s /etc/passwd /root/link && rm /root/link && ln -s x /tmp/l"),
     "init-layer-files": ([], "echo 1.2.3.4 x >> /etc/hosts && echo x > /etc/hostname"),

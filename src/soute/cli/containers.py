@@ -391,9 +391,8 @@ def run_ps(ctx: Context, args: argparse.Namespace) -> int:
     # As docker: a template that uses .Size gets it without -s.
     sized = args.size or ".Size" in (args.format or "")
     records = ps_records(containers, show_all=show_all, no_trunc=args.no_trunc,
-                         filters=args.filter, size_of=_size_of(store) if sized else None)
-    if limit >= 0:
-        records = records[:limit]
+                         filters=args.filter, size_of=_size_of(store) if sized else None,
+                         limit=limit)
     if args.quiet:
         for record in records:
             print(record["ID"])

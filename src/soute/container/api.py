@@ -246,10 +246,12 @@ def status_text(state: ContainerState, now: Any = None) -> str:
 
 def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = False,
                filters: list[str] | None = None,
-               size_of: Callable[[Container], str] | None = None) -> list[dict[str, str]]:
+               size_of: Callable[[Container], str] | None = None,
+               limit: int = -1) -> list[dict[str, str]]:
     """``soute ps``'s rows, newest first, as docker's ``--format`` fields name them.
     ``filters``: docker's ``-f KEY=VALUE`` (the same key twice: either; different keys: all);
-    ``size_of``: the SIZE column (``ps -s``), else it stays empty."""
+    ``size_of``: the SIZE column (``ps -s``), else it stays empty; ``limit``: at most so
+    many rows (``-n``), when not negative."""
     from soute.container.ports import PortBinding, format_ports
     from soute.image.inspect import ellipsis, human_duration_ago
     from soute.image.timestamp import Timestamp
@@ -258,6 +260,8 @@ def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = 
     now = Timestamp.now()
     records = []
     for c in containers:
+        if len(records) == limit:
+            break
         state = c.state()
         # As docker: only a status filter also lists the containers that are not running
         # (one waiting to restart counts as running).

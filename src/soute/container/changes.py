@@ -19,6 +19,7 @@ its layers: whiteouts and opaque directories are honoured and no symlink is foll
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -64,6 +65,7 @@ def changes(upper: Path, lowers: Sequence[Path],
     found: list[tuple[str, str]] = []
     listed: set[str] = {""}  # the directories already in the list ("" is the root)
     held: dict[str, str] = {}  # directories above a stub: listed once something else is
+    covered: dict[str, bool] = {}  # directories that hide what the image has in them
 
     def record(kind: str, rel: str) -> None:
         missing = []
@@ -99,53 +101,79 @@ def changes(upper: Path, lowers: Sequence[Path],
             continue
         if _changed(before, st):
             record("C", rel)
-        if opaque:  # removed and made again: what the image had in it is gone
-            for name in sorted(merged_listdir(lowers, rel) - set(names)):
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        # Removed and made again (opaque, or below an opaque one): what the image had in it
+        # is gone, but for what the container made again.
+        covered[rel] = opaque or covered.get(rel.rpartition("/")[0], False)
+        if covered[rel]:
+            for name in merged_listdir(lowers, rel) - set(names):
                 record("D", f"{rel}/{name}")
-    return found
+    # The walk's order, with those deletions in their places among what it found.
+    return sorted(found, key=lambda change: [os.fsencode(p) for p in change[1].split("/")])
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# What a running container's changes to its tree while it is walked may raise: the entry is
+# then left out (it was removed, or swapped for something else).
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 
 def _walk(top: Path) -> Iterator[tuple[list[str], os.stat_result, list[str], bool]]:
     """Every entry below ``top``: its path's parts, lstat, and for a directory its names
     (sorted) and whether it is opaque; a directory before its entries, names in byte order.
 
-    Directories are opened one below the other, never by path: a running container that
-    swaps one for a symlink meanwhile cannot send the walk to the host's files. No
-    recursion, whatever the depth the container made."""
-    fd = os.open(top, _DIR_FLAGS)
-    stack: list[tuple[int, list[str], Iterator[str]]] = [(fd, [], iter(_names(fd)))]
+    Each directory is opened from ``top`` one component at a time, never following a
+    symlink: a running container that swaps one in meanwhile cannot send the walk to the
+    host's files. Only two descriptors are open at a time, and nothing recurses, however
+    deep the container's tree (opening costs its depth in calls: fine for real trees)."""
     try:
-        while stack:
-            fd, parts, names = stack[-1]
-            name = next(names, None)
-            if name is None:
-                stack.pop()
-                os.close(fd)
+        root = os.open(top, _DIR_FLAGS)
+    except FileNotFoundError:
+        return  # the container was removed meanwhile
+    try:
+        pending: list[tuple[list[str], os.stat_result | None]] = [([], None)]
+        while pending:
+            parts, st = pending.pop()
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                yield parts, st, [], False
                 continue
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # a running container removed it meanwhile
-            child = [*parts, name]
-            if not stat.S_ISDIR(st.st_mode):
-                yield child, st, [], False
+            listed = _list(root, parts)
+            if listed is None:
                 continue
-            try:
-                child_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError:  # gone, or no longer a directory (ELOOP, ENOTDIR)
-                continue
-            stack.append((child_fd, child, iter(child_names := _names(child_fd))))
-            yield child, os.fstat(child_fd), child_names, is_opaque_fd(child_fd)
+            st, names, children, opaque = listed
+            if parts:
+                yield parts, st, names, opaque
+            pending.extend(([*parts, n], s) for n, s in reversed(children))
     finally:
-        for fd, _, _ in stack:
+        os.close(root)
+
+
+def _list(root: int, parts: list[str]) -> tuple[
+        os.stat_result, list[str], list[tuple[str, os.stat_result]], bool] | None:
+    """Directory ``parts`` below ``root``: its fstat, sorted names, their lstats and whether
+    it is opaque; None when it went away or is no longer a directory."""
+    fd = os.dup(root)
+    try:
+        for part in parts:
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in _GONE:
+                    return None
+                raise
             os.close(fd)
-
-
-def _names(fd: int) -> list[str]:
-    return sorted(os.listdir(fd), key=os.fsencode)
+            fd = child
+        names = sorted(os.listdir(fd), key=os.fsencode)
+        children = []
+        for name in names:
+            try:
+                children.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+        return os.fstat(fd), [n for n, _ in children], children, is_opaque_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def container_lowers(store_snapshots: list[Path], container_dir: Path) -> list[Path]:

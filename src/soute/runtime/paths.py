@@ -12,6 +12,10 @@ import errno
 import os
 import stat
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
+    from collections.abc import Callable
+
 _MAX_LINKS = 255
 
 
@@ -98,26 +102,49 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _empty(fd: int) -> None:
-    """Remove what the directory open as ``fd`` holds (what cannot go stays)."""
-    try:
-        entries = list(os.scandir(fd))
-    except OSError:
-        return
-    for entry in entries:
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            with contextlib.suppress(OSError):
-                child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+def _empty(root: int) -> None:
+    """Remove what the directory open as ``root`` holds (what cannot go stays).
+
+    Depth first without recursion, each directory opened from ``root`` one name at a time:
+    two descriptors at most and no Python frames per level, however deep a container
+    nested its directories."""
+    stack: list[tuple[list[str], bool]] = [([], False)]  # (directory, its files done)
+    while stack:
+        parts, emptied = stack.pop()
+        if emptied:  # its subdirectories had their turn: it goes, if it can
+            if parts:
+                with contextlib.suppress(OSError):
+                    _in(root, parts[:-1], lambda fd, name=parts[-1]: os.rmdir(name, dir_fd=fd))
+            continue
+        subdirs: list[str] = []
+
+        def files(fd: int, found: list[str] = subdirs) -> None:
+            for entry in list(os.scandir(fd)):
                 try:
-                    _empty(child)
-                finally:
-                    os.close(child)
-            with contextlib.suppress(OSError):
-                os.rmdir(entry.name, dir_fd=fd)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(entry.name, dir_fd=fd)
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    found.append(entry.name)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.name, dir_fd=fd)
+
+        with contextlib.suppress(OSError):
+            _in(root, parts, files)
+        stack.append((parts, True))
+        stack.extend(([*parts, name], False) for name in subdirs)
+
+
+def _in(root: int, parts: list[str], action: Callable[[int], object]) -> None:
+    """``action(fd)`` on directory ``parts`` below ``root``, opened without following any
+    symlink (OSError when it is gone or is no longer a directory)."""
+    fd = os.dup(root)
+    try:
+        for part in parts:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        action(fd)
+    finally:
+        os.close(fd)
