@@ -620,6 +620,28 @@ def test_volumes_from(peers: Peers, tmp_path: Path) -> None:
     assert out["docker"][0][0][0].startswith("hi\nfrom the host\n")
 
 
+def test_logs_details(peers: Peers) -> None:
+    """``logs --details``: each line after its extra attributes and a space (docker has
+    none without --log-opt; soute records none), after the time with -t."""
+    import re
+
+    out = {}
+    for tool in ("docker", "soute"):
+        call = getattr(peers, tool)
+        name = f"soute-diff-details-{tool}"
+        ok(call("run", "--name", name, "--network", "none", "busybox", "sh", "-c",
+                "echo one; echo two >&2; echo three"))
+        try:
+            plain = call("logs", "--details", name)
+            stamped = call("logs", "--details", "-t", name)
+        finally:
+            call("rm", "-f", name)
+        out[tool] = (plain.stdout, plain.stderr, plain.returncode,
+                     re.sub(r"^\S+Z ", "TIME ", stamped.stdout, flags=re.M))
+    assert out["docker"][:2] == (" one\n three\n", " two\n")
+    assert out["soute"] == out["docker"]
+
+
 def test_stats(peers: Peers) -> None:
     """``stats --no-stream``: docker's columns, formats and fields; a stopped container's
     zeros; a busy loop's CPU. (The figures themselves come from elsewhere: docker reads

@@ -433,6 +433,8 @@ def configure_logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--timestamps", action="store_true")
     p.add_argument("--since", help="only records from then on: 10m, an RFC 3339 time, seconds")
     p.add_argument("--until", help="only records up to then (same forms)")
+    p.add_argument("--details", action="store_true",
+                   help="each line after its extra attributes (soute records none)")
     p.add_argument("container", metavar="CONTAINER")
 
 
@@ -447,10 +449,10 @@ def run_logs(ctx: Context, args: argparse.Namespace) -> int:
     if args.follow:
         records = follow_logs(container.log_path, is_running=lambda: container.state().running,
                               tail=tail, timestamps=args.timestamps, since=args.since,
-                              until=args.until)
+                              until=args.until, details=args.details)
     else:
         records = read_logs(container.log_path, tail=tail, timestamps=args.timestamps,
-                            since=args.since, until=args.until)
+                            since=args.since, until=args.until, details=args.details)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     try:
         for stream, data in records:

@@ -202,8 +202,10 @@ class LogWriter:
 
 
 def _decode(line: bytes, timestamps: bool, since_ns: int | None,
-            until_ns: int | None = None) -> tuple[str, bytes] | None:
-    """One record line to (stream, bytes); None for malformed or filtered-out records."""
+            until_ns: int | None = None, details: bool = False) -> tuple[str, bytes] | None:
+    """One record line to (stream, bytes); None for malformed or filtered-out records.
+    ``details``: docker's ``--details``, the record's attributes (``k=v,...``, none here)
+    and a space before the text."""
     try:
         obj = json.loads(line)
         stream = obj["stream"]
@@ -213,6 +215,10 @@ def _decode(line: bytes, timestamps: bool, since_ns: int | None,
     if not isinstance(text, str) or not isinstance(stream, str):
         return None
     data = text.encode("utf-8", "replace")
+    if details:
+        attrs = obj.get("attrs")
+        pairs = sorted(attrs.items()) if isinstance(attrs, dict) else []
+        data = ",".join(f"{k}={v}" for k, v in pairs).encode() + b" " + data
     if timestamps or since_ns is not None or until_ns is not None:
         ns = parse_time(str(obj.get("time", "")))
         if since_ns is not None and (ns is None or ns < since_ns):
@@ -273,6 +279,7 @@ def read_logs(
     timestamps: bool = False,
     since: str | None = None,
     until: str | None = None,
+    details: bool = False,
 ) -> Iterator[tuple[str, bytes]]:
     """Yield (stream, bytes) per record, as ``docker logs`` (tail None or negative: all)."""
     since_ns = parse_since(since) if since else None
@@ -290,7 +297,7 @@ def read_logs(
             pos += len(line)
             if pos > end:  # a record still being written
                 break
-            record = _decode(line, timestamps, since_ns, until_ns)
+            record = _decode(line, timestamps, since_ns, until_ns, details)
             if record is not None:
                 yield record
 
@@ -304,6 +311,7 @@ def follow_logs(
     poll: float = 0.1,
     since: str | None = None,
     until: str | None = None,
+    details: bool = False,
 ) -> Iterator[tuple[str, bytes]]:
     """``docker logs -f``: existing records, then new ones until the container stops (or
     ``until`` has passed).
@@ -337,7 +345,7 @@ def follow_logs(
                 if not line.endswith(b"\n"):
                     f.seek(pos)  # torn record: retry once complete
                     break
-                record = _decode(line, timestamps, since_ns, until_ns)
+                record = _decode(line, timestamps, since_ns, until_ns, details)
                 if record is not None:
                     yield record
             if not running or (until_ns is not None and time.time_ns() > until_ns):
