@@ -736,6 +736,32 @@ def test_volumes_from_keeps_a_shared_volume_until_its_last_user_goes(root: Path)
         soute(root, "rm", "-f", "-v", "vf-src", "vf-dst")
 
 
+@pytest.mark.parametrize("limits", [[], ["--memory", "64m"]], ids=["no-cgroup", "with-limits"])
+def test_pause_freezes_every_process_until_unpause(root: Path, limits: list[str]) -> None:
+    """(ps, inspect, exec, stop and rm of a paused container are compared with docker's in
+    test_run_differential.py.) A paused container's processes, children included, do
+    nothing until unpause; its cgroup (made by pause without limits) goes with it."""
+    ok(soute(root, "run", "-d", "--name", "frozen", *limits, "busybox", "sh", "-c",
+             "(while true; do echo child; sleep 0.05; done) & "
+             "while true; do echo init; sleep 0.05; done"))
+    cid = ok(soute(root, "inspect", "-f", "{{.Id}}", "frozen")).strip()
+    try:
+        wait_for(lambda: "child" in ok(soute(root, "logs", "frozen")))
+        ok(soute(root, "pause", "frozen"))
+        before = ok(soute(root, "logs", "frozen"))
+        time.sleep(0.5)
+        assert ok(soute(root, "logs", "frozen")) == before
+        ok(soute(root, "unpause", "frozen"))
+        wait_for(lambda: ok(soute(root, "logs", "frozen")).count("child") >
+                 before.count("child"))
+        assert state(root, "frozen")["Status"] == "running"
+    finally:
+        soute(root, "rm", "-f", "frozen")
+    leftovers = subprocess.run(["find", "/sys/fs/cgroup", "-maxdepth", "6", "-name", cid],
+                               capture_output=True, text=True, check=False).stdout.split()
+    assert leftovers == []
+
+
 def _bytes(human: str) -> float:
     """docker's human sizes back to bytes (1000-based)."""
     units = {"kB": 1e3, "MB": 1e6, "GB": 1e9, "B": 1}

@@ -642,6 +642,49 @@ def test_logs_details(peers: Peers) -> None:
     assert out["soute"] == out["docker"]
 
 
+def test_pause_and_unpause(peers: Peers) -> None:
+    """``pause``/``unpause`` and what they do to ps, inspect, exec, stop, kill and rm: the
+    same outputs, exit codes and messages as docker's."""
+    import re
+
+    steps = [
+        ["pause", "C"], ["pause", "C"], ["ps", "-f", "name=C", "--format", "{{.State}}"],
+        ["inspect", "-f", "{{.State.Status}} {{.State.Paused}} {{.State.Running}}", "C"],
+        ["exec", "C", "true"], ["ps", "-f", "status=paused", "--format", "{{.Names}}"],
+        ["ps", "-f", "status=running", "--format", "{{.Names}}"],
+        ["unpause", "C"], ["unpause", "C"], ["exec", "C", "echo", "ran"],
+        ["pause", "C"], ["stop", "-t", "5", "C"],
+        ["inspect", "-f", "{{.State.Status}} {{.State.Paused}} {{.State.ExitCode}}", "C"],
+        ["logs", "C"], ["pause", "C"],
+        ["start", "C"], ["pause", "C"], ["kill", "C"],
+        ["inspect", "-f", "{{.State.Status}} {{.State.Paused}} {{.State.ExitCode}}", "C"],
+        ["start", "C"], ["pause", "C"], ["rm", "C"], ["rm", "-f", "C"],
+        ["pause", "soute-diff-nosuch"],
+    ]
+    seen = {}
+    for tool in ("docker", "soute"):
+        call = getattr(peers, tool)
+        name = f"soute-diff-pause-{tool}"
+        created = ok(call("run", "-d", "--name", name, "--network", "none", "busybox", "sh",
+                          "-c", "trap 'echo term; exit 3' TERM; while true; do sleep 0.1; done"))
+        results = []
+        try:
+            for step in steps:
+                r = call(*[name if a == "C" else a.replace("name=C", f"name={name}")
+                           for a in step])
+                # The message, without the tool's prefix and with the names made alike.
+                said = r.stderr.replace(created.strip(), "ID").replace(name, "C").strip()
+                said = re.sub(r"^(Error response from daemon|soute): ", "", said)
+                results.append((step, r.returncode, r.stdout.replace(name, "C"),
+                                said.partition("\n")[0].split(" (")[0]))
+        finally:
+            call("rm", "-f", name)
+        seen[tool] = results
+    for docker, soute in zip(seen["docker"], seen["soute"], strict=True):
+        assert soute == docker
+    assert seen["docker"][2][2] == "paused\n" and seen["docker"][13][2] == "term\n"
+
+
 def test_stats(peers: Peers) -> None:
     """``stats --no-stream``: docker's columns, formats and fields; a stopped container's
     zeros; a busy loop's CPU. (The figures themselves come from elsewhere: docker reads

@@ -672,6 +672,26 @@ def run_diff(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_pause(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def run_pause(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import pause
+
+    return _each(ctx, args.containers, pause)
+
+
+def configure_unpause(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def run_unpause(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.container.control import unpause
+
+    return _each(ctx, args.containers, unpause)
+
+
 def configure_stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true", help="all containers, not only running")
     p.add_argument("--no-stream", action="store_true", help="print once and exit")

@@ -60,6 +60,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "exec": ("containers", "exec", "Execute a command in a running container"),
     "commit": ("containers", "commit", "Create a new image from a container's changes"),
     "export": ("containers", "export", "Export a container's filesystem as a tar archive"),
+    "pause": ("containers", "pause", "Pause all processes within one or more containers"),
+    "unpause": ("containers", "unpause", "Unpause all processes within one or more containers"),
     "stats": ("containers", "stats", "Display a live stream of container(s) resource usage "
               "statistics"),
     "diff": ("containers", "diff", "Inspect changes to files or directories on a container's "
@@ -90,7 +92,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "restart": "restart", "kill": "kill", "wait": "wait", "rm": "rm", "remove": "rm",
         "rename": "rename", "ls": "ps", "list": "ps", "ps": "ps", "logs": "logs", "top": "top",
         "port": "port", "exec": "exec", "commit": "commit", "export": "export", "cp": "cp",
-        "diff": "diff", "stats": "stats", "inspect": "container inspect",
+        "diff": "diff", "stats": "stats", "pause": "pause", "unpause": "unpause",
+        "inspect": "container inspect",
         "prune": "container prune",
     },
     "volume": {"create": "volume create", "ls": "volume ls", "list": "volume ls",

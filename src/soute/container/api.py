@@ -149,6 +149,9 @@ def exec_command(container: Container, argv: list[str], *, interactive: bool = F
     if not state.running:
         raise ContainerError(f"container {container.short_id} is not running",
                              f"start it with 'soute start {container.name}'")
+    if state.paused:
+        raise ContainerError(f"Container {container.name} is paused, unpause the container "
+                             "before exec")
     process = exec_process(container, argv, user=user, workdir=workdir, env=env, tty=tty)
     join = cgroup_procs(container, state.pid)
     try:
@@ -235,6 +238,8 @@ def status_text(state: ContainerState, now: Any = None) -> str:
     if state.running:
         started = Timestamp.parse(state.started_at)
         up = human_duration((now.unix_nanos - started.unix_nanos) / 1e9)
+        if state.paused:
+            return f"Up {up} (Paused)"
         health = HealthState.from_json(state.health) if state.health else None
         return f"Up {up}{ps_status(health)}"
     if state.status in ("exited", "restarting"):
@@ -283,7 +288,7 @@ def ps_records(containers: list[Container], *, show_all: bool, no_trunc: bool = 
             "Ports": format_ports([PortBinding(p.host_ip, p.host_port, p.container_port,
                                                p.proto) for p in state.ports])
             if state.running else "",
-            "State": state.status,
+            "State": state.shown,
             "Status": status_text(state, now),
             "Names": c.name,
             "Labels": ",".join(f"{k}={v}" for k, v in sorted(c.spec.labels.items())),
@@ -327,7 +332,7 @@ def _matches(c: Container, state: ContainerState, key: str, value: str) -> bool:
 
         return any(re.search(value, n) for n in (c.name, "/" + c.name))
     if key == "status":
-        return state.status == value
+        return state.shown == value
     if key == "exited":
         return state.status == "exited" and str(state.exit_code) == value
     if key == "ancestor":
@@ -371,9 +376,9 @@ def inspect_dict(c: Container) -> dict[str, Any]:
         "Path": spec.path,
         "Args": spec.args,
         "State": {
-            "Status": state.status,
+            "Status": state.shown,
             "Running": state.running,
-            "Paused": False,
+            "Paused": state.paused,
             "Restarting": state.status == "restarting",
             "OOMKilled": state.oom_killed,
             "Dead": False,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from soute.runtime.cgroups import Cgroup
     from soute.store.store import Image, Store
 
 DEFAULT_STOP_TIMEOUT = 10
@@ -65,6 +66,65 @@ def kill(container: Container, sig: int = signal.SIGKILL) -> None:
         raise ContainerError(f"cannot kill container: {container.name}: container "
                              f"{container.short_id} is not running")
     _signal(state.pid, sig)
+    if state.paused and sig in (signal.SIGKILL, parse_signal(container.spec.stop_signal)):
+        _thaw(container)  # as dockerd: a paused container gets the signal that ends it
+
+
+def pause(container: Container) -> None:
+    """``soute pause``: freeze every process of the container (its cgroup's freezer; one is
+    made for a container without limits, and its processes moved in)."""
+    from soute.runtime.cgroups import Cgroup, Limits
+
+    state = container.state()
+    if not state.running:
+        raise ContainerError(f"Container {container.id} is not running")
+    if state.paused:
+        raise ContainerError(f"Container {container.id} is already paused")
+    if container.spec.resources:
+        cgroup = Cgroup.open(container.id, pid=state.pid)
+    else:
+        made = container.dir / "pause-cgroup"
+        if made.exists():  # paused before, in this run
+            cgroup = Cgroup.from_json(made.read_text())
+        else:
+            cgroup = Cgroup.create(container.id, Limits())
+            made.write_text(cgroup.to_json())
+        _move_in(cgroup, state.pid)
+    cgroup.freeze()
+    _move_in(cgroup, state.pid)  # what forked meanwhile joins the frozen cgroup: frozen too
+    container.paused_marker.write_text(cgroup.to_json())
+
+
+def _move_in(cgroup: Cgroup, init_pid: int) -> None:
+    """Every process of the container whose PID 1 is ``init_pid`` into ``cgroup``, again
+    until a pass finds none left outside (a fork between two passes)."""
+    from soute.container.top import container_pids
+
+    while True:
+        inside = set(cgroup.pids())
+        outside = [p for p in container_pids(init_pid) if p not in inside]
+        if not outside:
+            return
+        for pid in outside:
+            with contextlib.suppress(SouteError):  # it ended meanwhile
+                cgroup.add(pid)
+
+
+def unpause(container: Container) -> None:
+    """``soute unpause``: let its processes run again."""
+    state = container.state()
+    if not state.paused:
+        raise ContainerError(f"Container {container.id} is not paused")
+    _thaw(container)
+
+
+def _thaw(container: Container) -> None:
+    from soute.runtime.cgroups import Cgroup
+
+    marker = container.paused_marker
+    with contextlib.suppress(FileNotFoundError):
+        Cgroup.from_json(marker.read_text()).thaw()
+    marker.unlink(missing_ok=True)
 
 
 def wait(container: Container) -> int:
@@ -92,6 +152,8 @@ def stop(container: Container, timeout: int | None = None, signal_name: str | No
     pid, start_time = state.pid, state.pid_start
     if alive(pid, start_time):
         _signal(pid, parse_signal(signal_name or container.spec.stop_signal))
+        if state.paused:
+            _thaw(container)  # as dockerd: it gets its stop signal, then runs to handle it
         deadline = time.monotonic() + timeout if timeout >= 0 else None
         while alive(pid, start_time) and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.02)
@@ -116,6 +178,10 @@ def remove(store: Store, container: Container, *, force: bool = False,
     state = container.state()
     if state.running or state.status == "restarting":
         if not force:
+            if state.paused:
+                raise ContainerError(
+                    f"You cannot remove a paused container {container.id}. Unpause and then "
+                    "stop the container before attempting removal or force remove")
             raise ContainerError(
                 f"You cannot remove a {state.status} container {container.id}",
                 "stop the container before attempting removal or force remove (-f)")
@@ -123,6 +189,8 @@ def remove(store: Store, container: Container, *, force: bool = False,
         state = _settle(container)
         if state.running and alive(state.pid, state.pid_start):
             _signal(state.pid, signal.SIGKILL)
+            if state.paused:
+                _thaw(container)
     with container.lock():
         container.remove_cgroup()
         Containers(store).forget(container)

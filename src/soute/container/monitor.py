@@ -223,6 +223,8 @@ class Monitor:
             if cgroup is not None:
                 with contextlib.suppress(SouteError):
                     cgroup.remove()
+            if container.paused_marker.exists() or (container.dir / "pause-cgroup").exists():
+                container.remove_cgroup()  # it ended paused, or was paused once
             for fd in close_after_start + stdin_keep:
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -146,6 +146,7 @@ class ContainerState:
     ports: list[PortSpec] = field(default_factory=list)  # with the host ports allocated
     health: dict[str, Any] | None = None  # HealthState.to_json()
     restart_count: int = 0
+    paused: bool = False  # running, but frozen by `soute pause` (not recorded: see state())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -160,6 +161,11 @@ class ContainerState:
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+    @property
+    def shown(self) -> str:
+        """docker's State as ps and inspect show it: ``paused`` is a running container's."""
+        return "paused" if self.paused else self.status
 
 
 def process_start_time(pid: int) -> int | None:
@@ -233,6 +239,16 @@ class Container:
 
     def state(self) -> ContainerState:
         """The state as recorded, corrected when its monitor died without a word."""
+        state = self._state()
+        state.paused = state.running and self.paused_marker.exists()
+        return state
+
+    @property
+    def paused_marker(self) -> Path:
+        """Written by ``pause``: the container's frozen cgroup, as JSON."""
+        return self.dir / "paused"
+
+    def _state(self) -> ContainerState:
         state = self.raw_state()
         if state.status == "restarting" and not alive(state.monitor_pid, state.monitor_start):
             state.status = "exited"  # its monitor went while it waited to run it again
@@ -285,11 +301,18 @@ class Container:
         return True  # always, unless-stopped
 
     def remove_cgroup(self) -> None:
-        """The cgroup of a container with limits, left behind when its monitor was killed."""
-        if not self.spec.resources:
-            return
+        """The cgroup of a container with limits, left behind when its monitor was killed,
+        or the one ``pause`` made for a container without limits."""
         from soute.runtime.cgroups import Cgroup
 
+        made = self.dir / "pause-cgroup"
+        if made.exists():
+            with contextlib.suppress(SouteError, OSError, ValueError):
+                Cgroup.from_json(made.read_text()).remove()
+            made.unlink(missing_ok=True)
+        self.paused_marker.unlink(missing_ok=True)
+        if not self.spec.resources:
+            return
         with contextlib.suppress(SouteError):  # none (any more)
             Cgroup.open(self.id).remove()
 

@@ -465,6 +465,20 @@ class Cgroup:
     def __repr__(self) -> str:
         return f"Cgroup({self.name!r}, {sorted({str(p) for _, p in self._dirs.values()})})"
 
+    def to_json(self) -> str:
+        """Where it is, for another process (its directories can sit below any cgroup)."""
+        import json
+
+        return json.dumps({"name": self.name, "dirs": {c: [v, str(p)] for c, (v, p)
+                                                       in self._dirs.items()}})
+
+    @classmethod
+    def from_json(cls, text: str) -> Cgroup:
+        import json
+
+        data = json.loads(text)
+        return cls(data["name"], {c: (int(v), Path(p)) for c, (v, p) in data["dirs"].items()})
+
     @property
     def directories(self) -> list[Path]:
         """Every directory of this cgroup, one per hierarchy, without duplicates."""
