@@ -78,8 +78,8 @@ def test_parse_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_command_suggests() -> None:
-    line = assert_one_line_error(soute("prase"))
-    assert "unknown command 'prase'" in line and "parse" in line
+    line = assert_one_line_error(soute("parze"))
+    assert "unknown command 'parze'" in line and "'parse'" in line
 
 
 def test_unknown_global_option() -> None:

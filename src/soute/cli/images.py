@@ -71,12 +71,9 @@ def run_images(ctx: Context, args: argparse.Namespace) -> int:
             rows.append((created, repo, tag, digest, image))
     rows.sort(key=lambda r: (-(r[0].unix_nanos if r[0] else 0), r[1], r[2], r[3]))
     ident = (lambda i: i.id) if args.no_trunc else (lambda i: short_id(i.id))
-    if args.quiet:
-        seen: set[str] = set()
+    if args.quiet:  # one line per row, as docker: an image with two tags shows twice
         for *_, image in rows:
-            if image.id not in seen:
-                seen.add(image.id)
-                print(ident(image))
+            print(ident(image))
         return 0
     if args.format != "table":
         records = [{
