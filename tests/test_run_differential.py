@@ -685,6 +685,40 @@ def test_pause_and_unpause(peers: Peers) -> None:
     assert seen["docker"][2][2] == "paused\n" and seen["docker"][13][2] == "term\n"
 
 
+def test_system_df(peers: Peers) -> None:
+    """``system df``: docker's rows and fields; ``-v``: its sections, titles and columns,
+    a container's writable layer and volumes counted by the sizes of their files."""
+    import json
+    import re
+
+    seen = {}
+    for tool in ("docker", "soute"):
+        call = getattr(peers, tool)
+        name = f"soute-diff-df-{tool}"
+        ok(call("run", "--name", name, "--network", "none", "-v", "/vol", "busybox", "sh",
+                "-c", "head -c 2000000 /dev/zero > /big; echo hi > /vol/f"))
+        try:
+            summary = [json.loads(line) for line in ok(call(
+                "system", "df", "--format", "{{json .}}")).splitlines()]
+            verbose = ok(call("system", "df", "-v")).splitlines()
+        finally:
+            call("rm", "-f", "-v", name)
+        ours = next(line for line in verbose if name in line)
+        seen[tool] = {
+            "fields": [list(r) for r in summary],
+            "types": [r["Type"] for r in summary],
+            "containers": [r["Size"] for r in summary if r["Type"] == "Containers"],
+            "titles": [re.split(r"\s{2,}", line) for line in verbose
+                       if line.endswith(":") or line.isupper() or "usage" in line],
+            "row": re.split(r"\s{2,}", ours)[3:5],  # LOCAL VOLUMES, SIZE
+        }
+    assert seen["soute"]["fields"] == seen["docker"]["fields"]
+    assert seen["soute"]["types"] == seen["docker"]["types"]
+    assert seen["soute"]["containers"] == seen["docker"]["containers"] == ["2MB"]
+    assert seen["soute"]["titles"] == seen["docker"]["titles"]
+    assert seen["soute"]["row"] == seen["docker"]["row"] == ["1", "2MB"]
+
+
 def test_stats(peers: Peers) -> None:
     """``stats --no-stream``: docker's columns, formats and fields; a stopped container's
     zeros; a busy loop's CPU. (The figures themselves come from elsewhere: docker reads

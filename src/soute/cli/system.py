@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from soute.cli.table import print_table
+from soute.container.changes import upper_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from soute.cli.main import Context
     from soute.store.store import Image, Store
@@ -36,61 +35,113 @@ def run_fsck(ctx: Context, args: argparse.Namespace) -> int:
 
 def configure_df(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show detailed information")
+    p.add_argument("--format", help="a Go template for each row: '{{.Type}} {{.Size}}', json")
 
 
 def run_df(ctx: Context, args: argparse.Namespace) -> int:
+    from soute.cli.table import render_template
     from soute.container.record import Containers
     from soute.image.inspect import human_size
 
     store = ctx.store()
     images = store.images()
+    containers = Containers(store).all()
     layer_sizes = dict(store.meta.layers())
     image_layers = {d for i in images for d, _ in i.layers}
     total = sum(s for d, s in layer_sizes.items() if d in image_layers)
     # As docker: an image is active while a container uses it; the rest could be pruned.
-    used_ids = {c.spec.image for c in Containers(store).all()}
+    used_ids = {c.spec.image for c in containers}
     used = [i for i in images if i.id in used_ids]
     kept = {d for i in used for d, _ in i.layers}
     reclaimable = sum(s for d, s in layer_sizes.items() if d in image_layers and d not in kept)
     pct = f" ({reclaimable * 100 // total}%)" if total else ""
+    sizes = {c.id: upper_size(c.upper) for c in containers}
     rows = [["Images", str(len(images)), str(len(used)), human_size(total),
              human_size(reclaimable) + pct]]
-    rows += _container_and_volume_rows(ctx)
+    rows += _container_and_volume_rows(ctx, containers, sizes)
     # The build cache's own layers (those no image has), all of them free to prune.
     cache_layers, _ = store.meta.cache_roots()
     cache_size = sum(layer_sizes.get(d, 0) for d in cache_layers - image_layers)
     rows.append(["Build Cache", str(store.meta.cache_count()), "0", human_size(cache_size),
                  human_size(cache_size)])
-    print_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
     if args.verbose:
-        from soute.image.digest import short_id
-        from soute.store.names import familiar
-
-        print()
-        print_table(["REPOSITORY", "TAG", "IMAGE ID", "SIZE"], [
-            [*(familiar(t).rpartition(":")[::2] if t else ("<none>", "<none>")), short_id(i.id),
-             human_size(i.size)]
-            for i in images for t in (i.tags or ("",))
-        ])
+        _df_verbose(store, images, containers, sizes, cache_size)
+    elif args.format:
+        records = [{  # in docker's order of {{json .}}
+            "Active": row[2], "Reclaimable": row[4], "Size": row[3], "TotalCount": row[1],
+            "Type": row[0]} for row in rows]
+        sys.stdout.write(render_template("{{json .}}" if args.format == "json" else args.format,
+                                         records))
+    else:
+        print_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
     return 0
 
 
-def _container_and_volume_rows(ctx: Context) -> list[list[str]]:
+def _df_verbose(store: Store, images: list[Image], containers: list[Any],
+                sizes: dict[str, int], cache_size: int) -> None:
+    """docker's ``system df -v``: a table per kind, each under its title."""
+    from soute.container.api import ps_records
+    from soute.container.volumes import Volumes
+    from soute.image.digest import short_id
+    from soute.image.inspect import human_duration_ago, human_size
+    from soute.image.timestamp import Timestamp
+    from soute.store.names import familiar
+
+    layer_users: dict[str, int] = {}
+    for image in images:
+        for d, _ in image.layers:
+            layer_users[d] = layer_users.get(d, 0) + 1
+    users = {i.id: sum(1 for c in containers if c.spec.image == i.id) for i in images}
+    rows = []
+    for image in images:
+        shared = sum(s for d, s in image.layers if layer_users[d] > 1)
+        created = (human_duration_ago(Timestamp.parse(image.created)) if image.created
+                   else "N/A")
+        for tag in image.tags or ("",):
+            repo, name = familiar(tag).rpartition(":")[::2] if tag else ("<none>", "<none>")
+            rows.append([repo, name, short_id(image.id), created, human_size(image.size),
+                         human_size(shared), human_size(image.size - shared),
+                         str(users[image.id])])
+    print("Images space usage:\n")
+    print_table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",
+                 "UNIQUE SIZE", "CONTAINERS"], rows)
+    by_id = {c.short_id: c for c in containers}
+    print("\nContainers space usage:\n")
+    print_table(["CONTAINER ID", "IMAGE", "COMMAND", "LOCAL VOLUMES", "SIZE", "CREATED",
+                 "STATUS", "NAMES"],
+                [[r["ID"], r["Image"], r["Command"],
+                  str(sum(1 for m in by_id[r["ID"]].spec.mounts if m.kind == "volume")),
+                  human_size(sizes[by_id[r["ID"]].id]), r["RunningFor"], r["Status"],
+                  r["Names"]] for r in ps_records(containers, show_all=True)])
+    volumes = Volumes(store.root).list()
+    print("\nLocal Volumes space usage:\n")
+    print_table(["VOLUME NAME", "LINKS", "SIZE"],
+                [[v.name, str(sum(1 for c in containers for m in c.spec.mounts
+                                  if m.kind == "volume" and m.source == v.name)),
+                  human_size(upper_size(v.mountpoint))] for v in volumes])
+    print(f"\nBuild cache usage: {human_size(cache_size)}\n")
+    print_table(["CACHE ID", "CACHE TYPE", "SIZE", "CREATED", "LAST USED", "USAGE", "SHARED"],
+                [[key.removeprefix("sha256:")[:12], "regular", human_size(size),
+                  human_duration_ago(Timestamp.parse(created)),
+                  human_duration_ago(Timestamp.parse(last)), "-",
+                  str(bool(diff_id) and diff_id in layer_users).lower()]
+                 for key, diff_id, size, created, last in store.meta.cache_records()])
+
+
+def _container_and_volume_rows(ctx: Context, containers: list[Any],
+                               sizes: dict[str, int]) -> list[list[str]]:
     """docker's Containers (writable layers) and Local Volumes rows."""
     from soute.container.control import volumes_in_use
-    from soute.container.record import Containers
     from soute.container.volumes import Volumes
     from soute.image.inspect import human_size
 
     store = ctx.store()
-    containers = Containers(store).all()
-    sizes = {c.id: _tree_size(c.upper) for c in containers}
     running = {c.id for c in containers if c.state().running}
     stopped = sum(size for cid, size in sizes.items() if cid not in running)
     total = sum(sizes.values())
     volumes = Volumes(store.root).list()
     used = volumes_in_use(store)
-    volume_sizes = {v.name: _tree_size(v.mountpoint) for v in volumes}
+    volume_sizes = {v.name: upper_size(v.mountpoint) for v in volumes}
     unused = sum(size for name, size in volume_sizes.items() if name not in used)
     volume_total = sum(volume_sizes.values())
 
@@ -103,15 +154,6 @@ def _container_and_volume_rows(ctx: Context) -> list[list[str]]:
         ["Local Volumes", str(len(volumes)), str(sum(1 for v in volumes if v.name in used)),
          human_size(volume_total), human_size(unused) + pct(unused, volume_total)],
     ]
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-    return total
 
 
 def _confirm(warning: str, force: bool) -> bool:
@@ -250,7 +292,7 @@ def run_builder_prune(ctx: Context, args: argparse.Namespace) -> int:
             path = store.root / "cache" / name
             if path.is_dir():
                 entries += sum(1 for _ in path.iterdir())
-                report.bytes += _tree_size(path)
+                report.bytes += upper_size(path)  # the sizes of its files, as df counts
                 shutil.rmtree(path, ignore_errors=True)
     print(f"Deleted build cache objects: {entries}")
     print(f"Total:\t{human_size(report.bytes)}")

@@ -451,6 +451,11 @@ class Meta:
         rows = list(self.db.execute("SELECT diff_id, chain_id FROM build_cache"))
         return ({d for d, _ in rows if d}, {c for _, c in rows if c})
 
+    def cache_records(self) -> list[tuple[str, str | None, int, str, str]]:
+        """(key, diff_id, size, created, used) of every build cache record, newest first."""
+        return [tuple(r) for r in self.db.execute(  # type: ignore[misc]
+            "SELECT key, diff_id, size, created, used FROM build_cache ORDER BY used DESC")]
+
     def cache_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM build_cache").fetchone()[0])
 
