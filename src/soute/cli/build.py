@@ -38,6 +38,9 @@ def configure_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the platform to build for: only the host's (no emulation)")
     p.add_argument("--iidfile", help="write the image ID to this file")
+    p.add_argument("-o", "--output", metavar="DIR|-|type=local,dest=DIR|type=tar,dest=FILE",
+                   help="write the result's files instead of keeping an image: to a "
+                        "directory, or as a tar ('-': standard output)")
     p.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT",
                    help="grant an entitlement: security.insecure (RUN --security=insecure "
                         "gets every capability), network.host")
@@ -139,9 +142,11 @@ def _run_build(ctx: Context, args: argparse.Namespace, store: Store) -> int:
             dockerfile_path = Path(args.file) if args.file else context / "Dockerfile"
             name = str(dockerfile_path)
             text = _read(dockerfile_path, name)
+    args.export = _output(args.output) if args.output else None  # checked before building
     opts = BuildOptions(
         dockerfile=text, dockerfile_name=name, context=context, dockerfile_path=dockerfile_path,
-        tags=[full_tag(t) for t in args.tag],
+        # As BuildKit: with --output the result is exported, not kept as an image.
+        tags=[] if args.export else [full_tag(t) for t in args.tag],
         build_args=_pairs(args.build_arg, "--build-arg", from_env=True),
         target=args.target, no_cache=args.no_cache, network=args.network,
         labels=_pairs(args.label, "--label", from_env=False), quiet=args.quiet,
@@ -153,7 +158,7 @@ def _run_build(ctx: Context, args: argparse.Namespace, store: Store) -> int:
     if (ctx.build_request is not None and context is not None and dockerfile_path is not None
             and sys.stdout is not None and sys.stderr is not None
             and not (args.no_cache or args.secret or args.ssh or args.cache_from
-                     or args.cache_to)):
+                     or args.cache_to or args.export)):
         from soute.build.fastlane import Memo, Tee
 
         # Gather what the build reads and prints: a fully cached one leaves its memo.
@@ -192,6 +197,10 @@ def _build_and_report(store: Store, opts: BuildOptions, args: argparse.Namespace
             import shutil
 
             shutil.rmtree(cleanup, ignore_errors=True)
+    if args.export:
+        _export(store, image, *args.export)
+        sys.stderr.write(summary)
+        return image, live
     if args.iidfile:
         Path(args.iidfile).write_text(image.id)
     if args.quiet:
@@ -204,6 +213,72 @@ def _build_and_report(store: Store, opts: BuildOptions, args: argparse.Namespace
             print(f"naming to {familiar(tag)} done", file=sys.stderr)
     sys.stderr.write(summary)  # the check warnings, last, as docker lists them
     return image, live
+
+
+def _output(value: str) -> tuple[str, str]:
+    """``--output``: (type, dest) from ``DIR``, ``-`` or ``type=local|tar,dest=...``."""
+    from soute.errors import SouteError
+
+    if "=" not in value:
+        return ("tar", "-") if value == "-" else ("local", value)
+    fields = dict(part.partition("=")[::2] for part in value.split(","))
+    kind, dest = fields.get("type", "local"), fields.get("dest", "")
+    if kind not in ("local", "tar"):
+        raise SouteError(f'exporter "{kind}" could not be found',
+                         "--output takes type=local (a directory) or type=tar")
+    if not dest:
+        raise SouteError(f"--output {value}: dest is required",
+                         "name the directory (or file, '-' for standard output) with dest=")
+    unknown = set(fields) - {"type", "dest"}
+    if unknown:
+        raise SouteError(f"--output {value}: unknown attribute {sorted(unknown)[0]!r}")
+    return kind, dest
+
+
+def _export(store: Store, image: Image, kind: str, dest: str) -> None:
+    """Write the image's files to ``dest`` (a directory, or a tar), then drop the image
+    itself when nothing else names or uses it, as BuildKit keeps none: its layers stay in
+    the build cache."""
+    import shutil
+
+    from soute.layer import apply_layer
+    from soute.runtime.rootfs import write_merged_tar
+
+    work = store.new_tree("output-")
+    try:
+        lowers = store.snapshots(image.diff_ids)
+        if kind == "tar" and dest == "-":
+            sys.stdout.flush()
+            write_merged_tar(lowers, work / "merged", sys.stdout.buffer.fileno())
+        elif kind == "tar":
+            with open(dest, "wb") as out:
+                write_merged_tar(lowers, work / "merged", out.fileno())
+        else:
+            os.makedirs(dest, mode=0o700, exist_ok=True)  # BuildKit makes it private too
+            read, write = os.pipe()
+            import threading
+
+            failure: list[BaseException] = []
+
+            def produce() -> None:
+                try:
+                    write_merged_tar(lowers, work / "merged", write)
+                except BaseException as e:  # reported by the caller
+                    failure.append(e)
+                finally:
+                    os.close(write)
+
+            thread = threading.Thread(target=produce, daemon=True)
+            thread.start()
+            with os.fdopen(read, "rb") as stream:
+                apply_layer(stream, Path(dest), overlay=False)
+            thread.join()
+            if failure:
+                raise failure[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if not image.tags:
+        store.forget_image(image.id)  # a container using it keeps it
 
 
 def _remember(store: Store, request: str, opts: BuildOptions, image_id: str,

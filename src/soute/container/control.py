@@ -24,7 +24,6 @@ from soute.errors import SouteError
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
     from soute.runtime.cgroups import Cgroup
     from soute.store.store import Image, Store
@@ -229,7 +228,7 @@ def export(store: Store, container: Container, output: str) -> None:
     """``soute export``: the container's whole root filesystem (image and changes) as a tar,
     read through an overlay mounted in a private mount namespace of a child process."""
     from soute.container.record import ContainerError as Error
-    from soute.runtime.rootfs import INIT_LAYER, Layers, link_layers
+    from soute.runtime.rootfs import INIT_LAYER, write_merged_tar
 
     if os.path.isdir(output):
         raise Error(f"cannot export {container.name} to {output}: it is a directory",
@@ -241,16 +240,11 @@ def export(store: Store, container: Container, output: str) -> None:
         if init.is_dir():  # docker's export has its init layer's /etc/mtab (commit has not)
             lowers.append(init)
         work = store.tmp / f"export-{container.id[:12]}-{os.getpid()}"
-        # The container's upper dir joins the lowers: the view is read-only, its work dir untouched.
-        empty_upper, empty_work = work / "upper", work / "work"
-        for d in (empty_upper, empty_work):
-            d.mkdir(parents=True)
-        link_layers(Layers([*lowers, container.upper], empty_upper, empty_work), work / "layers")
-        (work / "root").mkdir()
         tmp_out = f"{output}.soute-tmp"
         try:
             with open(tmp_out, "wb") as out:  # here, so a bad path is one clear line
-                _export_in_child(work, out.fileno())
+                # The container's upper dir joins the lowers: read-only, its work dir untouched.
+                write_merged_tar([*lowers, container.upper], work, out.fileno())
             os.replace(tmp_out, output)
         except OSError as exc:
             raise Error(f"cannot export {container.name} to {output}: {exc.strerror}") from None
@@ -260,40 +254,6 @@ def export(store: Store, container: Container, output: str) -> None:
             shutil.rmtree(work, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 os.unlink(tmp_out)
-
-
-def _export_in_child(work: Path, out: int) -> None:
-    """Write the tar in a child that mounts the overlay in its own mount namespace."""
-    from soute.container.record import ContainerError as Error
-    from soute.layer import write_layer
-    from soute.runtime.rootfs import mount_overlay
-
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports by exit status
-        code = 1
-        try:
-            from soute.runtime import _linux
-
-            _linux.unshare(_linux.CLONE_NEWNS)
-            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-            mount_overlay(work / "layers", str(work / "root"))
-            with os.fdopen(out, "wb", closefd=False) as f:
-                write_layer(work / "root", f, overlay=False)
-            code = 0
-        except BaseException as exc:  # everything must end in _exit
-            with contextlib.suppress(BaseException):
-                os.write(2, f"soute: export: {exc}\n".encode())
-        finally:
-            os._exit(code)
-    try:
-        _, status = os.waitpid(pid, 0)
-    except BaseException:  # ^C: the child goes too
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise Error("cannot export the container (see the message above)")
 
 
 def volumes_in_use(store: Store) -> set[str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -166,6 +167,45 @@ def mount_overlay_data(directory: str | Path, data: str, target: str) -> None:
 
 
 # ---------------------------------------------------------------------------- init layer
+
+
+def write_merged_tar(lowers: Sequence[Path], work: Path, out: int) -> None:
+    """The tree the overlay of ``lowers`` (base first) shows, as a tar written to ``out``: an
+    image's or a container's whole root filesystem (``export``, ``build -o``). ``work`` is
+    an empty scratch directory on the store's file system, left for the caller to remove.
+
+    A child process mounts the overlay read-only in a mount namespace of its own, so
+    nothing stays mounted whatever happens to this process."""
+    from soute.layer import write_layer
+
+    upper, scratch, root = work / "upper", work / "work", work / "root"
+    for d in (upper, scratch, root):
+        d.mkdir(parents=True)
+    link_layers(Layers(lowers, upper, scratch), work / "layers")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports by exit status
+        code = 1
+        try:
+            _linux.unshare(_linux.CLONE_NEWNS)
+            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+            mount_overlay(work / "layers", str(root))
+            with os.fdopen(out, "wb", closefd=False) as f:
+                write_layer(root, f, overlay=False)
+            code = 0
+        except BaseException as exc:  # everything must end in _exit
+            with contextlib.suppress(BaseException):
+                os.write(2, f"soute: {exc}\n".encode())
+        finally:
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # ^C: the child goes too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SouteError("cannot write the root filesystem (see the message above)")
 
 
 def make_init_layer(lowers: Sequence[Path], directory: Path) -> None:
