@@ -220,7 +220,7 @@ def _output(value: str) -> tuple[str, str]:
     from soute.errors import SouteError
 
     if "=" not in value:
-        return ("tar", "-") if value == "-" else ("local", value)
+        return ("tar", "-") if value == "-" else _check_dest("local", value)
     fields = dict(part.partition("=")[::2] for part in value.split(","))
     kind, dest = fields.get("type", "local"), fields.get("dest", "")
     if kind not in ("local", "tar"):
@@ -232,6 +232,19 @@ def _output(value: str) -> tuple[str, str]:
     unknown = set(fields) - {"type", "dest"}
     if unknown:
         raise SouteError(f"--output {value}: unknown attribute {sorted(unknown)[0]!r}")
+    return _check_dest(kind, dest)
+
+
+def _check_dest(kind: str, dest: str) -> tuple[str, str]:
+    """Refused before the build rather than after it: a destination that cannot be."""
+    from soute.errors import SouteError
+
+    if kind == "local" and os.path.exists(dest) and not os.path.isdir(dest):
+        raise SouteError(f"--output: {dest} exists and is not a directory",
+                         "name a directory, or type=tar,dest=FILE for an archive")
+    parent = os.path.dirname(os.path.abspath(dest))
+    if dest != "-" and not os.path.isdir(parent):
+        raise SouteError(f"--output: {parent} does not exist", "make it first")
     return kind, dest
 
 
@@ -277,8 +290,8 @@ def _export(store: Store, image: Image, kind: str, dest: str) -> None:
                 raise failure[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not image.tags:
-        store.forget_image(image.id)  # a container using it keeps it
+        if not image.tags:
+            store.forget_image(image.id)  # a container using it keeps it
 
 
 def _remember(store: Store, request: str, opts: BuildOptions, image_id: str,
