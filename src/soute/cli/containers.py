@@ -742,10 +742,15 @@ def run_stats(ctx: Context, args: argparse.Namespace) -> int:
 
 def _stats_readings(containers: list[tuple[str, Container]]) -> dict[str, Any]:
     from soute.container import stats
+    from soute.errors import SouteError
 
     out = {}
     for _, c in containers:
-        state = c.state()
+        try:
+            state = c.state()
+        except (OSError, SouteError):  # removed while `stats` shows it: docker's zeros too
+            out[c.id] = stats.ZERO
+            continue
         out[c.id] = stats.read(state.pid, own_network=c.spec.network == "private") \
             if state.running else stats.ZERO
     return out
