@@ -555,8 +555,13 @@ DIFF_CASES: dict[str, tuple[list[str], str]] = {
 }
 
 
-@pytest.mark.parametrize("case", list(DIFF_CASES))
-@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+@pytest.mark.parametrize(("case", "running"), [
+    pytest.param(case, running, id=f"{'running' if running else 'stopped'}-{case}",
+                 marks=[pytest.mark.xfail(strict=True, reason=(
+                     "deliberate (docs/differences.md): soute removes the mountpoints it "
+                     "made when a container stops"))] if (case, running) == ("volume", False)
+                 else [])
+    for running in (False, True) for case in DIFF_CASES])
 def test_diff(peers: Peers, case: str, running: bool) -> None:
     """``diff``: the container's changes, with the same kinds and paths. docker 20.10
     lists them in Go's random map order (a directory before what it holds): soute in the
@@ -564,8 +569,6 @@ def test_diff(peers: Peers, case: str, running: bool) -> None:
     options, script = DIFF_CASES[case]
     if running:
         options, script = ["-d", *options], script + " && echo done && sleep 60"
-    elif case == "volume":
-        pytest.skip("soute removes the mountpoints it made when a container stops")
     listed = {}
     for tool in ("docker", "soute"):
         call = getattr(peers, tool)
