@@ -722,6 +722,21 @@ def test_system_df(peers: Peers) -> None:
     assert seen["soute"]["row"] == seen["docker"]["row"] == ["1", "2MB"]
 
 
+def test_info(peers: Peers) -> None:
+    """``info``: the machine's facts under docker's names, as docker reports them."""
+    template = ("{{.OSType}}|{{.Architecture}}|{{.NCPU}}|{{.MemTotal}}|{{.KernelVersion}}|"
+                "{{.OperatingSystem}}|{{.CgroupVersion}}|{{.CgroupDriver}}|{{.LoggingDriver}}|"
+                "{{json .DriverStatus}}")
+    docker, soute = (ok(call("info", "--format", template)) for call in (peers.docker,
+                                                                        peers.soute))
+    fields = soute.strip().split("|")
+    assert fields[:-1] == docker.strip().split("|")[:-1]
+    assert fields[-1].startswith('[["Backing Filesystem",')
+    text = ok(peers.soute("info"))
+    for line in ("Storage Driver: overlay", "OSType: linux", f"CPUs: {fields[2]}"):
+        assert line in text.splitlines(), text
+
+
 def test_stats(peers: Peers) -> None:
     """``stats --no-stream``: docker's columns, formats and fields; a stopped container's
     zeros; a busy loop's CPU. (The figures themselves come from elsewhere: docker reads

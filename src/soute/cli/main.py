@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fsck": ("system", "fsck", "Check every blob, image, tag and snapshot of the store"),
     "image prune": ("system", "image_prune", "Remove unused images"),
     "system df": ("system", "df", "Show disk usage"),
+    "info": ("system", "info", "Display system-wide information"),
     "builder prune": ("system", "builder_prune", "Remove the build cache"),
     "system prune": ("system", "system_prune", "Remove unused data"),
     "run": ("containers", "run", "Create and run a new container from an image"),
@@ -100,7 +101,7 @@ GROUPS: dict[str, dict[str, str]] = {
                "inspect": "volume inspect", "rm": "volume rm", "remove": "volume rm",
                "prune": "volume prune"},
     "builder": {"build": "build", "prune": "builder prune"},
-    "system": {"df": "system df", "prune": "system prune"},
+    "system": {"df": "system df", "prune": "system prune", "info": "info"},
 }
 
 USAGE = "usage: soute [--root DIR] [--debug] COMMAND [ARG...]"

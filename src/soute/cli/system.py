@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from soute.container.changes import upper_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
     from typing import Any
 
     from soute.cli.main import Context
@@ -31,6 +33,100 @@ def run_fsck(ctx: Context, args: argparse.Namespace) -> int:
     print(f"checked {report.blobs} blobs, {report.images} images, {report.snapshots} snapshots:"
           f" {len(report.problems)} problem(s)")
     return 1 if report.problems else 0
+
+
+def configure_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--format", help="a Go template: '{{.NCPU}} {{.MemTotal}}', json")
+
+
+# statfs magic numbers of the file systems docker names in "Backing Filesystem".
+_FS_NAMES = {0xEF53: "extfs", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs",
+             0x794C7630: "overlayfs", 0x2FC12FC1: "zfs"}
+
+
+def run_info(ctx: Context, args: argparse.Namespace) -> int:
+    """``soute info``: docker's ``info`` fields that a store without a daemon has."""
+    import platform
+    import socket
+
+    from soute import __version__
+    from soute.container.record import Containers
+    from soute.errors import SouteError
+    from soute.image.inspect import human_size
+    from soute.runtime.cgroups import detect_layout
+
+    store = ctx.store()
+    states = [c.state() for c in Containers(store).all()]
+    running = sum(1 for s in states if s.running and not s.paused)
+    paused = sum(1 for s in states if s.paused)
+    with open("/proc/meminfo") as f:
+        memory = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    release = platform.freedesktop_os_release() if hasattr(platform, "freedesktop_os_release") \
+        else {}
+    layout = detect_layout()
+    info: dict[str, Any] = {  # docker's names, for --format
+        "Containers": len(states), "ContainersRunning": running, "ContainersPaused": paused,
+        "ContainersStopped": len(states) - running - paused, "Images": len(store.images()),
+        "Driver": "overlay",
+        "DriverStatus": [["Backing Filesystem", _backing_fs(store.root)]],
+        "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs",
+        "CgroupVersion": "1" if any(h.version == 1 for h in layout.hierarchies) else "2",
+        "KernelVersion": platform.release(),
+        "OperatingSystem": release.get("PRETTY_NAME", platform.system()),
+        "OSVersion": release.get("VERSION_ID", ""), "OSType": "linux",
+        "Architecture": platform.machine(), "NCPU": os.cpu_count() or 1, "MemTotal": memory,
+        "Name": socket.gethostname(), "DockerRootDir": str(store.root),
+        "ServerVersion": __version__, "DefaultRuntime": "soute",
+        "Runtimes": {"soute": {"path": "soute"},
+                     **({"runc": {"path": "runc"}} if shutil.which("runc") else {})},
+        "Debug": ctx.debug,
+    }
+    if args.format:
+        from soute.cli.gotemplate import TemplateError, render
+
+        text = "{{json .}}" if args.format == "json" else args.format
+        try:
+            print(render(text.replace("\\t", "\t").replace("\\n", "\n"), info,
+                         strict=False))
+        except TemplateError as e:
+            raise SouteError(e.message) from None
+        return 0
+    print(f"""Containers: {info["Containers"]}
+ Running: {running}
+ Paused: {paused}
+ Stopped: {info["ContainersStopped"]}
+Images: {info["Images"]}
+Server Version: soute {__version__} (no daemon)
+Storage Driver: overlay
+ Backing Filesystem: {info["DriverStatus"][0][1]}
+Logging Driver: json-file
+Cgroup Driver: cgroupfs
+Cgroup Version: {info["CgroupVersion"]}
+Runtimes: {" ".join(info["Runtimes"])}
+Default Runtime: soute
+Kernel Version: {info["KernelVersion"]}
+Operating System: {info["OperatingSystem"]}
+OSType: linux
+Architecture: {info["Architecture"]}
+CPUs: {info["NCPU"]}
+Total Memory: {human_size(memory, 4, binary=True)}
+Name: {info["Name"]}
+Root Dir: {store.root}
+Debug Mode: {str(ctx.debug).lower()}""")
+    return 0
+
+
+def _backing_fs(path: Path) -> str:
+    """docker's name for the file system ``path`` is on."""
+    import ctypes
+    import ctypes.util
+
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return "unknown"
+    magic = int.from_bytes(buf.raw[:8], sys.byteorder) & 0xFFFFFFFF
+    return _FS_NAMES.get(magic, f"0x{magic:x}")
 
 
 def configure_df(p: argparse.ArgumentParser) -> None:
