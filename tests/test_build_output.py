@@ -119,7 +119,7 @@ def test_output_keeps_no_image_and_refuses_unknown_exporters(peers,  # type: ign
     assert len(bad.stderr.splitlines()) == 1
     # A destination that cannot be is refused before the build, which leaves no image.
     (tmp_path / "a-file").write_text("")
-    for output in (str(tmp_path / "a-file"), f"type=tar,dest={tmp_path}/none/x.tar"):
+    for output in (str(tmp_path / "a-file"), f"type=tar,dest={tmp_path}/none/x.tar", ""):
         bad = soute(store, "build", "--no-cache", "-o", output, str(ctx))
         assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1, bad.stderr
         assert b"--output" in bad.stderr and b"#" not in bad.stderr  # no step ran

@@ -1168,6 +1168,15 @@ def test_cp_between_the_host_and_a_running_or_stopped_container(root: Path,
                                  capture_output=True, check=True).stdout
             with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
                 assert archive.getnames() == ["seed.txt"]
+            # ... and back in from standard input, into a directory.
+            subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root), "cp",
+                            "-", f"{name}:/copied"], input=tar, capture_output=True, check=True)
+            back = subprocess.run([sys.executable, "-m", "soute.cli.main", "--root",
+                                   str(root), "cp", f"{name}:/copied/seed.txt", "-"],
+                                  capture_output=True, check=True).stdout
+            with tarfile.open(fileobj=io.BytesIO(back)) as archive:
+                member = archive.extractfile("seed.txt")
+                assert member is not None and member.read() == b"seeded\n"
             for args, message in (
                     ([f"{name}:/nope", str(out)], "Could not find the file /nope"),
                     ([str(host / "nope"), f"{name}:/"], "no such file or directory"),

@@ -142,7 +142,7 @@ def _run_build(ctx: Context, args: argparse.Namespace, store: Store) -> int:
             dockerfile_path = Path(args.file) if args.file else context / "Dockerfile"
             name = str(dockerfile_path)
             text = _read(dockerfile_path, name)
-    args.export = _output(args.output) if args.output else None  # checked before building
+    args.export = _output(args.output) if args.output is not None else None  # before building
     opts = BuildOptions(
         dockerfile=text, dockerfile_name=name, context=context, dockerfile_path=dockerfile_path,
         # As BuildKit: with --output the result is exported, not kept as an image.
@@ -219,6 +219,8 @@ def _output(value: str) -> tuple[str, str]:
     """``--output``: (type, dest) from ``DIR``, ``-`` or ``type=local|tar,dest=...``."""
     from soute.errors import SouteError
 
+    if not value:
+        raise SouteError("--output needs a destination", "give -o DIR, -o - or -o type=...")
     if "=" not in value:
         return ("tar", "-") if value == "-" else _check_dest("local", value)
     fields = dict(part.partition("=")[::2] for part in value.split(","))

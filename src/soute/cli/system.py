@@ -61,8 +61,10 @@ def run_info(ctx: Context, args: argparse.Namespace) -> int:
     paused = sum(1 for s in states if s.paused)
     with open("/proc/meminfo") as f:
         memory = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
-    release = platform.freedesktop_os_release() if hasattr(platform, "freedesktop_os_release") \
-        else {}
+    try:
+        release = platform.freedesktop_os_release()
+    except OSError:  # no /etc/os-release: the kernel's name stands in, as docker's
+        release = {}
     layout = detect_layout()
     info: dict[str, Any] = {  # docker's names, for --format
         "Containers": len(states), "ContainersRunning": running, "ContainersPaused": paused,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -46,8 +47,7 @@ def copy_out(store: Store, container: Container, src: str, dest: str, *, archive
         with os.fdopen(read_fd, "rb") as stream:
             if dest == "-":
                 with os.fdopen(os.dup(1), "wb") as stdout:
-                    while chunk := stream.read(1 << 20):
-                        stdout.write(chunk)
+                    shutil.copyfileobj(stream, stdout, 1 << 20)
                 return
             owner = None if archive else (os.getuid(), os.getgid())
             place(stream, src, dest, owner=owner, host=True)
@@ -78,8 +78,7 @@ def copy_in(store: Store, container: Container, src: str, dest: str, *, archive:
         with os.fdopen(write_fd, "wb") as out:
             if src == "-":
                 with os.fdopen(os.dup(0), "rb") as stdin:
-                    while chunk := stdin.read(1 << 20):
-                        out.write(chunk)
+                    shutil.copyfileobj(stdin, out, 1 << 20)
             else:
                 _write_archive(src, out, follow=follow, where=src)
 
@@ -319,7 +318,6 @@ def _stopped_root(store: Store, container: Container, stack: contextlib.ExitStac
                   writes: bool) -> Path:
     """The overlay a stopped container runs on, ready to mount from ``links``: its upper dir
     for real when the copy writes, a read-only view of it otherwise."""
-    import shutil
     import tempfile
 
     from soute.runtime.rootfs import INIT_LAYER, Layers, link_layers
