@@ -26,6 +26,7 @@ from soute.container.network import (
     Slirp,
     available,
     resolv_conf_for_slirp,
+    resolv_conf_with,
 )
 from soute.container.ports import (
     PortBinding,
@@ -613,3 +614,21 @@ def test_resolv_conf_for_slirp(tmp_path: Path) -> None:
         b"nameserver 10.0.2.3\nsearch example.com corp.example\noptions edns0 trust-ad\n"
     )
     assert resolv_conf_for_slirp(tmp_path / "missing") == b"nameserver 10.0.2.3\n"
+
+
+def test_resolv_conf_with_options(tmp_path: Path) -> None:
+    """docker's file with --dns, --dns-search or --dns-option: search, nameservers, options;
+    what is not given comes from the file the container would get (nameservers) or from the
+    host's last search and options lines."""
+    host = tmp_path / "resolv.conf"
+    host.write_text("nameserver 192.0.2.53\nsearch old.example\nsearch corp.example lan\n"
+                    "domain corp.example\noptions edns0\noptions ndots:3 timeout:2\n")
+    base = b"nameserver 10.0.2.3\nsearch corp.example lan\n"
+    assert resolv_conf_with(base, servers=["192.0.2.1"], host_resolv=host) == (
+        b"search corp.example lan\nnameserver 192.0.2.1\noptions ndots:3 timeout:2\n")
+    assert resolv_conf_with(base, search=["a.example"], options=["debug"], host_resolv=host) == (
+        b"search a.example\nnameserver 10.0.2.3\noptions debug\n")
+    assert resolv_conf_with(base, search=["."], host_resolv=host) == (
+        b"nameserver 10.0.2.3\noptions ndots:3 timeout:2\n")
+    assert resolv_conf_with(b"", options=["ndots:1"], host_resolv=tmp_path / "missing") == (
+        b"options ndots:1\n")

@@ -823,3 +823,181 @@ def test_exec_in_a_container_that_is_not_running(peers: Peers) -> None:
     finally:
         peers.docker("rm", ids["docker"])
         peers.soute("rm", ids["soute"])
+
+
+# ------------------------------------------------------------------ resolver, security, sysctls
+
+
+@pytest.mark.parametrize("options", [
+    [],
+    ["--dns", "192.0.2.1"],
+    ["--dns-search", "a.example", "--dns-search", "b.example"],
+    ["--dns-option", "ndots:2", "--dns-opt", "timeout:1"],
+    ["--dns-search", "."],
+    ["--dns", "192.0.2.1", "--dns-search", "x.example", "--dns-option", "debug"],
+], ids=lambda o: " ".join(o) or "none")
+def test_resolv_conf_options(peers: Peers, options: list[str]) -> None:
+    """docker's order (search, nameservers, options); each option replaces its part."""
+    same(*peers.both(options, "busybox", ["cat", "/etc/resolv.conf"]))
+
+
+NNP_AND_SECCOMP = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"
+
+
+@pytest.mark.parametrize("option", [
+    "no-new-privileges", "no-new-privileges=true", "no-new-privileges:false",
+    "no-new-privileges=1", "no-new-privileges=F",
+])
+def test_security_opt_no_new_privileges(peers: Peers, option: str) -> None:
+    docker, soute = peers.both(["--security-opt", option], "busybox",
+                               ["sh", "-c", "grep NoNewPrivs: /proc/self/status"])
+    assert docker.stdout.strip() in ("NoNewPrivs:\t0", "NoNewPrivs:\t1")
+    same(docker, soute)
+
+
+def test_security_opt_seccomp_unconfined(peers: Peers) -> None:
+    """With seccomp=unconfined docker's processes have no filter either (soute never has
+    one: docs/differences.md), and no_new_privs can be dropped as in docker."""
+    options = ["--security-opt", "seccomp=unconfined", "--security-opt", "no-new-privileges=false",
+               "--security-opt", "apparmor=unconfined", "--security-opt", "label=disable"]
+    docker, soute = peers.both(options, "busybox", ["sh", "-c", NNP_AND_SECCOMP])
+    assert docker.stdout == "NoNewPrivs:\t0\nSeccomp:\t0\n"
+    same(docker, soute)
+
+
+def test_security_opt_applies_to_exec(peers: Peers) -> None:
+    """An ``exec``'d process has the container's no_new_privs setting."""
+    for option, want in (("no-new-privileges=false", "0"), ("no-new-privileges", "1")):
+        ids = {tool: detached(peers, tool, "--security-opt", option, "busybox", "sleep", "300")
+               for tool in ("docker", "soute")}
+        try:
+            script = ["sh", "-c", "grep NoNewPrivs: /proc/self/status"]
+            docker = peers.docker("exec", ids["docker"], *script)
+            assert docker.stdout == f"NoNewPrivs:\t{want}\n"
+            same(docker, peers.soute("exec", ids["soute"], *script))
+        finally:
+            peers.docker("rm", "-f", ids["docker"])
+            peers.soute("rm", "-f", ids["soute"])
+
+
+def test_security_opt_systempaths_unconfined(peers: Peers) -> None:
+    script = ("ls /sys/firmware | wc -l; cat /proc/timer_list | head -1 | wc -l; "
+              "grep ' /proc/sys ' /proc/mounts | cut -d' ' -f4 | cut -c1-2")
+    for options in ([], ["--security-opt", "systempaths=unconfined"]):
+        docker, soute = peers.both(options, "busybox", ["sh", "-c", script])
+        same(docker, soute)
+    assert docker.stdout.split()[0] != "0"  # something of /sys/firmware is seen now
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("foo", 'Invalid --security-opt: "foo"'),
+    ("disable", 'Invalid --security-opt: "disable"'),
+    ("seccomp", 'Invalid --security-opt: "seccomp"'),
+    ("label", 'Invalid --security-opt: "label"'),
+    ("seccomp=", "opening seccomp profile () failed: open : no such file or directory"),
+    ("systempaths=", 'invalid --security-opt 2: "systempaths="'),
+    ("foo=bar", 'invalid --security-opt 2: "foo=bar"'),
+    ("x:y:z", 'invalid --security-opt 2: "x:y:z"'),
+    ("no-new-privileges=maybe", 'invalid --security-opt 2: "no-new-privileges=maybe"'),
+    ("no-new-privileges:", 'invalid --security-opt 2: "no-new-privileges:"'),
+    ("systempaths=bad", 'invalid --security-opt 2: "systempaths=bad"'),
+    ("seccomp=/nonexistent/profile.json", "opening seccomp profile (/nonexistent/profile.json)"
+                                          " failed: open /nonexistent/profile.json: no such file"
+                                          " or directory"),
+])
+def test_security_opt_refused(peers: Peers, option: str, message: str) -> None:
+    before = ok(peers.soute("ps", "-aq"))
+    docker, soute = peers.both(["--security-opt", option], "busybox", ["true"])
+    assert message in docker.stderr
+    assert (docker.returncode, soute.returncode) == (125, 125), soute.stderr
+    assert message in soute.stderr and len(soute.stderr.splitlines()) == 1, soute.stderr
+    assert ok(peers.soute("ps", "-aq")) == before
+
+
+def test_security_opt_seccomp_profile_is_refused(peers: Peers, tmp_path: Path) -> None:
+    """A profile would be applied by docker; soute has no seccomp, so it says so instead of
+    running the container without the filter asked for."""
+    profile = tmp_path / "profile.json"
+    profile.write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    docker, soute = peers.both(["--security-opt", f"seccomp={profile}"], "busybox",
+                               ["sh", "-c", NNP_AND_SECCOMP])
+    assert "Seccomp:\t2" in docker.stdout
+    assert soute.returncode == 125
+    assert "seccomp profiles are not supported" in soute.stderr
+
+
+SYSCTLS = ("cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range"
+           " /proc/sys/kernel/shmmax /proc/sys/fs/mqueue/msg_max /proc/sys/net/core/somaxconn")
+
+
+@pytest.mark.parametrize("options", [
+    [],
+    ["--sysctl", "net.ipv4.ip_unprivileged_port_start=500"],
+    ["--sysctl", "net.ipv4.ping_group_range=1 1", "--sysctl", "kernel.shmmax=1000000",
+     "--sysctl", "fs.mqueue.msg_max=20", "--sysctl", "net.core.somaxconn=1000"],
+], ids=lambda o: " ".join(o) or "defaults")
+def test_sysctls(peers: Peers, options: list[str]) -> None:
+    """``--sysctl`` values, and docker's own in a network namespace of the container's
+    (unprivileged ports from 0, ping for every group) when not given."""
+    same(*peers.both(options, "busybox", ["sh", "-c", SYSCTLS]))
+
+
+def test_a_user_binds_a_low_port(peers: Peers) -> None:
+    """As in docker, a process that is not root may listen on port 80 (busybox's nc then
+    times out, where the bind would fail)."""
+    docker, soute = peers.both(["-u", "nobody"], "busybox",
+                               ["sh", "-c", "nc -l -p 80 -w 1 2>&1; echo $?"])
+    assert "timed out" in docker.stdout
+    same(docker, soute)
+
+
+@pytest.mark.parametrize(("option", "status", "message"), [
+    ("vm.swappiness=10", 125, "sysctl 'vm.swappiness=10' is not "),
+    ("kernel.hostname=x", 125, "sysctl 'kernel.hostname=x' is not "),
+    ("net.ipv4.ip_forward", 125, "sysctl 'net.ipv4.ip_forward' is not "),
+    ("net.ipv4.no_such_thing=1", 127, "no_such_thing: no such file or directory"),
+])
+def test_sysctl_refused(peers: Peers, option: str, status: int, message: str) -> None:
+    """docker 20.10 says "not whitelisted", today's docker "not allowed", as soute."""
+    docker, soute = peers.both(["--sysctl", option], "busybox", ["true"])
+    assert message in docker.stderr
+    assert (docker.returncode, soute.returncode) == (status, status), soute.stderr
+    assert message in soute.stderr.lower() and len(soute.stderr.splitlines()) == 1, soute.stderr
+
+
+def test_sysctl_net_with_host_network_refused(peers: Peers) -> None:
+    run = ["run", "--rm", "--network", "host", "--sysctl", "net.ipv4.ip_forward=1", "busybox",
+           "true"]
+    docker, soute = peers.docker(*run), peers.soute(*run)
+    message = 'sysctl "net.ipv4.ip_forward" not allowed in host network namespace'
+    assert message in docker.stderr
+    assert soute.returncode == 125 and message in soute.stderr, soute.stderr
+
+
+def test_label_file_and_inspect(peers: Peers, tmp_path: Path) -> None:
+    """``--label-file`` (comments, blank lines and lines without "=" skipped, ``-l`` last),
+    and how inspect shows the options of this section."""
+    labels = tmp_path / "labels"
+    labels.write_text("# a comment\n\nteam=cargo\n  stage=test\nflag\nteam=hold\n")
+    create = ["create", "--network", "none", "--label-file", str(labels), "-l", "stage=prod",
+              "--dns-search", "a.example", "--dns-option", "ndots:1",
+              "--security-opt", "no-new-privileges:false", "--security-opt", "label=disable",
+              "--sysctl", "net.core.somaxconn=1000", "busybox"]
+    plain = ["create", "--network", "none", "busybox"]
+    fields = ("{{json .Config.Labels}} {{json .HostConfig.Dns}} {{json .HostConfig.DnsSearch}} "
+              "{{json .HostConfig.DnsOptions}} {{json .HostConfig.SecurityOpt}}")
+    # Left out when empty: docker's template then fails, soute's prints null.
+    sysctls = " {{json .HostConfig.Sysctls}}"
+    for args, want in ((create, '{"stage":"prod","team":"hold"}'), (plain, "{}")):
+        ids = {"docker": ok(peers.docker(*args)).strip(), "soute": ok(peers.soute(*args)).strip()}
+        try:
+            docker = peers.docker("inspect", "-f", fields, ids["docker"])
+            soute = peers.soute("inspect", "-f", fields, ids["soute"])
+            assert docker.stdout.startswith(want)
+            same(docker, soute)
+            if args is create:
+                same(peers.docker("inspect", "-f", fields + sysctls, ids["docker"]),
+                     peers.soute("inspect", "-f", fields + sysctls, ids["soute"]))
+        finally:
+            peers.docker("rm", ids["docker"])
+            peers.soute("rm", ids["soute"])

@@ -704,6 +704,23 @@ def test_runc_runs_the_same_bundle(layers: Layers) -> None:
 
 
 @needs_runc
+def test_sysctls_as_runc_sets_them(layers: Layers) -> None:
+    """Written in the container's namespaces before /proc/sys turns read-only, by soute's
+    runtime as by runc (config.json's linux.sysctl)."""
+    spec = sh("cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmax; "
+              "echo 1 > /proc/sys/kernel/shmmax || echo read-only")
+    spec.namespaces.add("network")
+    spec.sysctl = (("net.ipv4.ip_unprivileged_port_start", "80"), ("kernel.shmmax", "4096"))
+    ours = capture(spec, layers)
+    assert ours[0] == 0 and ours[1].startswith("80\n4096\n") and "read-only" in ours[1]
+    assert capture(spec, layers, runtime="runc") == ours
+    assert capture(sh("cat /proc/sys/kernel/shmmax"), layers)[1] != "4096\n"  # not the host's
+    spec.sysctl = (("net.ipv4.no_such_thing", "1"),)
+    with pytest.raises(SouteError, match="no_such_thing: no such file or directory"):
+        run(spec, layers)
+
+
+@needs_runc
 def test_runc_writes_land_in_upper(layers: Layers) -> None:
     assert run(sh("echo hi > /hello; rm /bin/vi"), layers, runtime="runc") == 0
     assert upper_entries(layers) == ["bin", "bin/vi", "hello"]

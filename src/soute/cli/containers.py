@@ -51,6 +51,8 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
     add("--read-only", action="store_true", help="mount the root filesystem read-only")
     add("--init", action="store_true", help="run an init (tini) as PID 1 that reaps zombies")
     add("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
+    add("--label-file", action="append", default=[], metavar="FILE",
+        help="labels from a file of KEY=VALUE lines")
     add("--cap-add", action="append", default=[])
     add("--cap-drop", action="append", default=[])
     add("--stop-signal")
@@ -68,6 +70,15 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
     add("--add-host", action="append", default=[], metavar="HOST:IP",
         help="a line of /etc/hosts (IP may be host-gateway: the host, from inside)")
     add("--dns", action="append", default=[], metavar="IP", help="a nameserver of its own")
+    add("--dns-search", action="append", default=[], metavar="DOMAIN",
+        help="a search domain of its own ('.' for none)")
+    add("--dns-option", "--dns-opt", action="append", default=[], metavar="OPTION",
+        help="a resolver option of its own, e.g. ndots:2")
+    add("--security-opt", action="append", default=[], metavar="OPTION",
+        help="no-new-privileges[=true|false], seccomp=unconfined, systempaths=unconfined, "
+             "apparmor=..., label=... (soute has no seccomp, AppArmor or SELinux)")
+    add("--sysctl", action="append", default=[], metavar="KEY=VALUE",
+        help="a namespaced kernel parameter: net.*, fs.mqueue.*, kernel.shm*/msg*/sem")
     add("--privileged", action="store_true",
         help="every capability, /proc and /sys unmasked (no host devices)")
     add("--volumes-from", action="append", default=[], metavar="CONTAINER[:ro|rw]",
@@ -116,7 +127,8 @@ _RUN_DEFAULTS: dict[str, object] = {
     "health_timeout": None, "health_start_period": None, "health_retries": None,
     "no_healthcheck": False, "runtime": "soute", "add_host": [], "dns": [],
     "privileged": False, "shm_size": None, "cidfile": None, "ulimit": [], "pull": "missing",
-    "restart": "no", "group_add": [], "volumes_from": [],
+    "restart": "no", "group_add": [], "volumes_from": [], "dns_search": [], "dns_option": [],
+    "label_file": [], "security_opt": [], "sysctl": [],
 }
 # The options fast_run reads: flags without a value, spelt out in full.
 _RUN_FLAGS = {
@@ -168,7 +180,9 @@ def _options(args: argparse.Namespace) -> RunOptions:
         no_healthcheck=args.no_healthcheck, runtime=args.runtime, add_hosts=args.add_host,
         dns=args.dns, privileged=args.privileged, shm_size=args.shm_size, cidfile=args.cidfile,
         ulimits=args.ulimit, pull=args.pull, restart=args.restart, group_add=args.group_add,
-        volumes_from=args.volumes_from,
+        volumes_from=args.volumes_from, dns_search=args.dns_search,
+        dns_options=args.dns_option, label_files=args.label_file,
+        security_opt=args.security_opt, sysctls=args.sysctl,
     )
 
 

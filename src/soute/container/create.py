@@ -24,6 +24,8 @@ from soute.container.record import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
+    from collections.abc import Sequence
+
     from soute.image.config import ContainerConfig
     from soute.store.store import Store
 
@@ -81,6 +83,11 @@ class RunOptions:
     group_add: list[str] = field(default_factory=list)  # names or gids
     volumes_from: list[str] = field(default_factory=list)  # CONTAINER[:ro|rw]
     restart: str = "no"  # no, always, unless-stopped, on-failure[:N]
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    label_files: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)  # as docker's --security-opt
+    sysctls: list[str] = field(default_factory=list)  # KEY=VALUE
 
 
 def command_of(config: ContainerConfig, opts: RunOptions) -> tuple[list[str], list[str]]:
@@ -141,13 +148,15 @@ def _set_user_env(env: dict[str, str], entry: str) -> None:
         env[key] = os.environ[key]
 
 
-def _read_env_file(path: str) -> list[str]:
+def _read_env_file(path: str, option: str = "--env-file") -> list[str]:
+    """The KEY=VALUE (or KEY) lines of an ``--env-file`` or ``--label-file``, as docker reads
+    them: blank lines and ``#`` comments skipped, leading blanks dropped."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ContainerError(f"{path}: {exc.strerror}", "give an existing --env-file") from None
+        raise ContainerError(f"{path}: {exc.strerror}", f"give an existing {option}") from None
     except UnicodeDecodeError:
-        raise ContainerError(f"{path}: not UTF-8 text", "an --env-file holds KEY=VALUE lines"
+        raise ContainerError(f"{path}: not UTF-8 text", f"an {option} holds KEY=VALUE lines"
                              ) from None
     out = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -161,10 +170,92 @@ def _read_env_file(path: str) -> list[str]:
     return out
 
 
-def _labels(items: list[str]) -> dict[str, str]:
+def _labels(items: list[str], files: Sequence[str] = ()) -> dict[str, str]:
+    """``--label-file`` lines, then ``-l``: a later value of a key wins, as in docker."""
     out = {}
-    for item in items:
+    # A file's line without "=" is dropped (docker's parseKeyValueFile), not one of -l.
+    in_files = [line for f in files for line in _read_env_file(f, "--label-file") if "=" in line]
+    for item in [*in_files, *items]:
         key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+# --security-opt: soute has no seccomp, AppArmor or SELinux; their options are taken as a
+# docker host without them takes them (a seccomp profile excepted: it would be ignored).
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+@dataclass(frozen=True)
+class SecurityOptions:
+    """What ``--security-opt`` changes here."""
+
+    no_new_privileges: bool | None = None  # None: soute's default (on; docs/differences.md)
+    unconfined_paths: bool = False  # systempaths=unconfined: /proc and /sys unmasked
+
+
+def security_options(items: list[str]) -> SecurityOptions:
+    """Check ``--security-opt`` values as docker 20.10's client, then its daemon, do, with
+    their messages, and say what they change."""
+    nnp: bool | None = None
+    unconfined = False
+    for opt in items:
+        key, sep, value = opt.partition("=")
+        if not sep and opt != "no-new-privileges":
+            key, sep, value = opt.partition(":")
+            if not sep:
+                raise ContainerError(f"Invalid --security-opt: {_quoted(opt)}",
+                                     "use KEY=VALUE, e.g. no-new-privileges=true")
+        if key == "seccomp" and value != "unconfined":
+            try:
+                with open(value, "rb"):
+                    pass
+            except OSError as exc:
+                raise ContainerError(f"opening seccomp profile ({value}) failed: open {value}: "
+                                     f"{(exc.strerror or str(exc)).lower()}") from None
+            raise ContainerError("seccomp profiles are not supported on this daemon, you "
+                                 "cannot specify a custom seccomp profile",
+                                 "soute applies no seccomp filter: leave the option out, "
+                                 "or use seccomp=unconfined")
+        if opt == "no-new-privileges":
+            nnp = True
+        elif key == "no-new-privileges" and value in _TRUE + _FALSE:
+            nnp = value in _TRUE
+        elif key == "systempaths" and value == "unconfined":
+            unconfined = True
+        elif key not in ("label", "apparmor", "seccomp"):
+            raise ContainerError(f"invalid --security-opt 2: {_quoted(opt)}",
+                                 "label=..., apparmor=..., seccomp=unconfined, "
+                                 "no-new-privileges=true|false or systempaths=unconfined")
+    return SecurityOptions(nnp, unconfined)
+
+
+def _quoted(text: str) -> str:
+    """As Go's %q prints a string (docker's messages quote so)."""
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
+# docker's client lets these through --sysctl: the ones of the IPC and network namespaces.
+_IPC_SYSCTLS = frozenset({"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                          "kernel.shmall", "kernel.shmmax", "kernel.shmmni",
+                          "kernel.shm_rmid_forced"})
+
+
+def _sysctls(items: list[str], network: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not (key in _IPC_SYSCTLS or key.startswith(("net.", "fs.mqueue."))):
+            raise ContainerError(f"invalid argument {_quoted(item)} for \"--sysctl\" flag: "
+                                 f"sysctl '{item}' is not allowed",
+                                 "only the IPC and network namespaces' (kernel.shm*, "
+                                 "kernel.msg*, kernel.sem, fs.mqueue.*, net.*) can be set")
+        if key.startswith("net.") and network == "host":
+            raise ContainerError(f'sysctl "{key}" not allowed in host network namespace',
+                                 "leave out --network host, or the sysctl")
         out[key] = value
     return out
 
@@ -432,6 +523,8 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         raise ContainerError(f"container ID file found, make sure the other container isn't "
                              f"running or delete {opts.cidfile}")
     limits = [_ulimit(u) for u in opts.ulimits]  # checked before any pull
+    security_options(opts.security_opt)
+    sysctls = _sysctls(opts.sysctls, opts.network)
     restart = _restart_policy(opts.restart)
     if restart["Name"] != "no" and opts.auto_remove:
         raise ContainerError("conflicting options: --restart and --rm",
@@ -487,7 +580,7 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         hostname=hostname,
         tty=opts.tty,
         open_stdin=opts.interactive,
-        labels={**config.labels, **_labels(opts.labels)},
+        labels={**config.labels, **_labels(opts.labels, opts.label_files)},
         entrypoint=entrypoint or None,
         cmd=cmd or None,
         stop_signal=signal_name,
@@ -512,6 +605,10 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         shm_size=_shm_size(opts.shm_size) if opts.shm_size else None,
         ulimits=limits,
         restart=restart,
+        dns_search=list(opts.dns_search),
+        dns_options=list(opts.dns_options),
+        security_opt=list(opts.security_opt),
+        sysctls=sysctls,
     )
     if spec.runtime != "soute" and (spec.ports or spec.resources):
         raise ContainerError("-p/-P and --memory/--cpus/--pids-limit need soute's own runtime",

@@ -51,6 +51,10 @@ if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
 Ready = Callable[[SouteError | None], None]
 INIT_PATH = "/sbin/docker-init"  # where docker puts its init too: scripts look there
 _TINI = ("/usr/bin/tini-static", "/usr/bin/tini")
+# What docker (20.10 on) sets in a container's own network namespace, unless --sysctl does:
+# a process that is not root may bind ports below 1024 and send pings.
+_NETNS_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0",
+                  "net.ipv4.ping_group_range": "0 2147483647"}
 
 
 def exit_code_of(error: SouteError) -> int:
@@ -273,8 +277,8 @@ class Monitor:
     # ------------------------------------------------------------------ the runtime spec
 
     def _spec(self, slirp: bool) -> Spec:
-        from soute.container.create import runtime_env
-        from soute.container.network import resolv_conf_for_slirp
+        from soute.container.create import runtime_env, security_options
+        from soute.container.network import resolv_conf_for_slirp, resolv_conf_with
         from soute.runtime import (
             BUILD_NAMESPACES,
             GeneratedFile,
@@ -319,11 +323,12 @@ class Monitor:
         host_network = spec.network == "host"
         files = []
         for f in default_files(spec.hostname, host_network=host_network):
-            if f.destination == "/etc/resolv.conf" and spec.dns:
-                f = GeneratedFile(f.destination, resolv_conf_for_slirp(servers=spec.dns),
-                                  readonly=False)
-            elif f.destination == "/etc/resolv.conf" and slirp:
-                f = GeneratedFile(f.destination, resolv_conf_for_slirp(), readonly=False)
+            if f.destination == "/etc/resolv.conf":
+                content = resolv_conf_for_slirp() if slirp else f.content
+                if spec.dns or spec.dns_search or spec.dns_options:
+                    content = resolv_conf_with(content, servers=spec.dns,
+                                               search=spec.dns_search, options=spec.dns_options)
+                f = GeneratedFile(f.destination, content, readonly=False)
             elif f.destination == "/etc/hosts":
                 f = GeneratedFile(f.destination, hosts_file(spec.hostname, spec.network,
                                                             slirp, spec.extra_hosts),
@@ -334,10 +339,12 @@ class Monitor:
         namespaces = set(BUILD_NAMESPACES)
         if not host_network:
             namespaces.add("network")
+        security = security_options(spec.security_opt)
+        unmasked = spec.privileged or security.unconfined_paths
         return Spec(
             process=Process(args=args, env=runtime_env(spec), cwd=spec.workdir, user=spec.user,
                             group_add=tuple(spec.group_add), terminal=spec.tty,
-                            no_new_privileges=True,
+                            no_new_privileges=security.no_new_privileges is not False,
                             capabilities=None if spec.privileged else capabilities_of(spec),
                             rlimits=tuple(Rlimit(**u) for u in spec.ulimits)),
             hostname=spec.hostname,
@@ -345,8 +352,10 @@ class Monitor:
             mounts=mounts,
             files=tuple(files),
             readonly_rootfs=spec.read_only,
-            # --privileged: nothing of /proc and /sys hidden or read-only, as docker's.
-            **({"masked_paths": (), "readonly_paths": ()} if spec.privileged else {}),
+            # --privileged, systempaths=unconfined: nothing of /proc and /sys hidden or
+            # read-only, as docker's.
+            **({"masked_paths": (), "readonly_paths": ()} if unmasked else {}),
+            sysctl=tuple(({} if host_network else _NETNS_SYSCTLS | spec.sysctls).items()),
         )
 
     # ------------------------------------------------------------------ streams
@@ -518,7 +527,7 @@ def exec_process(container: Container, argv: list[str], *, user: str | None = No
                  workdir: str | None = None, env: list[str] | None = None,
                  tty: bool = False) -> Any:
     """The process ``exec`` runs: the container's env, user and capabilities."""
-    from soute.container.create import runtime_env
+    from soute.container.create import runtime_env, security_options
     from soute.runtime import Process
 
     spec = container.spec
@@ -532,7 +541,8 @@ def exec_process(container: Container, argv: list[str], *, user: str | None = No
     return Process(args=argv, env=merged, cwd=workdir or spec.workdir,
                    user=spec.user if user is None else user,
                    group_add=tuple(spec.group_add), terminal=tty,
-                   no_new_privileges=True, capabilities=capabilities_of(spec))
+                   no_new_privileges=security_options(spec.security_opt).no_new_privileges
+                   is not False, capabilities=capabilities_of(spec))
 
 
 # ---------------------------------------------------------------------------- detached

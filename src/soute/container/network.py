@@ -27,6 +27,7 @@ __all__ = [
     "Slirp",
     "available",
     "resolv_conf_for_slirp",
+    "resolv_conf_with",
 ]
 
 SLIRP_GATEWAY = "10.0.2.2"
@@ -361,3 +362,45 @@ def resolv_conf_for_slirp(host_resolv: str | Path = "/etc/resolv.conf",
     ]
     names = [f"nameserver {server}" for server in servers]
     return "".join(f"{line}\n" for line in [*names, *kept]).encode()
+
+
+def resolv_conf_with(
+    base: bytes,
+    *,
+    servers: Sequence[str] = (),
+    search: Sequence[str] = (),
+    options: Sequence[str] = (),
+    host_resolv: str | Path = "/etc/resolv.conf",
+) -> bytes:
+    """The resolv.conf docker writes when ``--dns``, ``--dns-search`` or ``--dns-option`` is
+    given: a search line, nameservers, an options line, in that order. Each option replaces
+    its part; what is not given comes from ``base`` (the file the container would get
+    without them) for nameservers, from the host's file for search domains and options (the
+    last such line, as docker reads it). ``--dns-search .`` leaves the search line out."""
+    try:
+        host = Path(host_resolv).read_text(errors="replace")
+    except OSError:
+        host = ""
+    if not servers:
+        servers = [w[1] for w in (line.split() for line in base.decode(errors="replace")
+                                  .splitlines()) if w[:1] == ["nameserver"] and len(w) > 1]
+    if not search:
+        search = _last_line_words(host, "search")
+    if not options:
+        options = _last_line_words(host, "options")
+    lines = []
+    if search and " ".join(search).strip() != ".":
+        lines.append("search " + " ".join(search))
+    lines += [f"nameserver {server}" for server in servers]
+    if options and " ".join(options).strip():
+        lines.append("options " + " ".join(options))
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+def _last_line_words(text: str, keyword: str) -> list[str]:
+    found: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == [keyword]:
+            found = words[1:]
+    return found

@@ -112,6 +112,10 @@ class ContainerSpec:
     ulimits: list[dict[str, Any]] = field(default_factory=list)  # Rlimit's fields
     restart: dict[str, Any] = field(  # docker's RestartPolicy
         default_factory=lambda: {"Name": "no", "MaximumRetryCount": 0})
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)  # as given, checked at create
+    sysctls: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

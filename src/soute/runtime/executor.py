@@ -792,6 +792,13 @@ def _init_container(
     except OSError as exc:
         raise _step("pivot_root", exc) from None
 
+    for key, value in spec.sysctl:  # runc's order: sysctls, read-only paths, masked ones
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as exc:
+            raise _step(f"setting sysctl {key}={value}: open {path}", exc) from None
     for path in spec.readonly_paths:  # runc's order: read-only first, then masked
         _read_only(path)
     for path in spec.masked_paths:

@@ -205,6 +205,7 @@ class Spec:
     masked_paths: tuple[str, ...] = DEFAULT_MASKED_PATHS
     readonly_paths: tuple[str, ...] = DEFAULT_READONLY_PATHS
     resources: Resources | None = None
+    sysctl: tuple[tuple[str, str], ...] = ()  # written in /proc/sys before the paths are masked
 
     def validate(self) -> None:
         unknown = self.namespaces - NAMESPACES
@@ -535,6 +536,8 @@ def to_oci_config(
         "maskedPaths": list(spec.masked_paths),
         "readonlyPaths": list(spec.readonly_paths),
     }
+    if spec.sysctl:
+        linux["sysctl"] = dict(spec.sysctl)
     if spec.resources is not None:
         linux["resources"] = spec.resources.to_oci()
     config["linux"] = linux
