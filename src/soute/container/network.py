@@ -286,6 +286,11 @@ class Slirp:
         """Makes slirp4netns exit (it watches the exit fd) and waits for it. Without
         ``wait`` a thread of ours reaps it (init does, should we exit first): its exit takes
         10-30 ms, most of it the kernel removing tap0, killed or not."""
+        if self._ready_r is not None and self.process is not None:
+            # Spawned, never waited for: the start was broken off (^C while the container
+            # set up its root). It may not be watching its exit fd yet: no grace.
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
         for fd in (self._ready_r, self._netns):  # never waited for; slirp4netns has its own
             if fd is not None:
                 os.close(fd)
