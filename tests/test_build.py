@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -348,6 +349,20 @@ def test_run_has_dockers_default_capabilities_unless_insecure_is_allowed(root: P
     assert default == 0xA80425FB and everything & (1 << 21)  # CAP_SYS_ADMIN
     p = soute(root, "build", "--allow", "security.unknown", "-", input=insecure)
     assert p.returncode != 0 and "invalid entitlement 'security.unknown'" in p.stderr
+
+
+def test_run_opens_only_the_usual_devices_unless_insecure(root: Path) -> None:
+    """A node a RUN makes (kept in its layer) cannot be opened, as BuildKit's device cgroup
+    has it; with --security=insecure it can."""
+    opens = ("mknod /kmsg c 1 11; dd if=/kmsg bs=1 count=0 2>/dev/null && echo kmsg-opened; "
+             "dd if=/dev/null bs=1 count=0 2>/dev/null && echo null-opened")
+    text = f"FROM busybox\nRUN {opens}\nRUN --security=insecure {opens}\n"
+    p = soute(root, "build", "--no-cache", "--progress", "plain", "--allow",
+              "security.insecure", "-", input=text)
+    assert p.returncode == 0, p.stderr
+    said = [line.split()[-1] for line in p.stderr.splitlines()
+            if re.fullmatch(r"#\d+ \d+\.\d+ \w+-opened", line)]
+    assert said == ["null-opened", "kmsg-opened", "null-opened"], p.stderr
 
 
 def test_proxy_build_args_reach_run_without_arg_and_stay_out_of_cache_and_history(

@@ -1001,3 +1001,19 @@ def test_label_file_and_inspect(peers: Peers, tmp_path: Path) -> None:
         finally:
             peers.docker("rm", ids["docker"])
             peers.soute("rm", ids["soute"])
+
+
+DEVICE_OPENS = ("mknod /tmp/k c 1 11; dd if=/tmp/k bs=1 count=0 2>/dev/null; echo $?; "
+                "mknod /dev/k c 1 11; dd if=/dev/k bs=1 count=0 2>/dev/null; echo $?; "
+                "dd if=/dev/null bs=1 count=0 2>/dev/null; echo $?")
+
+
+def test_device_nodes_made_in_a_container_cannot_be_opened(peers: Peers) -> None:
+    """A container may mknod (docker keeps CAP_MKNOD) but not open what it made, on its root
+    or in /dev (docker's device cgroup; soute's mounts are nodev); /dev/null works. With
+    --privileged soute opens it (this machine's docker cannot run --privileged)."""
+    docker, soute = peers.both([], "busybox", ["sh", "-c", DEVICE_OPENS])
+    assert docker.stdout.split() == ["1", "1", "0"]
+    same(docker, soute)
+    privileged = peers.soute("run", "--rm", "--privileged", "busybox", "sh", "-c", DEVICE_OPENS)
+    assert ok(privileged).split() == ["0", "0", "0"]

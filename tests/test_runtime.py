@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -694,13 +695,46 @@ def test_runc_runs_the_same_bundle(layers: Layers) -> None:
     for user in ("", "app"):
         spec = sh(script, user=user, cwd="/home")
         ours = capture(spec, layers)
-        assert capture(spec, layers, runtime="runc") == ours
+        theirs = capture(spec, layers, runtime="runc")
+        assert (theirs[0], _same_mounts(theirs[1]), theirs[2]) == (
+            ours[0], _same_mounts(ours[1]), ours[2])
         assert ours[0] == 0
+        # runc's device cgroup is nodev here: no node made in / or /dev can be opened.
+        assert "tmpfs on /dev type tmpfs (rw,nosuid,nodev," in ours[1]
+        assert re.search(r"^overlay on / type overlay \(rw,nodev,", ours[1], re.M)
     assert run(sh("exit 3"), layers, runtime="runc") == 3
     assert upper_entries(layers) == ["home"]
     with pytest.raises(SouteError) as info:
         run(Spec(Process(["nonexistent"])), layers, runtime="runc")
     assert str(info.value) == 'exec: "nonexistent": executable file not found in $PATH'
+
+
+def test_device_nodes_open_only_with_all_devices(layers: Layers) -> None:
+    """What a container (or a layer of its image) makes is nodev: only the default nodes
+    open, unless the spec allows every device (--privileged, RUN --security=insecure)."""
+    make = sh("mkdir -p /srv && mknod /srv/k c 1 11 && mknod /dev/k c 1 11")
+    assert output(make, layers) == ""
+    opens = ("for f in /srv/k /dev/k /dev/null /dev/zero /dev/urandom; do "
+             "dd if=$f bs=1 count=0 2>/dev/null; echo $?; done")
+    assert output(sh(opens.replace("/dev/k ", "")), layers).split() == ["1", "0", "0", "0"]
+    everything = sh(f"mknod /dev/k c 1 11; {opens}", capabilities=None)
+    everything.all_devices = True
+    assert output(everything, layers).split() == ["0"] * 5
+    assert stat.S_ISCHR((layers.upper / "srv" / "k").lstat().st_mode)  # kept in the layer
+
+
+def _same_mounts(output: str) -> str:
+    """``mount``'s lines as runc's and soute's runtimes should agree on them: soute's /dev
+    nodes are the host's, bind mounted (/dev itself is nodev); so is the /dev/null that
+    masks files of /proc."""
+    lines = []
+    for line in output.splitlines():
+        if line.startswith("devtmpfs on /dev/"):
+            continue
+        line = re.sub(r"^(dev)?tmpfs on (/proc/\S+) type .*", r"\2 masked", line)
+        lines.append(line.replace("nodev,", "") if " on /dev " in line or " on /etc/" in line
+                     else line)
+    return "\n".join(lines)
 
 
 @needs_runc

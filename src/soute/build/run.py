@@ -109,7 +109,7 @@ def run_step(
     from soute.runtime.spec import DEFAULT_CAPABILITIES, default_mounts
 
     # BuildKit's RUN gets docker run's default capabilities; --security=insecure (an
-    # entitlement the build must allow) all of them, and /proc and /sys unmasked.
+    # entitlement the build must allow) all of them, /proc and /sys unmasked, any device.
     insecure = instr.security == "insecure"
 
     def spec(resolved: list[Mount]) -> Spec:
@@ -121,6 +121,7 @@ def run_step(
             namespaces=namespaces,
             mounts=[*default_mounts(), *resolved],
             **({"masked_paths": (), "readonly_paths": ()} if insecure else {}),
+            all_devices=insecure,
         )
 
     read_fd, write_fd = os.pipe()

@@ -356,6 +356,7 @@ class Monitor:
             # read-only, as docker's.
             **({"masked_paths": (), "readonly_paths": ()} if unmasked else {}),
             sysctl=tuple(({} if host_network else _NETNS_SYSCTLS | spec.sysctls).items()),
+            all_devices=spec.privileged,
         )
 
     # ------------------------------------------------------------------ streams

@@ -716,11 +716,12 @@ def _mount_root(ctx: _Context, report: int) -> set[str]:
     """Private mounts, the overlay at ctx.root, volume copy-ups, the stubs (reported) and
     the cwd. Returns the paths of the stubs ("/etc/hosts")."""
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+    flags = 0 if ctx.spec.all_devices else _linux.MS_NODEV
     try:
         if ctx.overlay is not None:
-            mount_overlay_data(*ctx.overlay, ctx.root)
+            mount_overlay_data(*ctx.overlay, ctx.root, flags)
         else:
-            mount_overlay(ctx.state / "layers", ctx.root)
+            mount_overlay(ctx.state / "layers", ctx.root, flags)
     except OSError as exc:
         raise _step("mounting the root filesystem (overlay)", exc) from None
     # Before the stubs: a volume is filled from what the image has, not from a stub.
@@ -769,9 +770,10 @@ def _init_container(
 
     root = ctx.root
     has_dev = False
+    nodev = not spec.all_devices
     for m in ctx.mounts:
         try:
-            _mount(root, m, stubs)
+            _mount(root, m, stubs, nodev=nodev)
         except OSError as exc:
             what = f"mounting {m.destination}"
             data = _parse_options(m.options)[1]
@@ -780,7 +782,7 @@ def _init_container(
             raise _step(what, exc) from None
         has_dev = has_dev or (m.destination.rstrip("/") == "/dev" and m.type == "tmpfs")
     if has_dev:
-        _populate_dev(root + "/dev", ctx.mounts)
+        _populate_dev(root + "/dev", ctx.mounts, bind=nodev)
         if process.terminal:
             _bind_console(root + "/dev")
 
@@ -1015,8 +1017,13 @@ def _parse_options(options: tuple[str, ...]) -> tuple[int, str, list[int]]:
     return flags, ",".join(data), propagation
 
 
-def _mount(root: str, m: Mount, stubs: AbstractSet[str] = frozenset()) -> None:
+def _mount(root: str, m: Mount, stubs: AbstractSet[str] = frozenset(), *,
+           nodev: bool = False) -> None:
+    """Mount ``m`` under ``root``. With ``nodev``, a bind or tmpfs mount gets nodev unless
+    its options say ``dev``: no device node made or brought there can be opened."""
     flags, data, propagation = _parse_options(m.options)
+    if nodev and (m.type in ("bind", "tmpfs") or flags & _linux.MS_BIND) and "dev" not in m.options:
+        flags |= _linux.MS_NODEV
     dest = scoped_path(root, m.destination)
     if m.type == "bind" or flags & _linux.MS_BIND:
         _ensure_mountpoint(dest, os.path.isdir(m.source))
@@ -1046,14 +1053,18 @@ def _ensure_mountpoint(path: str, is_dir: bool) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
 
 
-def _populate_dev(dev: str, mounts: list[Mount]) -> None:
+def _populate_dev(dev: str, mounts: list[Mount], *, bind: bool = False) -> None:
+    """The default device nodes in the container's /dev. With ``bind`` (a /dev mounted
+    nodev), the host's nodes are bind mounted: their own mounts let them be opened."""
     for name, major, minor in _DEVICES:
         path = f"{dev}/{name}"
         if os.path.lexists(path):
             continue
         try:
+            if bind:
+                raise PermissionError
             os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-        except PermissionError:  # no CAP_MKNOD: borrow the host's node
+        except PermissionError:  # no CAP_MKNOD (or bind): borrow the host's node
             _ensure_mountpoint(path, False)
             _linux.mount(f"/dev/{name}", path, None, _linux.MS_BIND)
     for name, target in _DEV_LINKS:

@@ -136,16 +136,16 @@ def overlay_data(links_dir: Path, extra: str = OVERLAY_STRICT_OPTIONS) -> str:
 _OPTION_SETS = (f"{OVERLAY_STRICT_OPTIONS},uuid=off", OVERLAY_STRICT_OPTIONS, "")
 
 
-def mount_overlay(links_dir: Path, target: str) -> None:
-    """Mount the overlay of ``links_dir`` at ``target``.
+def mount_overlay(links_dir: Path, target: str, flags: int = 0) -> None:
+    """Mount the overlay of ``links_dir`` at ``target`` (with mount ``flags``).
 
     Changes the working directory for the call (overlay resolves the short names from it):
     only for a single-threaded process, the runtime's own child.
     """
-    mount_overlay_data(links_dir, overlay_data(links_dir, ""), target)
+    mount_overlay_data(links_dir, overlay_data(links_dir, ""), target, flags)
 
 
-def mount_overlay_data(directory: str | Path, data: str, target: str) -> None:
+def mount_overlay_data(directory: str | Path, data: str, target: str, flags: int = 0) -> None:
     """Mount the overlay of ``data`` (names relative to ``directory``; see
     :func:`overlay_data`, :func:`overlay_in_place`) at ``target``, with the strictest
     options the kernel knows. Changes the working directory for the call, as
@@ -155,8 +155,8 @@ def mount_overlay_data(directory: str | Path, data: str, target: str) -> None:
         os.chdir(directory)
         for i, extra in enumerate(_OPTION_SETS):
             try:
-                _linux.mount("overlay", target, "overlay", 0, f"{data},{extra}" if extra
-                             else data)
+                _linux.mount("overlay", target, "overlay", flags,
+                             f"{data},{extra}" if extra else data)
                 return
             except OSError as err:
                 if err.errno != errno.EINVAL or i == len(_OPTION_SETS) - 1:

@@ -206,6 +206,9 @@ class Spec:
     readonly_paths: tuple[str, ...] = DEFAULT_READONLY_PATHS
     resources: Resources | None = None
     sysctl: tuple[tuple[str, str], ...] = ()  # written in /proc/sys before the paths are masked
+    # Whether every device node may be opened (--privileged, RUN --security=insecure). If
+    # not, only /dev's usual ones: what docker's device cgroup allows (see executor).
+    all_devices: bool = False
 
     def validate(self) -> None:
         unknown = self.namespaces - NAMESPACES
