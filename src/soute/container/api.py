@@ -413,6 +413,7 @@ def inspect_dict(c: Container) -> dict[str, Any]:
             "VolumesFrom": spec.volumes_from or None,
             "Privileged": spec.privileged,
             "SecurityOpt": spec.security_opt or None,
+            "Devices": spec.devices,
             **({"Sysctls": dict(sorted(spec.sysctls.items()))} if spec.sysctls else {}),
             "RestartPolicy": spec.restart,
             "ShmSize": spec.shm_size or 64 << 20,

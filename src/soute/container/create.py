@@ -88,6 +88,7 @@ class RunOptions:
     label_files: list[str] = field(default_factory=list)
     security_opt: list[str] = field(default_factory=list)  # as docker's --security-opt
     sysctls: list[str] = field(default_factory=list)  # KEY=VALUE
+    devices: list[str] = field(default_factory=list)  # HOST[:CONTAINER][:PERMISSIONS]
 
 
 def command_of(config: ContainerConfig, opts: RunOptions) -> tuple[list[str], list[str]]:
@@ -229,6 +230,48 @@ def security_options(items: list[str]) -> SecurityOptions:
                                  "label=..., apparmor=..., seccomp=unconfined, "
                                  "no-new-privileges=true|false or systempaths=unconfined")
     return SecurityOptions(nnp, unconfined)
+
+
+def _device(text: str) -> dict[str, str]:
+    """``--device HOST[:CONTAINER][:PERMISSIONS]`` as docker's client reads it, as
+    HostConfig.Devices holds it; the host's path must be a device node or a directory."""
+    import stat
+
+    def valid_mode(mode: str) -> bool:
+        return 0 < len(mode) <= 3 and all(mode.count(c) == 1 for c in mode) and \
+            set(mode) <= set("rwm")
+
+    parts = text.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise ContainerError(f"bad format for path: {text}", "--device HOST[:CONTAINER][:rwm]")
+    host, inside, mode = parts[0], parts[0], "rwm"
+    if len(parts) == 2 and valid_mode(parts[1]):
+        mode = parts[1]
+    elif len(parts) >= 2:
+        inside = parts[1]
+    if len(parts) == 3:
+        mode = parts[2]
+        if not valid_mode(mode):
+            raise ContainerError(f"bad mode specified: {mode}", "permissions of r, w and m")
+    if not inside.startswith("/"):
+        raise ContainerError(f"{inside} is not an absolute path",
+                             "--device HOST[:CONTAINER][:rwm]")
+    if not {"r", "w"} <= set(mode):
+        # A read-only mount does not stop writes to a device node: only a device cgroup
+        # could, which soute does not have (docs/differences.md).
+        raise ContainerError(f"cannot keep a device to the permissions {mode}: soute gives "
+                             "a container read and write access to its --device nodes",
+                             "leave the permissions out, or give rw or rwm")
+    try:
+        st = os.stat(host)
+    except OSError as exc:
+        raise ContainerError(f"error gathering device information while adding custom device "
+                             f"{_quoted(host)}: {(exc.strerror or str(exc)).lower()}") from None
+    if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise ContainerError(f"error gathering device information while adding custom device "
+                             f"{_quoted(host)}: not a device node")
+    return {"PathOnHost": host, "PathInContainer": os.path.normpath(inside),
+            "CgroupPermissions": mode}
 
 
 def _quoted(text: str) -> str:
@@ -525,6 +568,7 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
     limits = [_ulimit(u) for u in opts.ulimits]  # checked before any pull
     security_options(opts.security_opt)
     sysctls = _sysctls(opts.sysctls, opts.network)
+    devices = [_device(d) for d in opts.devices]
     restart = _restart_policy(opts.restart)
     if restart["Name"] != "no" and opts.auto_remove:
         raise ContainerError("conflicting options: --restart and --rm",
@@ -609,6 +653,7 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         dns_options=list(opts.dns_options),
         security_opt=list(opts.security_opt),
         sysctls=sysctls,
+        devices=devices,
     )
     if spec.runtime != "soute" and (spec.ports or spec.resources):
         raise ContainerError("-p/-P and --memory/--cpus/--pids-limit need soute's own runtime",

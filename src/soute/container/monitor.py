@@ -51,6 +51,25 @@ if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
 Ready = Callable[[SouteError | None], None]
 INIT_PATH = "/sbin/docker-init"  # where docker puts its init too: scripts look there
 _TINI = ("/usr/bin/tini-static", "/usr/bin/tini")
+def _device_nodes(host: str, inside: str) -> list[tuple[str, str]]:
+    """``--device``'s (host path, container path) pairs: the node, or each node under the
+    directory, as docker maps them."""
+    import stat
+
+    if not os.path.isdir(host):
+        return [(host, inside)]
+    found = []
+    for top, dirs, files in os.walk(host):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                mode = os.lstat(path).st_mode
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                    found.append((path, os.path.join(inside, os.path.relpath(path, host))))
+    return found
+
+
 # What docker (20.10 on) sets in a container's own network namespace, unless --sysctl does:
 # a process that is not root may bind ports below 1024 and send pings.
 _NETNS_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0",
@@ -320,6 +339,11 @@ class Monitor:
             else:
                 mounts.append(Mount(m.target, "tmpfs", "tmpfs",
                                     ("nosuid", "nodev", "noexec", *m.options)))
+        for device in spec.devices:
+            # Its own bind mount, not nodev: the one node that opens besides /dev's usual.
+            mounts += [Mount(inside, "bind", host, ("bind", "dev"))
+                       for host, inside in _device_nodes(device["PathOnHost"],
+                                                         device["PathInContainer"])]
         host_network = spec.network == "host"
         files = []
         for f in default_files(spec.hostname, host_network=host_network):

@@ -116,6 +116,7 @@ class ContainerSpec:
     dns_options: list[str] = field(default_factory=list)
     security_opt: list[str] = field(default_factory=list)  # as given, checked at create
     sysctls: dict[str, str] = field(default_factory=dict)
+    devices: list[dict[str, str]] = field(default_factory=list)  # HostConfig.Devices' entries
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
