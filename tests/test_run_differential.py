@@ -1055,3 +1055,35 @@ def test_device_permissions_soute_cannot_keep(peers: Peers) -> None:
     """Without a device cgroup a node cannot be made read-only: refused, not ignored."""
     soute = peers.soute("run", "--rm", "--device", "/dev/fuse:/dev/fuse:r", "busybox", "true")
     assert soute.returncode == 125 and "permissions r" in soute.stderr
+
+
+HOST_NAMESPACES = ("grep ' /dev/shm ' /proc/mounts | cut -d' ' -f1-3; "
+                   "[ $(readlink /proc/self/ns/ipc) = {ipc} ] && echo host-ipc; "
+                   "[ $(readlink /proc/self/ns/uts) = {uts} ] && echo host-uts; "
+                   "[ $(hostname) = {hostname} ] && echo host-name; true")
+
+
+@pytest.mark.parametrize("options", [
+    [], ["--ipc", "host"], ["--ipc", "none"], ["--ipc", "shareable"], ["--ipc", "private"],
+    ["--uts", "host"], ["--ipc", "host", "--shm-size", "1m"], ["--ipc", "none", "--shm-size", "1m"],
+], ids=lambda o: " ".join(o) or "default")
+def test_ipc_and_uts_modes(peers: Peers, options: list[str]) -> None:
+    """--ipc host shares the host's IPC namespace and /dev/shm, none has no /dev/shm;
+    --uts host the host's hostname."""
+    script = HOST_NAMESPACES.format(ipc=os.readlink("/proc/self/ns/ipc"),
+                                    uts=os.readlink("/proc/self/ns/uts"),
+                                    hostname=os.uname().nodename)
+    same(*peers.both(options, "busybox", ["sh", "-c", script]))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--ipc", "bogus"], "Invalid IPC mode: bogus"),
+    (["--uts", "bogus"], "--uts: invalid UTS mode"),
+    (["--uts", "host", "-h", "named"], "conflicting options: hostname and the UTS mode"),
+    (["--ipc", "host", "--sysctl", "kernel.shmmax=100000"],
+     'sysctl "kernel.shmmax" is not allowed in the hosts ipc namespace'),
+])
+def test_ipc_and_uts_refused(peers: Peers, options: list[str], message: str) -> None:
+    docker, soute = peers.both(options, "busybox", ["true"])
+    assert docker.returncode == 125 and message in docker.stderr
+    assert soute.returncode == 125 and message in soute.stderr, soute.stderr

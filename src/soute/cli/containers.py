@@ -79,6 +79,9 @@ def _run_options(p: argparse.ArgumentParser, *, run: bool) -> None:
              "apparmor=..., label=... (soute has no seccomp, AppArmor or SELinux)")
     add("--device", action="append", default=[], metavar="HOST[:CONTAINER][:PERMISSIONS]",
         help="a host device (or a directory of them) in the container, e.g. /dev/fuse")
+    add("--ipc", default="", metavar="MODE",
+        help="private (default), shareable, host (the host's IPC and /dev/shm) or none")
+    add("--uts", default="", metavar="MODE", help="host: the host's hostname")
     add("--sysctl", action="append", default=[], metavar="KEY=VALUE",
         help="a namespaced kernel parameter: net.*, fs.mqueue.*, kernel.shm*/msg*/sem")
     add("--privileged", action="store_true",
@@ -130,7 +133,7 @@ _RUN_DEFAULTS: dict[str, object] = {
     "no_healthcheck": False, "runtime": "soute", "add_host": [], "dns": [],
     "privileged": False, "shm_size": None, "cidfile": None, "ulimit": [], "pull": "missing",
     "restart": "no", "group_add": [], "volumes_from": [], "dns_search": [], "dns_option": [],
-    "label_file": [], "security_opt": [], "sysctl": [], "device": [],
+    "label_file": [], "security_opt": [], "sysctl": [], "device": [], "ipc": "", "uts": "",
 }
 # The options fast_run reads: flags without a value, spelt out in full.
 _RUN_FLAGS = {
@@ -185,6 +188,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         volumes_from=args.volumes_from, dns_search=args.dns_search,
         dns_options=args.dns_option, label_files=args.label_file,
         security_opt=args.security_opt, sysctls=args.sysctl, devices=args.device,
+        ipc=args.ipc, uts=args.uts,
     )
 
 

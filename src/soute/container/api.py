@@ -414,6 +414,8 @@ def inspect_dict(c: Container) -> dict[str, Any]:
             "Privileged": spec.privileged,
             "SecurityOpt": spec.security_opt or None,
             "Devices": spec.devices,
+            "IpcMode": spec.ipc,
+            "UTSMode": spec.uts,
             **({"Sysctls": dict(sorted(spec.sysctls.items()))} if spec.sysctls else {}),
             "RestartPolicy": spec.restart,
             "ShmSize": spec.shm_size or 64 << 20,

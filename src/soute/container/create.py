@@ -89,6 +89,8 @@ class RunOptions:
     security_opt: list[str] = field(default_factory=list)  # as docker's --security-opt
     sysctls: list[str] = field(default_factory=list)  # KEY=VALUE
     devices: list[str] = field(default_factory=list)  # HOST[:CONTAINER][:PERMISSIONS]
+    ipc: str = ""  # private (""), shareable, host or none
+    uts: str = ""  # "" (its own) or host
 
 
 def command_of(config: ContainerConfig, opts: RunOptions) -> tuple[list[str], list[str]]:
@@ -272,6 +274,18 @@ def _device(text: str) -> dict[str, str]:
                              f"{_quoted(host)}: not a device node")
     return {"PathOnHost": host, "PathInContainer": os.path.normpath(inside),
             "CgroupPermissions": mode}
+
+
+def _ipc_mode(text: str) -> str:
+    """docker's --ipc modes this runtime has: its own namespace (private, shareable: no
+    other container can join it here), the host's, or its own without /dev/shm (none)."""
+    mode = text or "private"
+    if mode.startswith("container:"):
+        raise ContainerError("--ipc container:NAME is not supported",
+                             "use --ipc private, shareable, host or none")
+    if mode not in ("private", "shareable", "host", "none"):
+        raise ContainerError(f"Invalid IPC mode: {text}", "private, shareable, host or none")
+    return mode
 
 
 def _quoted(text: str) -> str:
@@ -596,7 +610,18 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
                              "give a command after the image, or --entrypoint")
     containers = Containers(store)
     container_id = new_id()
-    if opts.network == "host":
+    ipc = _ipc_mode(opts.ipc)
+    if opts.uts not in ("", "host"):
+        raise ContainerError("--uts: invalid UTS mode", "--uts host, or leave it out")
+    if opts.uts and opts.hostname:
+        raise ContainerError("conflicting options: hostname and the UTS mode",
+                             "--uts host keeps the host's name: leave out -h")
+    if ipc == "host":
+        shared = sorted(k for k in sysctls if not k.startswith("net."))
+        if shared:
+            raise ContainerError(f'sysctl "{shared[0]}" is not allowed in the hosts ipc '
+                                 "namespace", "leave out --ipc host, or the sysctl")
+    if opts.network == "host" or opts.uts == "host":
         hostname = opts.hostname or os.uname().nodename
     else:
         hostname = opts.hostname or container_id[:12]
@@ -654,6 +679,8 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         security_opt=list(opts.security_opt),
         sysctls=sysctls,
         devices=devices,
+        ipc=ipc,
+        uts=opts.uts,
     )
     if spec.runtime != "soute" and (spec.ports or spec.resources):
         raise ContainerError("-p/-P and --memory/--cpus/--pids-limit need soute's own runtime",

@@ -312,7 +312,12 @@ class Monitor:
         spec = self.container.spec
         args = spec.command
         mounts = default_mounts()
-        if spec.shm_size:  # --shm-size, in bytes as docker passes it
+        if spec.ipc == "host":  # the host's /dev/shm, as the host's IPC namespace
+            mounts = [Mount("/dev/shm", "bind", "/dev/shm", ("rbind",))
+                      if m.destination == "/dev/shm" else m for m in mounts]
+        elif spec.ipc == "none":
+            mounts = [m for m in mounts if m.destination != "/dev/shm"]
+        elif spec.shm_size:  # --shm-size, in bytes as docker passes it
             mounts = [Mount(m.destination, m.type, m.source,
                             (*(o for o in m.options if not o.startswith("size=")),
                              f"size={spec.shm_size}"))
@@ -363,6 +368,10 @@ class Monitor:
         namespaces = set(BUILD_NAMESPACES)
         if not host_network:
             namespaces.add("network")
+        if spec.ipc == "host":
+            namespaces.discard("ipc")
+        if spec.uts == "host":
+            namespaces.discard("uts")
         security = security_options(spec.security_opt)
         unmasked = spec.privileged or security.unconfined_paths
         return Spec(

@@ -117,6 +117,8 @@ class ContainerSpec:
     security_opt: list[str] = field(default_factory=list)  # as given, checked at create
     sysctls: dict[str, str] = field(default_factory=dict)
     devices: list[dict[str, str]] = field(default_factory=list)  # HostConfig.Devices' entries
+    ipc: str = "private"  # private, shareable, host or none
+    uts: str = ""  # "" or host
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
