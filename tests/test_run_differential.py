@@ -1006,7 +1006,8 @@ def test_label_file_and_inspect(peers: Peers, tmp_path: Path) -> None:
 
 DEVICE_OPENS = ("mknod /tmp/k c 1 11; dd if=/tmp/k bs=1 count=0 2>/dev/null; echo $?; "
                 "mknod /dev/k c 1 11; dd if=/dev/k bs=1 count=0 2>/dev/null; echo $?; "
-                "dd if=/dev/null bs=1 count=0 2>/dev/null; echo $?")
+                "dd if=/dev/null bs=1 count=0 2>/dev/null; echo $?; "
+                "dd if=/dev/ptmx bs=1 count=0 2>/dev/null; echo $?")
 
 
 def test_device_nodes_made_in_a_container_cannot_be_opened(peers: Peers) -> None:
@@ -1014,10 +1015,10 @@ def test_device_nodes_made_in_a_container_cannot_be_opened(peers: Peers) -> None
     or in /dev (docker's device cgroup; soute's mounts are nodev); /dev/null works. With
     --privileged soute opens it (this machine's docker cannot run --privileged)."""
     docker, soute = peers.both([], "busybox", ["sh", "-c", DEVICE_OPENS])
-    assert docker.stdout.split() == ["1", "1", "0"]
+    assert docker.stdout.split() == ["1", "1", "0", "0"]  # ptmx: terminals of its own
     same(docker, soute)
     privileged = peers.soute("run", "--rm", "--privileged", "busybox", "sh", "-c", DEVICE_OPENS)
-    assert ok(privileged).split() == ["0", "0", "0"]
+    assert ok(privileged).split() == ["0", "0", "0", "0"]
 
 
 @pytest.mark.parametrize("device", ["/dev/fuse", "/dev/fuse:/dev/other", "/dev/fuse:rw",
@@ -1087,3 +1088,33 @@ def test_ipc_and_uts_refused(peers: Peers, options: list[str], message: str) -> 
     docker, soute = peers.both(options, "busybox", ["true"])
     assert docker.returncode == 125 and message in docker.stderr
     assert soute.returncode == 125 and message in soute.stderr, soute.stderr
+
+
+
+def _argv(peers: Peers, tool: str, *args: str) -> list[str]:
+    prefix = ([DOCKER, "-H", peers.sock] if tool == "docker" else
+              [sys.executable, "-m", "soute.cli.main", "--root", str(peers.store)])
+    return [*prefix, *args]
+
+
+def test_our_files_never_become_the_containers(peers: Peers, tmp_path: Path) -> None:
+    """``run -i`` and ``exec`` (no -t) give the container pipes, as docker's daemon does: a
+    file given as our stdin or stdout cannot be reopened, read-write, through /proc/self/fd."""
+    given = tmp_path / "given"
+    script = ("cat >/dev/null; for n in 0 1; do readlink /proc/self/fd/$n | cut -d: -f1; done; "
+              "echo replaced > /proc/self/fd/0")
+    ids = {tool: detached(peers, tool, "busybox", "sleep", "300") for tool in ("docker", "soute")}
+    try:
+        for tool in ("docker", "soute"):
+            for args in (["run", "--rm", "-i", "--network", "none", "busybox"],
+                         ["exec", "-i", ids[tool]]):
+                given.write_text("original\n")
+                out = tmp_path / "out"
+                with given.open("rb") as stdin, out.open("wb") as stdout:
+                    subprocess.run(_argv(peers, tool, *args, "sh", "-c", script), stdin=stdin,
+                                   stdout=stdout, env=peers.env, timeout=120, check=True)
+                assert given.read_text() == "original\n", (tool, args)
+                assert out.read_text() == "pipe\npipe\n", (tool, args)
+    finally:
+        peers.docker("rm", "-f", ids["docker"])
+        peers.soute("rm", "-f", ids["soute"])

@@ -725,11 +725,11 @@ def test_device_nodes_open_only_with_all_devices(layers: Layers) -> None:
 
 def _same_mounts(output: str) -> str:
     """``mount``'s lines as runc's and soute's runtimes should agree on them: soute's /dev
-    nodes are the host's, bind mounted (/dev itself is nodev); so is the /dev/null that
-    masks files of /proc."""
+    nodes are bind mounted from a tmpfs of their own (/dev itself is nodev); so is the
+    /dev/null that masks files of /proc."""
     lines = []
     for line in output.splitlines():
-        if line.startswith("devtmpfs on /dev/"):
+        if re.match(r"(dev)?tmpfs on /dev/(null|zero|full|random|urandom|tty) ", line):
             continue
         line = re.sub(r"^(dev)?tmpfs on (/proc/\S+) type .*", r"\2 masked", line)
         lines.append(line.replace("nodev,", "") if " on /dev " in line or " on /etc/" in line
@@ -815,3 +815,74 @@ def test_remove_tree_goes_deep_and_follows_no_symlink(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     remove_tree(tmp_path / "file")
     assert not (tmp_path / "file").exists()
+
+
+
+# ---------------------------------------------------------------------------- isolation
+
+
+def _dumpable() -> int:
+    import ctypes
+
+    return int(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+
+
+def test_a_process_joining_a_container_is_not_dumpable_until_exec() -> None:
+    """The child that joins a running container's PID namespace is not dumpable from its
+    birth (the container's processes cannot open its descriptors in /proc/PID/fd) and keeps
+    none of ours but those it is given; we stay dumpable."""
+    import json
+
+    from soute.runtime.executor import _close_all_but, _fork
+
+    kept = os.open("/dev/null", os.O_RDONLY)
+    other = os.open("/dev/null", os.O_RDONLY)
+    report_r, report_w = os.pipe()
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    try:
+        pid = _fork(join_pid_namespace=own)
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                dumpable = _dumpable()
+                _close_all_but({0, 1, 2, report_w, kept})
+                left = [int(n) for n in os.listdir("/proc/self/fd")]
+                os.write(report_w, json.dumps([dumpable, left]).encode())
+            finally:
+                os._exit(0)
+        os.close(report_w)
+        dumpable, left = json.loads(os.read(report_r, 4096))
+        os.waitpid(pid, 0)
+        assert dumpable == 0
+        assert kept in left and other not in left and report_r not in left
+        assert len(set(left) - {0, 1, 2, report_w, kept}) <= 1  # the listing's own
+        assert _dumpable() == 1
+    finally:
+        for fd in (kept, other, report_r, own):
+            os.close(fd)
+
+
+def test_a_container_does_not_share_our_session_keyring(layers: Layers) -> None:
+    """A key of the caller's session keyring is out of the container's reach (runc gives
+    every container process a session keyring of its own)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    add_key, keyctl = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
+    marker = f"soute-test-key-{os.getpid()}"
+    # A session keyring of this test's own (KEYCTL_JOIN_SESSION_KEYRING), then a key in it
+    # (KEY_SPEC_SESSION_KEYRING, -3).
+    assert libc.syscall(ctypes.c_long(keyctl), ctypes.c_int(1),
+                        ctypes.c_char_p(b"soute-test-session")) >= 0
+    key = libc.syscall(ctypes.c_long(add_key), ctypes.c_char_p(b"user"),
+                       ctypes.c_char_p(marker.encode()), ctypes.c_char_p(b"secret"),
+                       ctypes.c_size_t(6), ctypes.c_int(-3))
+    assert key >= 0, os.strerror(ctypes.get_errno())
+    # Its possessor alone may see or read it (KEYCTL_SETPERM: possessor all, others none);
+    # without a session keyring of its own the container would possess it.
+    assert libc.syscall(ctypes.c_long(keyctl), ctypes.c_int(5), ctypes.c_int(key),
+                        ctypes.c_uint(0x3F000000)) == 0
+    assert marker in Path("/proc/keys").read_text()  # we see it
+    spec = sh("cat /proc/keys")
+    spec.masked_paths = ()
+    seen = output(spec, layers)
+    assert "_ses" in seen and marker not in seen

@@ -158,7 +158,7 @@ def exec_command(container: Container, argv: list[str], *, interactive: bool = F
         if detach:
             return _exec_detached(state.pid, process, join)
         if not tty:
-            return exec_in(state.pid, process, stdin=0 if interactive else None, cgroup_procs=join)
+            return _exec_through_pipes(state.pid, process, join, interactive)
         master, slave = open_pty()
         output = pump(master, [fd_writer(1)])
         if interactive:
@@ -177,6 +177,37 @@ def exec_command(container: Container, argv: list[str], *, interactive: bool = F
         # docker exec's status for any command that could not start is 126 (run's: 127 for
         # one not found).
         raise StartError(str(exc), 126) from None
+
+
+def _exec_through_pipes(pid: int, process: Process, join: Sequence[str | os.PathLike[str]],
+                        interactive: bool) -> int:
+    """The command's stdio are pipes that threads of ours copy, as docker's daemon does:
+    our own files (a terminal, a file given as stdin) never become the container's, which
+    could reopen them through /proc/self/fd and keep them."""
+    from soute.container.attach import fd_writer, feed, pump
+    from soute.runtime import exec_in
+
+    ends: list[int] = []  # the command's ends, closed here once it has them
+    stdin = None
+    if interactive:
+        stdin, ours = os.pipe()
+        ends.append(stdin)
+        feed(0, ours)
+    pumps = []
+    outputs = []
+    for target in (1, 2):
+        read_end, write_end = os.pipe()
+        ends.append(write_end)
+        outputs.append(write_end)
+        pumps.append(pump(read_end, [fd_writer(target)]))
+    try:
+        return exec_in(pid, process, stdin=stdin, stdout=outputs[0], stderr=outputs[1],
+                       cgroup_procs=join)
+    finally:
+        for fd in ends:
+            os.close(fd)
+        for thread in pumps:  # what the command wrote reaches our streams first
+            thread.join(timeout=5)
 
 
 _STARTED = b"\0"  # what the detached exec's process says once its command runs

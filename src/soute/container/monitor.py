@@ -300,6 +300,7 @@ class Monitor:
         from soute.container.network import resolv_conf_for_slirp, resolv_conf_with
         from soute.runtime import (
             BUILD_NAMESPACES,
+            DEVICE,
             GeneratedFile,
             Mount,
             Process,
@@ -346,7 +347,7 @@ class Monitor:
                                     ("nosuid", "nodev", "noexec", *m.options)))
         for device in spec.devices:
             # Its own bind mount, not nodev: the one node that opens besides /dev's usual.
-            mounts += [Mount(inside, "bind", host, ("bind", "dev"))
+            mounts += [Mount(inside, "bind", host, ("bind", DEVICE))
                        for host, inside in _device_nodes(device["PathOnHost"],
                                                          device["PathInContainer"])]
         host_network = spec.network == "host"
@@ -423,13 +424,15 @@ class Monitor:
             return slave, slave, slave
         stdin: int | None = None
         if spec.open_stdin:
+            read_end, write_end = os.pipe()
+            close_after_start.append(read_end)
+            stdin = read_end
             if self.attach_stdin:
-                stdin = 0
+                # Ours copied into a pipe, as docker's daemon does: the container never
+                # gets our own stdin (a file it could reopen read-write, a terminal).
+                feed(0, write_end)
             else:  # -d -i: an open stdin that never ends, as docker keeps it
-                read_end, write_end = os.pipe()
                 stdin_keep.append(write_end)
-                close_after_start.append(read_end)
-                stdin = read_end
         outputs: list[int] = []
         for stream, ours in (("stdout", 1), ("stderr", 2)):
             read_end, write_end = os.pipe()

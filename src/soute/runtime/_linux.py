@@ -51,6 +51,8 @@ MNT_DETACH = 2
 
 # prctl(2) options.
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -60,15 +62,26 @@ _CLOSE_RANGE_CLOEXEC = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # glibc has no pivot_root(2) wrapper before 2.36 and none for close_range(2) before 2.34.
+# No glibc wrapper at all for mount_setattr(2) (the same number everywhere) and keyctl(2).
 _SYSCALLS: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "close_range": 436},
-    "aarch64": {"pivot_root": 41, "close_range": 436},
-    "riscv64": {"pivot_root": 41, "close_range": 436},
-    "ppc64le": {"pivot_root": 203, "close_range": 436},
-    "s390x": {"pivot_root": 217, "close_range": 436},
-    "armv7l": {"pivot_root": 218, "close_range": 436},
-    "i686": {"pivot_root": 217, "close_range": 436},
+    "x86_64": {"pivot_root": 155, "close_range": 436, "keyctl": 250},
+    "aarch64": {"pivot_root": 41, "close_range": 436, "keyctl": 219},
+    "riscv64": {"pivot_root": 41, "close_range": 436, "keyctl": 219},
+    "ppc64le": {"pivot_root": 203, "close_range": 436, "keyctl": 271},
+    "s390x": {"pivot_root": 217, "close_range": 436, "keyctl": 280},
+    "armv7l": {"pivot_root": 218, "close_range": 436, "keyctl": 311},
+    "i686": {"pivot_root": 217, "close_range": 436, "keyctl": 288},
 }
+_MOUNT_SETATTR = 442
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+MOUNT_ATTR_NODEV = 0x4
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
@@ -193,6 +206,23 @@ def last_cap() -> int:
             return int(f.read())
     except (OSError, ValueError):
         return 40
+
+
+def set_attr_recursive(path: str | bytes, attr_set: int) -> None:
+    """mount_setattr(2) with AT_RECURSIVE: ``attr_set`` (MOUNT_ATTR_*) on the mount at
+    ``path`` and every mount below it (Linux 5.12)."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    target = _b(path)
+    _check(_libc.syscall(ctypes.c_long(_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD), target,
+                         ctypes.c_uint(_AT_RECURSIVE), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))), target)
+
+
+def join_new_session_keyring() -> None:
+    """A new anonymous session keyring: the keys of the session we came from stay out of
+    reach (runc does the same for every container process)."""
+    _check(_libc.syscall(ctypes.c_long(_syscall_number("keyctl")),
+                         ctypes.c_int(_KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_char_p(None)))
 
 
 def sethostname(name: str) -> None:

@@ -67,6 +67,7 @@ from soute.runtime.rootfs import (
 from soute.runtime.spec import (
     COPY_UP,
     DEFAULT_PATH,
+    DEVICE,
     NAMESPACES,
     Mount,
     Process,
@@ -456,8 +457,14 @@ def _fork(*, new_pid_namespace: bool = False, join_pid_namespace: int | None = N
     if not new_pid_namespace and join_pid_namespace is None:
         return os.fork()
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    # A child that joins a running container's PID namespace holds our descriptors until
+    # it execs: not dumpable from birth, the container's processes cannot open them through
+    # /proc/PID/fd nor ptrace it (runc's init is the same). exec makes it dumpable again.
+    joining = join_pid_namespace is not None
+    if joining:
+        _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
     try:
-        if join_pid_namespace is not None:
+        if joining:
             _linux.setns(join_pid_namespace, _linux.CLONE_NEWPID)
         else:
             _linux.unshare(_linux.CLONE_NEWPID)
@@ -467,6 +474,8 @@ def _fork(*, new_pid_namespace: bool = False, join_pid_namespace: int | None = N
         finally:
             if pid != 0:
                 _linux.setns(own, _linux.CLONE_NEWPID)
+                if joining:
+                    _linux.prctl(_linux.PR_SET_DUMPABLE, 1)
         return pid
     finally:
         os.close(own)
@@ -675,6 +684,11 @@ def _common_setup(fds: list[int | None], *, terminal: bool = False) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     os.setsid()  # the terminal's ^C reaches soute, which forwards it
+    try:  # keys of the caller's session (a login's, say) stay out of the container's reach
+        _linux.join_new_session_keyring()
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:  # a kernel without keys has none to leak
+            raise _step("making the process a session keyring", exc) from None
     copies = [os.dup(fd) if fd is not None else None for fd in fds]
     for target, fd in enumerate(copies):
         if fd is not None:
@@ -823,6 +837,8 @@ def _exec_child(
     report: int, fds: list[int | None], resume: int,
 ) -> NoReturn:
     """The process of :func:`exec_in`, already in the container's PID namespace."""
+    _close_all_but({0, 1, 2, report, resume, root_fd, *procs, *joined.values(),
+                    *(fd for fd in fds if fd is not None)})
     for fd in procs:
         try:
             os.write(fd, b"0")  # "0": the writing process itself
@@ -831,6 +847,17 @@ def _exec_child(
     _common_setup(fds, terminal=process.terminal)
     _join_namespaces(joined, root_fd)
     _become(process)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every descriptor not in ``keep``: the caller's (a store's database, a lock, a
+    log) never reach the container, not even before exec closes them."""
+    low = 0
+    for fd in sorted(k for k in keep if k >= 0):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 def _join_namespaces(joined: dict[str, int], root_fd: int) -> None:
@@ -1005,7 +1032,7 @@ def _parse_options(options: tuple[str, ...]) -> tuple[int, str, list[int]]:
     data: list[str] = []
     propagation: list[int] = []
     for option in options:
-        if option == COPY_UP:  # ours, done before mounting
+        if option in (COPY_UP, DEVICE):  # ours: done before mounting, or by _mount
             continue
         if option in _FLAG_OPTIONS:
             bit, on = _FLAG_OPTIONS[option]
@@ -1019,10 +1046,14 @@ def _parse_options(options: tuple[str, ...]) -> tuple[int, str, list[int]]:
 
 def _mount(root: str, m: Mount, stubs: AbstractSet[str] = frozenset(), *,
            nodev: bool = False) -> None:
-    """Mount ``m`` under ``root``. With ``nodev``, a bind or tmpfs mount gets nodev unless
-    its options say ``dev``: no device node made or brought there can be opened."""
+    """Mount ``m`` under ``root``. With ``nodev`` every bind (with the mounts below it) and
+    tmpfs mount is nodev, whatever its options say, but a :data:`DEVICE` bind: no device
+    node made or brought there can be opened."""
     flags, data, propagation = _parse_options(m.options)
-    if nodev and (m.type in ("bind", "tmpfs") or flags & _linux.MS_BIND) and "dev" not in m.options:
+    # Not devpts: its ptmx must open for a container to make terminals of its own.
+    nodev = (nodev and DEVICE not in m.options
+             and (m.type in ("bind", "tmpfs") or bool(flags & _linux.MS_BIND)))
+    if nodev:
         flags |= _linux.MS_NODEV
     dest = scoped_path(root, m.destination)
     if m.type == "bind" or flags & _linux.MS_BIND:
@@ -1031,6 +1062,10 @@ def _mount(root: str, m: Mount, stubs: AbstractSet[str] = frozenset(), *,
         rest = flags & ~(_linux.MS_BIND | _linux.MS_REC)
         if rest:  # bind mounts take their flags from a remount
             _linux.mount(None, dest, None, rest | _linux.MS_BIND | _linux.MS_REMOUNT)
+        if nodev and flags & _linux.MS_REC:
+            # The remount reached the top mount only: a host /dev below a -v /:/host bind
+            # would stay openable.
+            _linux.set_attr_recursive(dest, _linux.MOUNT_ATTR_NODEV)
     else:
         if (m.type == "tmpfs" and "mode=" not in data and os.path.isdir(dest)
                 and os.path.normpath(m.destination) not in stubs):
@@ -1055,18 +1090,30 @@ def _ensure_mountpoint(path: str, is_dir: bool) -> None:
 
 def _populate_dev(dev: str, mounts: list[Mount], *, bind: bool = False) -> None:
     """The default device nodes in the container's /dev. With ``bind`` (a /dev mounted
-    nodev), the host's nodes are bind mounted: their own mounts let them be opened."""
-    for name, major, minor in _DEVICES:
-        path = f"{dev}/{name}"
-        if os.path.lexists(path):
-            continue
-        try:
-            if bind:
-                raise PermissionError
-            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-        except PermissionError:  # no CAP_MKNOD (or bind): borrow the host's node
-            _ensure_mountpoint(path, False)
-            _linux.mount(f"/dev/{name}", path, None, _linux.MS_BIND)
+    nodev) each is made in a tmpfs of its own that allows devices, then bind mounted into
+    /dev: its own mount lets it be opened. Without CAP_MKNOD the host's nodes are bound."""
+    stage = f"{dev}/.soute-devices" if bind else ""
+    if stage:
+        os.mkdir(stage, 0o700)
+        _linux.mount("tmpfs", stage, "tmpfs", _linux.MS_NOSUID | _linux.MS_NOEXEC,
+                     "mode=700,size=16k")
+    try:
+        for name, major, minor in _DEVICES:
+            path = f"{dev}/{name}"
+            if os.path.lexists(path):
+                continue
+            node = f"{stage}/{name}" if stage else path
+            try:
+                os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            except PermissionError:  # no CAP_MKNOD: borrow the host's node
+                node = f"/dev/{name}"
+            if node != path:
+                _ensure_mountpoint(path, False)
+                _linux.mount(node, path, None, _linux.MS_BIND)
+    finally:
+        if stage:  # the binds keep what they show; the stage itself goes
+            _linux.umount2(stage, _linux.MNT_DETACH)
+            os.rmdir(stage)
     for name, target in _DEV_LINKS:
         if not os.path.lexists(f"{dev}/{name}"):
             os.symlink(target, f"{dev}/{name}")

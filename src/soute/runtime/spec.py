@@ -35,6 +35,9 @@ BUILD_NAMESPACES = frozenset({"pid", "mount", "uts", "ipc"})
 # A bind mount option of ours, not the kernel's: an empty source directory is first filled
 # with what the image has at the destination (docker's volume copy-up).
 COPY_UP = "copy-up"
+# A bind mount of a host device node (--device): the one kind the runtime leaves openable
+# where every other bind and tmpfs mount is nodev (see Spec.all_devices).
+DEVICE = "soute-device"
 
 # Capability names by number (linux/capability.h).
 CAPABILITIES: tuple[str, ...] = (
@@ -113,7 +116,8 @@ class Process:
 class Mount:
     """A mount, as in the spec: ``options`` mixes flags (``ro``, ``nosuid``) and fs data.
 
-    A bind mount may also have :data:`COPY_UP`, which the runtime handles itself.
+    A bind mount may also have :data:`COPY_UP` or :data:`DEVICE`, which the runtime
+    handles itself.
     """
 
     destination: str
@@ -128,7 +132,7 @@ class Mount:
     def to_oci(self) -> dict[str, Any]:
         out: dict[str, Any] = {"destination": self.destination, "type": self.type,
                                "source": self.source}
-        options = [o for o in self.options if o != COPY_UP]  # done before the runtime runs
+        options = [o for o in self.options if o not in (COPY_UP, DEVICE)]  # ours alone
         if options:
             out["options"] = options
         return out
