@@ -886,3 +886,26 @@ def test_a_container_does_not_share_our_session_keyring(layers: Layers) -> None:
     spec.masked_paths = ()
     seen = output(spec, layers)
     assert "_ses" in seen and marker not in seen
+
+
+def test_nodev_reaches_mounts_below_a_bind_and_a_tmpfs_asked_with_dev(
+        layers: Layers, tmp_path: Path) -> None:
+    """A node on a mount below a bound directory (the host's /dev under -v /:/host, say),
+    or in a tmpfs asked with ``dev``, cannot be opened either."""
+    from soute.runtime import _linux
+
+    shared = tmp_path / "shared"
+    (shared / "sub").mkdir(parents=True)
+    _linux.mount("tmpfs", str(shared / "sub"), "tmpfs", 0, "size=16k")
+    try:
+        os.mknod(shared / "sub" / "kmsg", stat.S_IFCHR | 0o600, os.makedev(1, 11))
+        spec = sh("dd if=/host/sub/kmsg bs=1 count=0 2>/dev/null; echo $?; "
+                  "mknod /t/kmsg c 1 11 && dd if=/t/kmsg bs=1 count=0 2>/dev/null; echo $?")
+        spec.mounts += [Mount("/host", "bind", str(shared), ("rbind", "ro")),
+                        Mount("/t", "tmpfs", "tmpfs", ("dev",))]
+        assert output(spec, layers).split() == ["1", "1"]
+        spec.all_devices = True
+        spec.process.capabilities = None
+        assert output(spec, layers).split() == ["0", "0"]
+    finally:
+        _linux.umount2(str(shared / "sub"), _linux.MNT_DETACH)
