@@ -490,3 +490,24 @@ def test_copy_up_is_not_a_kernel_option(tmp_path: Path) -> None:
     bad = Spec(Process(["true"]), mounts=[Mount("/t", "tmpfs", "tmpfs", (COPY_UP,))])
     with pytest.raises(SouteError, match="copy-up needs a bind mount"):
         bad.validate()
+
+
+def test_copy_up_never_writes_through_a_swapped_directory(
+        image: Layers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another container sharing the volume swaps a directory the copy just made for a
+    symlink to the host: nothing is written there, the start fails instead."""
+    volume, outside = tmp_path / "volume", tmp_path / "outside"
+    volume.mkdir()
+    outside.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if os.path.basename(path) == "sub":  # what the other container does meanwhile
+            os.rename(path, f"{path}.old", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.symlink(str(outside), path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    with pytest.raises(SouteError, match="copying /data into its volume"):
+        run_output(volume_spec("true", volume, COPY_UP), image)
+    assert os.listdir(outside) == []

@@ -949,7 +949,11 @@ def _copy_up(root: str, m: Mount) -> None:
     """Fill an empty volume directory with what the image has at its destination, as docker
     does for a new volume: contents, owners, modes, times, links, xattrs, and the
     directory's own owner and mode. Nothing is followed: the image's symlinks are copied as
-    links, never resolved on the host."""
+    links, never resolved on the host.
+
+    The volume may be another running container's too, which can swap a directory being
+    filled for a symlink: everything is made and changed through descriptors of the
+    directories made, opened without following links, never by a path on the host."""
     if not os.path.isdir(m.source) or os.listdir(m.source):
         return
     image_dir = scoped_path(root, m.destination)
@@ -959,63 +963,86 @@ def _copy_up(root: str, m: Mount) -> None:
         return
     if not stat.S_ISDIR(st.st_mode):
         return
-    _copy_tree(image_dir, m.source, {})
-    _copy_metadata(image_dir, m.source, st)
+    top = os.open(m.source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    links: dict[tuple[int, int], int] = {}  # hardlinked inodes: an O_PATH descriptor each
+    try:
+        _copy_tree(image_dir, top, links)
+        _copy_metadata(image_dir, st, f"/proc/self/fd/{top}", follow=True)
+    finally:
+        for fd in (top, *links.values()):
+            os.close(fd)
 
 
-def _copy_tree(src: str, dst: str, links: dict[tuple[int, int], str]) -> None:
+def _copy_tree(src: str, dst: int, links: dict[tuple[int, int], int]) -> None:
+    """Copy directory ``src``'s entries into the directory open as ``dst``."""
     with os.scandir(src) as entries:
         for entry in entries:
-            source, target = entry.path, os.path.join(dst, entry.name)
+            name, source = entry.name, entry.path
             st = entry.stat(follow_symlinks=False)
             mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                os.mkdir(target, 0o700)
-                _copy_tree(source, target, links)
-            elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
-                os.link(links[st.st_dev, st.st_ino], target, follow_symlinks=False)
+            shared = st.st_nlink > 1 and not stat.S_ISDIR(mode)
+            if shared and (st.st_dev, st.st_ino) in links:
+                # Through our descriptor of the first copy: that very inode, not a path.
+                os.link(f"/proc/self/fd/{links[st.st_dev, st.st_ino]}", name,
+                        dst_dir_fd=dst, follow_symlinks=True)
                 continue  # one inode: its metadata is set already
+            if stat.S_ISDIR(mode):
+                os.mkdir(name, 0o700, dir_fd=dst)
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
             elif stat.S_ISREG(mode):
-                _copy_file(source, target)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             elif stat.S_ISLNK(mode):
-                os.symlink(os.readlink(source), target)
+                os.symlink(os.readlink(source), name, dir_fd=dst)
+                # A link's own owner and times: by name in our directory, not followed.
+                _copy_metadata(source, st, f"/proc/self/fd/{dst}/{name}", follow=False)
+                if shared:
+                    links[st.st_dev, st.st_ino] = os.open(
+                        name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst)
+                continue
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-                os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+                os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=dst)
+                flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
             else:  # a socket means nothing without its server
                 continue
-            if st.st_nlink > 1 and not stat.S_ISDIR(mode):
-                links[st.st_dev, st.st_ino] = target
-            _copy_metadata(source, target, st)
+            fd = os.open(name, flags, 0o600, dir_fd=dst)
+            try:
+                if stat.S_IFMT(os.fstat(fd).st_mode) != stat.S_IFMT(mode):
+                    continue  # replaced meanwhile by someone else: not ours to change
+                if stat.S_ISDIR(mode):
+                    _copy_tree(source, fd, links)
+                elif stat.S_ISREG(mode):
+                    _copy_content(source, fd)
+                # Through the descriptor's /proc link: that inode, wherever its name went.
+                _copy_metadata(source, st, f"/proc/self/fd/{fd}", follow=True)
+                if shared:
+                    links[st.st_dev, st.st_ino] = os.open(f"/proc/self/fd/{fd}",
+                                                          os.O_PATH | os.O_CLOEXEC)
+            finally:
+                os.close(fd)
 
 
-def _copy_file(src: str, dst: str) -> None:
+def _copy_content(src: str, fd_out: int) -> None:
     fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
-        try:
-            while os.sendfile(fd_out, fd_in, None, 1 << 30):
-                pass
-        finally:
-            os.close(fd_out)
+        while os.sendfile(fd_out, fd_in, None, 1 << 30):
+            pass
     finally:
         os.close(fd_in)
 
 
-def _copy_metadata(src: str, dst: str, st: os.stat_result) -> None:
+def _copy_metadata(src: str, st: os.stat_result, target: str, *, follow: bool) -> None:
     """Owner, then mode (chown clears set-id bits), xattrs (file capabilities after chown),
-    then times last (everything before changes them)."""
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    link = stat.S_ISLNK(st.st_mode)
-    if not link:
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    then times last (everything before changes them), set on ``target``."""
+    os.chown(target, st.st_uid, st.st_gid, follow_symlinks=follow)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(target, stat.S_IMODE(st.st_mode))
     for name in _xattrs(src):
         if name.startswith("trusted.overlay."):  # overlayfs' own bookkeeping
             continue
         with contextlib.suppress(OSError):  # e.g. user.* on a symlink: not allowed
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
-                        follow_symlinks=False)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+            os.setxattr(target, name, os.getxattr(src, name, follow_symlinks=False),
+                        follow_symlinks=follow)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=follow)
 
 
 def _xattrs(path: str) -> list[str]:
