@@ -250,7 +250,7 @@ def test_a_no_cache_rebuilds_duplicate_layer_waits_for_a_prune(tmp_path: Path) -
     ok(soute(store, "build", "-q", "--no-cache", "-", input=text, env=env))
     assert len(list((store / "trash").iterdir())) == 1
     fsck = ok(soute(store, "fsck"))
-    assert "1 duplicate layer tree(s)" in fsck and " 0 problem(s)" in fsck
+    assert "1 tree(s) set aside: duplicate layers" in fsck and " 0 problem(s)" in fsck
     ok(soute(store, "image", "prune", "-f"))
     assert not (store / "trash").exists()
     assert "duplicate" not in ok(soute(store, "fsck"))

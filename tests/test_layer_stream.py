@@ -120,3 +120,24 @@ def test_hardlinks_and_directories_as_entries_give_up(tmp_path: Path) -> None:
     _announce(stream, tmp_path, ["app"])
     stream.entry(b"app/sub")
     assert stream.finish() is None
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_lost_wake_up_does_not_hang_the_layer_writer(quiet: bool) -> None:
+    """A ^C landing inside Queue.put can lose the wake-up of the writing thread: closing
+    still ends (the thread polls), with every byte written unless the layer is abandoned."""
+    import io
+    import threading
+    import time
+
+    from soute.layer.write import _HashingSink
+
+    out = io.BytesIO()
+    sink = _HashingSink(out)
+    sink.write_large(b"x" * 10)
+    time.sleep(0.05)  # the thread now waits on an empty queue
+    sink._queue.not_empty.notify = lambda n=1: None  # type: ignore[method-assign]
+    done = threading.Event()
+    threading.Thread(target=lambda: (sink.close(quiet=quiet), done.set()), daemon=True).start()
+    assert done.wait(3)
+    assert out.getvalue() == b"x" * 10

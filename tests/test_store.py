@@ -382,6 +382,43 @@ def test_a_layer_that_fails_to_unpack_leaves_the_others_made_and_nothing_half_ma
     assert diff_ids[1] in fsck.stdout + fsck.stderr and "not recorded" not in fsck.stdout
 
 
+def test_an_interrupted_collection_leaves_no_half_removed_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot leaves snapshots/ in one rename before its files go: a ^C in the middle of
+    a prune never leaves a snapshot that a later run would use with files missing."""
+    import soute.store.store as store_module
+    from soute.store.names import resolve
+
+    ok(soute(tmp_path, "load", input=_docker_archive(THREE_LAYERS, "three:v1")))
+    with Store(tmp_path) as store:
+        image = resolve(store, "three:v1")
+        store.snapshots(image.diff_ids)
+        store.meta.remove_image(image.id)
+        real = store_module._rmtree
+
+        def interrupted(path: str | Path, ignore_errors: bool = False) -> None:
+            files = [p for p in Path(path).rglob("*") if p.is_file()]
+            if files:  # one file removed, then the ^C
+                files[0].unlink()
+                raise KeyboardInterrupt
+            real(path, ignore_errors=ignore_errors)
+
+        monkeypatch.setattr(store_module, "_rmtree", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            store.collect_garbage()
+        monkeypatch.setattr(store_module, "_rmtree", real)
+    for snapshot in (tmp_path / "snapshots").iterdir():  # whole, or not there at all
+        assert [p.name for p in snapshot.iterdir()], snapshot
+    ok(soute(tmp_path, "load", input=_docker_archive(THREE_LAYERS, "three:v1")))
+    with Store(tmp_path) as store:
+        first, second, third = store.snapshots(resolve(store, "three:v1").diff_ids)
+    assert (first / "a").read_bytes() == b"1" and (second / "b").read_bytes() == b"2"
+    assert (third / "c").read_bytes() == b"3"
+    ok(soute(tmp_path, "image", "prune", "-f"))  # what the ^C left goes with the next one
+    assert "0 problem(s)" in ok(soute(tmp_path, "fsck"))
+    assert not (tmp_path / "trash").exists() or not any((tmp_path / "trash").iterdir())
+
+
 def test_oci_layout_follows_tags(tmp_path: Path) -> None:
     ok(soute(tmp_path, "import", "-", "debianish:bookworm", input=rootfs_tar(FILES)))
     index = json.loads((tmp_path / "oci" / "index.json").read_text())

@@ -19,6 +19,7 @@ What is recorded (OCI ``layer.md``, and what docker and containerd writers do):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -41,6 +42,8 @@ OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 _CHUNK = 1 << 20
 _FLUSH = 1 << 18
+_POLL = 0.25  # s: how often an idle writing thread looks whether its layer was abandoned
+_CLOSE_TIMEOUT = 5.0  # s: the most an abandoned layer's writing thread is waited for
 _ZERO_BLOCK = bytes(BLOCK)
 # Largest values the ustar octal fields hold (7 and 11 digits); beyond them we use PAX records.
 _MAX_OCTAL7 = 8**7 - 1
@@ -253,6 +256,7 @@ class _HashingSink:
         self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=16)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._abandon = False  # a quiet close: the rest need not be written
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.pending += data
@@ -281,10 +285,15 @@ class _HashingSink:
 
     def close(self, *, quiet: bool = False) -> None:
         """Wait until everything handed on is written; raise what the writing failed with
-        (unless ``quiet``)."""
+        (unless ``quiet``: the layer is abandoned, what is queued is dropped)."""
         if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
+            if quiet:
+                self._abandon = True
+            with contextlib.suppress(queue.Full):  # it sees _abandon at its next poll
+                self._queue.put(None, timeout=_CLOSE_TIMEOUT if quiet else None)
+            # A ^C inside a queue or lock call can lose a wake-up: the thread polls, and
+            # an abandoned layer is not waited for beyond a few seconds.
+            self._thread.join(timeout=_CLOSE_TIMEOUT if quiet else None)
             self._thread = None
         if self._error is not None and not quiet:
             raise self._error
@@ -299,7 +308,15 @@ class _HashingSink:
         self._queue.put(data)
 
     def _drain(self) -> None:
-        while (data := self._queue.get()) is not None:
+        while True:
+            try:
+                data = self._queue.get(timeout=_POLL)
+            except queue.Empty:
+                if self._abandon:
+                    return
+                continue
+            if data is None or self._abandon:
+                return
             if self._error is not None:
                 continue  # keep taking chunks so that the walk never blocks on a full queue
             try:

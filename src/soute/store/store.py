@@ -550,9 +550,18 @@ class Store:
                     report.blobs += 1
             self.meta.remove_layers(d for d, _ in self.meta.layers() if d not in live_blobs)
             dead = []
+            trash = self.root / "trash"
+            trash.mkdir(exist_ok=True)
             for entry in os.scandir(self.snapshot_dir):
                 if "sha256:" + entry.name not in live_chains:
-                    _rmtree(entry.path, ignore_errors=True)
+                    # Out of snapshots/ in one rename, then removed: an interrupted removal
+                    # never leaves a half-emptied snapshot that a later run would use.
+                    gone = trash / f"snapshot-{entry.name}-{os.getpid()}"
+                    try:
+                        os.rename(entry.path, gone)
+                    except OSError:
+                        continue  # left for the next collection
+                    _rmtree(gone, ignore_errors=True)
                     dead.append("sha256:" + entry.name)
                     report.snapshots += 1
             self.meta.remove_snapshots(
@@ -612,8 +621,9 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 discarded = sum(1 for _ in os.scandir(self.root / "trash"))
                 if discarded:
-                    report.notes.append(f"{discarded} duplicate layer tree(s) of --no-cache "
-                                        "rebuilds set aside (prune frees them)")
+                    report.notes.append(f"{discarded} tree(s) set aside: duplicate layers of "
+                                        "--no-cache rebuilds, or removals a ^C cut short "
+                                        "(prune frees them)")
             leftovers = list(os.scandir(self.tmp))
             if leftovers:
                 report.notes.append(f"{len(leftovers)} temporary file(s) left by interrupted "
