@@ -44,6 +44,7 @@ import signal
 import stat
 import sys
 import termios
+import threading
 from collections.abc import Callable, Generator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -446,6 +447,9 @@ def _supervise(
     return 128 - code if code < 0 else code
 
 
+_JOINING = threading.Lock()  # held while this process is made not dumpable for a fork
+
+
 def _fork(*, new_pid_namespace: bool = False, join_pid_namespace: int | None = None) -> int:
     """fork(), the child as PID 1 of a new PID namespace or in the PID namespace of
     ``join_pid_namespace`` (a descriptor) when asked.
@@ -461,24 +465,26 @@ def _fork(*, new_pid_namespace: bool = False, join_pid_namespace: int | None = N
     # it execs: not dumpable from birth, the container's processes cannot open them through
     # /proc/PID/fd nor ptrace it (runc's init is the same). exec makes it dumpable again.
     joining = join_pid_namespace is not None
-    if joining:
-        _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
+    pid = -1
+    if joining:  # one at a time: a thread's restore must not reach another's fork
+        _JOINING.acquire()
     try:
         if joining:
+            _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
             _linux.setns(join_pid_namespace, _linux.CLONE_NEWPID)
         else:
             _linux.unshare(_linux.CLONE_NEWPID)
-        pid = -1
         try:
             pid = os.fork()
         finally:
             if pid != 0:
                 _linux.setns(own, _linux.CLONE_NEWPID)
-                if joining:
-                    _linux.prctl(_linux.PR_SET_DUMPABLE, 1)
         return pid
     finally:
         os.close(own)
+        if joining and pid != 0:  # in the parent, whatever failed
+            _linux.prctl(_linux.PR_SET_DUMPABLE, 1)
+            _JOINING.release()
 
 
 def _read_reports(
