@@ -963,6 +963,8 @@ def test_more_bad_input_is_one_line(root: Path, tmp_path: Path) -> None:
         (["run", "--rm", "--pids-limit", "x", "busybox", "true"], 125, "invalid int value"),
         (["run", "--rm", "-p", "80:80", "--runtime", "runc", "busybox", "true"], 125,
          "need soute's own runtime"),
+        (["run", "--rm", "--device", "/dev/fuse", "--runtime", "runc", "busybox", "true"], 125,
+         "need soute's own runtime"),
         (["ps", "--format", "{{.ID"], 1, "cannot parse"),
         (["rename", "nosuch", "x"], 1, "No such container"),  # 125 is run's and create's
     ]

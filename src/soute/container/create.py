@@ -682,9 +682,9 @@ def _create(store: Store, image_name: str, opts: RunOptions) -> Container:
         ipc=ipc,
         uts=opts.uts,
     )
-    if spec.runtime != "soute" and (spec.ports or spec.resources):
-        raise ContainerError("-p/-P and --memory/--cpus/--pids-limit need soute's own runtime",
-                             "leave out --runtime")
+    if spec.runtime != "soute" and (spec.ports or spec.resources or spec.devices):
+        raise ContainerError("-p/-P, --memory/--cpus/--pids-limit and --device need soute's "
+                             "own runtime", "leave out --runtime")
     if not spec.workdir.startswith("/"):
         raise ContainerError(f"the working directory '{spec.workdir}' is invalid",
                              "it needs to be an absolute path")

@@ -51,6 +51,8 @@ if TYPE_CHECKING:  # typing costs a `soute run` 3 ms
 Ready = Callable[[SouteError | None], None]
 INIT_PATH = "/sbin/docker-init"  # where docker puts its init too: scripts look there
 _TINI = ("/usr/bin/tini-static", "/usr/bin/tini")
+
+
 def _device_nodes(host: str, inside: str) -> list[tuple[str, str]]:
     """``--device``'s (host path, container path) pairs: the node, or each node under the
     directory, as docker maps them."""
