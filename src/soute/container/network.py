@@ -348,10 +348,9 @@ def _temporary_file() -> IO[bytes]:
     return os.fdopen(fd, "w+b")
 
 
-def resolv_conf_for_slirp(host_resolv: str | Path = "/etc/resolv.conf",
-                          servers: Sequence[str] = (SLIRP_DNS,)) -> bytes:
-    """The container's resolv.conf: slirp4netns's DNS forwarder (or ``--dns``'s ``servers``)
-    plus the host's search/options.
+def resolv_conf_for_slirp(host_resolv: str | Path = "/etc/resolv.conf") -> bytes:
+    """The container's resolv.conf: slirp4netns's DNS forwarder plus the host's
+    search/options (``--dns`` and its kin: :func:`resolv_conf_with`).
 
     The host's nameservers are dropped: from inside they may be unreachable (a 127.0.0.53 stub is
     the host's loopback, which the container cannot reach); slirp4netns forwards to them anyway.
@@ -365,8 +364,7 @@ def resolv_conf_for_slirp(host_resolv: str | Path = "/etc/resolv.conf",
         for line in text.splitlines()
         if line.split(maxsplit=1)[:1] in (["search"], ["domain"], ["options"])
     ]
-    names = [f"nameserver {server}" for server in servers]
-    return "".join(f"{line}\n" for line in [*names, *kept]).encode()
+    return "".join(f"{line}\n" for line in [f"nameserver {SLIRP_DNS}", *kept]).encode()
 
 
 def resolv_conf_with(
