@@ -299,9 +299,11 @@ BASICS: dict[str, tuple[list[str], str, list[str]]] = {
     "init": (["--init"], "busybox", ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"]),
     # What the process finds around it.
     "dev": ([], "busybox", ["ls", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"]),
-    "dev-nodes": ([], "busybox", ["ls", "-l", "/dev/null", "/dev/zero", "/dev/full",
-                                 "/dev/random", "/dev/urandom", "/dev/tty", "/dev/console",
-                                 "/dev/ptmx"]),
+    # Not ``ls -l``: its time of day is the nodes' creation minute, which differs between
+    # two runs a minute boundary apart.
+    "dev-nodes": ([], "busybox", ["stat", "-c", "%N %F %A %U:%G %t,%T", "/dev/null",
+                                 "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+                                 "/dev/tty", "/dev/console", "/dev/ptmx"]),
     "modes": ([], "busybox", ["stat", "-c", "%n %a %U", "/", "/tmp", "/root", "/dev",
                              "/dev/shm", "/proc", "/sys", "/etc/hostname", "/etc/hosts",
                              "/etc/resolv.conf"]),
