@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -254,6 +255,45 @@ def test_a_no_cache_rebuilds_duplicate_layer_waits_for_a_prune(tmp_path: Path) -
     ok(soute(store, "image", "prune", "-f"))
     assert not (store / "trash").exists()
     assert "duplicate" not in ok(soute(store, "fsck"))
+
+
+def _written_by(store: Path, *args: str) -> tuple[str, int]:
+    """``soute build ARGS``: its output, and the bytes its processes wrote to files
+    (``ru_oublock``: pages dirtied, counted when written, even if deleted before they
+    reach the disk)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock
+    out = ok(soute(store, "build", "-q", *args))
+    return out.strip(), (resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock - before) * 512
+
+
+@pytest.mark.parametrize("dest", ["/app", "/tmp/app"], ids=["streamed", "walked"])
+def test_a_no_cache_rebuild_writes_no_layer_the_store_holds(
+    root: Path, tmp_path: Path, dest: str
+) -> None:
+    """A --no-cache rebuild of a COPY that makes the same layer again writes its tree but
+    not the layer's 24 MiB tar a second time; a layer that came out different is written.
+    ``/app`` is new (the layer is written while the copy runs), ``/tmp`` is in busybox (the
+    layer is written from the finished tree)."""
+    size = 24 << 20
+    ctx = tmp_path / "ctx"
+    (ctx / "d").mkdir(parents=True)
+    (ctx / "d" / "big").write_bytes(os.urandom(size))
+    (ctx / "d" / "small").write_text("small\n")
+    (ctx / "Dockerfile").write_text(f"FROM busybox\nCOPY d {dest}\n")
+    first, wrote = _written_by(root, "--no-cache", str(ctx))
+    assert wrote >= 2 * size  # the tree and the tar: the count sees both
+    again, wrote = _written_by(root, "--no-cache", str(ctx))
+    assert inspect(root, again)["RootFS"] == inspect(root, first)["RootFS"]
+    assert wrote < 1.5 * size
+    os.utime(ctx / "d" / "big", (1_000_000_000, 1_000_000_000))  # same key, other layer
+    changed, wrote = _written_by(root, "--no-cache", str(ctx))
+    assert wrote >= 2 * size
+    layers = inspect(root, changed)["RootFS"]["Layers"]
+    assert layers[:-1] == inspect(root, first)["RootFS"]["Layers"][:-1]
+    assert layers[-1] != inspect(root, first)["RootFS"]["Layers"][-1]
+    out = ok(soute(root, "run", "--rm", changed, "stat", "-c", "%s %Y", f"{dest}/big"))
+    assert out == f"{size} 1000000000\n"
+    assert " 0 problem(s)" in ok(soute(root, "fsck"))
 
 
 def test_run_makes_layers_from_the_commands_changes(root: Path) -> None:

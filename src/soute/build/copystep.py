@@ -158,27 +158,38 @@ def copy_step(
             if error is not None:
                 raise LocatedError(error, file=file, line=instr.line)
             return None
-        from soute.layer import LayerStream
+        from soute.layer import LayerStream, Nowhere
 
         epoch = builder._epoch()
-        with builder.store.blobs.writer() as w:
-            stream = LayerStream(upper, w, epoch=epoch.seconds if epoch is not None else None)
+
+        def stream_into(out: Any) -> LayerDigest | None:
+            stream = LayerStream(upper, out, epoch=epoch.seconds if epoch is not None else None)
             try:
                 error = _in_child(job, stream)
             except BaseException:
-                stream.fail("interrupted")  # its writing thread stops before w goes
+                stream.fail("interrupted")  # its writing thread stops before out goes
                 raise
             if error is not None:
                 stream.fail("the copy failed")
                 raise LocatedError(error, file=file, line=instr.line)
-            layer = stream.finish()
+            return stream.finish()  # None: the engine writes it from the finished tree
+
+        if expected is not None:
+            layer = stream_into(Nowhere())
+            if layer is None or layer.diff_id == expected:
+                return layer
+            return builder._write_layer(upper, None)  # not the same after all: write it
+        with builder.store.blobs.writer() as w:
+            layer = stream_into(w)
             if layer is None:
-                w.abort()  # the engine writes it from the finished tree
+                w.abort()
                 return None
             w.commit()
             return layer
 
-    return builder._layer_step(config, layers, step_key, _created_by(instr), make)
+    expected = builder._stored_result(step_key)
+    return builder._layer_step(config, layers, step_key, _created_by(instr), make,
+                               expected=expected)
 
 
 def workdir_step(tmp: Path, upper: Path, lowers: list[Path], workdir: str, user: str) -> None:

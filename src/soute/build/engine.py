@@ -460,14 +460,46 @@ class Builder:
         make: Callable[[Path, list[Path]], LayerDigest | None],
         *,
         suffix: bool = True,
+        expected: str | None = None,
     ) -> tuple[str, tuple[str, int] | None]:
         """Reuse the cached result of ``key`` or run ``make(upper, lowers)`` and keep the
-        upper dir as the new layer.
+        upper dir as the new layer. ``expected``: see :meth:`_stored_result`.
 
         Stages side by side may reach the same step (same cache key): the second waits for
         the first and reuses its result, as BuildKit's solver merges equal vertices."""
         with self._step_lock(key):
-            return self._layer_step_locked(config, layers, key, created_by, make, suffix=suffix)
+            return self._layer_step_locked(config, layers, key, created_by, make, suffix=suffix,
+                                           expected=expected)
+
+    def _stored_result(self, key: str) -> str | None:
+        """Under ``--no-cache``, the layer that step ``key`` made last time, if the store
+        still holds it. A COPY or ADD rebuilt from the same sources nearly always makes it
+        again byte for byte: its new layer is then hashed first and written only when it
+        differs, rather than written whole and deleted as a duplicate."""
+        if not self.opts.no_cache:
+            return None
+        hit = self.store.meta.cache_get(key)
+        if hit is None or hit[0] is None or not self.store.has_layer(hit[0]):
+            return None
+        return hit[0]
+
+    def _write_layer(self, upper: Path, expected: str | None) -> LayerDigest:
+        """The layer tar of the finished upper dir, into the store unless it is ``expected``
+        (a layer the store holds)."""
+        from soute.layer import Nowhere, write_layer
+
+        # Under SOURCE_DATE_EPOCH, mtimes are clamped to it (BuildKit's rewrite-timestamp)
+        # so that the same build gives the same layers.
+        epoch = self._epoch()
+        seconds = epoch.seconds if epoch is not None else None
+        if expected is not None:
+            layer = write_layer(upper, Nowhere(), overlay=True, epoch=seconds)  # type: ignore[arg-type]
+            if layer.diff_id == expected:
+                return layer
+        with self.store.blobs.writer() as w:
+            layer = write_layer(upper, w, overlay=True, epoch=seconds)  # type: ignore[arg-type]
+            w.commit()
+        return layer
 
     def _layer_step_locked(
         self,
@@ -478,6 +510,7 @@ class Builder:
         make: Callable[[Path, list[Path]], LayerDigest | None],
         *,
         suffix: bool = True,
+        expected: str | None = None,
     ) -> tuple[str, tuple[str, int] | None]:
         from soute.image.digest import chain_ids
         from soute.image.timestamp import Timestamp
@@ -521,22 +554,9 @@ class Builder:
                     self._record(key, None, created.format())
                 self._history(config, text, empty=True, created=created)
                 return key, None
-            if made is not None:
-                layer, diff_id = made, made.diff_id  # written while the step ran (a COPY)
-            else:
-                from soute.layer import write_layer  # here: a cached step needs none
-
-                with self.store.blobs.writer() as w:
-                    # Under SOURCE_DATE_EPOCH, mtimes are clamped to it (BuildKit's
-                    # rewrite-timestamp) so that the same build gives the same layers.
-                    epoch = self._epoch()
-                    layer = write_layer(
-                        upper,
-                        w,
-                        overlay=True,  # type: ignore[arg-type]
-                        epoch=epoch.seconds if epoch is not None else None,
-                    )
-                    diff_id = w.commit()
+            # A COPY may have written its layer while it ran.
+            layer = made if made is not None else self._write_layer(upper, expected)
+            diff_id = layer.diff_id
             chain = chain_ids([*[d for d, _ in layers], diff_id])[-1]
             snapshot = self.store.snapshot_path(chain)
             if not snapshot.is_dir():

@@ -6,6 +6,7 @@ The lowest layer of soute: it imports nothing from soute but :mod:`soute.errors`
   upper dir) and returns its :class:`LayerDigest` (DiffID and size).
 - :class:`LayerStream` writes the same tar while the tree is still being made, told which
   entries are final (a COPY into a new directory), and falls back when told wrong.
+- :class:`Nowhere` is an output for either that keeps nothing: the DiffID alone.
 - :func:`apply_layer` applies a layer tar onto a full tree, or unpacks it as an overlayfs
   lower dir, refusing entries that would write outside the destination.
 - :func:`compress_stream`, :func:`open_decompressed` and :func:`detect` handle the gzip and
@@ -22,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from soute.layer.apply import apply_layer
     from soute.layer.compress import compress_stream, detect, open_decompressed
-    from soute.layer.write import LayerDigest, LayerStream, write_layer
+    from soute.layer.write import LayerDigest, LayerStream, Nowhere, write_layer
 
 __all__ = [
     "LayerDigest",
     "LayerStream",
+    "Nowhere",
     "apply_layer",
     "compress_stream",
     "detect",
@@ -37,6 +39,7 @@ __all__ = [
 _HOME = {
     "LayerDigest": "write",
     "LayerStream": "write",
+    "Nowhere": "write",
     "write_layer": "write",
     "apply_layer": "apply",
     "compress_stream": "compress",

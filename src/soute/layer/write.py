@@ -70,6 +70,14 @@ class LayerDigest:
     size: int
 
 
+class Nowhere:
+    """An ``out`` that keeps nothing: :func:`write_layer` and :class:`LayerStream` still
+    return the DiffID and size, for a layer that the store may hold already."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        return len(data)
+
+
 def keep_xattr(name: str) -> bool:
     """Whether an extended attribute belongs in a layer.
 
