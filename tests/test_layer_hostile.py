@@ -562,3 +562,59 @@ def test_fuzz_header_fields(
         with contextlib.suppress(SouteError):
             b.apply(out.getvalue(), overlay=overlay)
         b.check_outside()
+
+
+# ---------------------------------------------------------------------------- a changing tree
+
+
+class _Swapping(io.RawIOBase):
+    """A layer's output that, at its first write, runs ``swap``: the walk is then still
+    reading the large file that comes first (its 1 MiB chunks fill the writer's queue of
+    16), and reaches the swapped entries only after."""
+
+    def __init__(self, swap: object) -> None:
+        self.swap, self.data = swap, bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:  # type: ignore[override]
+        if self.swap is not None:
+            self.swap()  # type: ignore[operator]
+            self.swap = None
+        self.data += bytes(data)  # type: ignore[call-overload]
+        return len(data)  # type: ignore[arg-type]
+
+
+@needs_root
+@pytest.mark.parametrize("swapped", ["directory", "file"])
+def test_a_tree_changed_during_the_walk_never_puts_host_files_in_the_layer(
+    tmp_path: Path, swapped: str
+) -> None:
+    """commit reads a running container's upper dir: the container may replace a directory
+    it listed with a symlink to a host directory, or a file with a device node. The walk
+    must refuse (the layer fails), not read the host's files or device."""
+    from soute.layer import write_layer
+
+    secret = tmp_path / "host"
+    secret.mkdir()
+    (secret / "shadow").write_bytes(b"host secret")
+    tree = tmp_path / "upper"
+    tree.mkdir()
+    (tree / "a-large").write_bytes(bytes(24 << 20))
+    (tree / "b").mkdir()
+    (tree / "b" / "mine").write_bytes(b"mine")
+    (tree / "c").write_bytes(b"c" * 4096)
+
+    def swap() -> None:
+        if swapped == "directory":
+            os.rename(tree / "b", tree / "b-moved")
+            os.symlink(secret, tree / "b")
+        else:
+            os.unlink(tree / "c")
+            os.mknod(tree / "c", 0o644 | 0o020000, os.makedev(1, 9))  # /dev/urandom
+
+    out = _Swapping(swap)
+    with pytest.raises(SouteError, match="was replaced while it was being read"):
+        write_layer(tree, out)  # type: ignore[arg-type]
+    assert b"host secret" not in out.data

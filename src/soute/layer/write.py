@@ -175,7 +175,7 @@ class LayerStream:
             # A hardlink's first path and a whiteout's place depend on entries yet to come.
             self.fail(f"{os.fsdecode(rel)} is a directory, a hardlink or a whiteout")
             return
-        self._write(lambda: self._writer._emit(path, rel, st))
+        self._write(lambda: self._writer._emit(None, path, path, rel, st))
 
     def fail(self, why: str) -> None:
         """Stop streaming: the maker did something this stream cannot follow."""
@@ -225,7 +225,7 @@ class LayerStream:
             path = self._top + b"/" + rel
             try:
                 st = os.lstat(path)
-                real, opaque = self._writer._dir_header(path, rel, st)
+                real, opaque = self._writer._dir_header(path, path, rel, st)
             except (OSError, SouteError) as err:
                 self.fail(str(err))
                 return
@@ -343,11 +343,22 @@ class _HashingSink:
             data = data[written:]
 
 
-# (path on disk, name in the tar, lstat result)
-_Child = tuple[bytes, bytes, os.stat_result]
+# (path on disk, name in the tar, lstat result, name in its directory)
+_Child = tuple[bytes, bytes, os.stat_result, bytes]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO put in a file's place meanwhile must not block the open.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class _TreeWriter:
+    """The walk. It may read a tree that is still changing (``commit`` of a running
+    container): every entry is reached from its directory's descriptor and opened without
+    following a symlink, then checked to be the inode the listing showed. A container that
+    swaps a directory or file for a symlink, a device or a FIFO cannot have a host file or
+    device read into its layer: the layer fails (a device swapped in is at most opened,
+    without blocking, and closed)."""
+
     def __init__(self, top: bytes, sink: _HashingSink, *, overlay: bool, epoch: int | None):
         self._top = top
         self._sink = sink
@@ -358,18 +369,32 @@ class _TreeWriter:
     def run(self) -> None:
         # Depth first, each directory's children in the order of _children: a directory's
         # whole subtree follows its entry, so parents always come before children.
-        stack: list[Iterator[_Child]] = [iter(self._children(self._top, b""))]
-        while stack:
-            child = next(stack[-1], None)
-            if child is None:
-                stack.pop()
-                continue
-            path, name, st = child
-            if self._emit(path, name, st):
-                stack.append(iter(self._children(path, name + b"/")))
+        try:
+            top = os.open(self._top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise _fs_error(self._top, err) from err
+        # A descriptor goes on the stack before its listing: the finally closes it if that fails.
+        stack: list[tuple[int, Iterator[_Child]]] = [(top, iter(()))]
+        try:
+            stack[-1] = (top, iter(self._children(top, self._top, b"")))
+            while stack:
+                at, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    stack.pop()
+                    os.close(at)
+                    continue
+                path, name, st, entry = child
+                sub = self._emit(at, entry, path, name, st)
+                if sub is not None:
+                    stack.append((sub, iter(())))
+                    stack[-1] = (sub, iter(self._children(sub, path, name + b"/")))
+        finally:
+            for at, _ in stack:
+                os.close(at)
 
-    def _children(self, dir_path: bytes, prefix: bytes) -> list[_Child]:
-        """The entries of one directory, in archive order.
+    def _children(self, at: int, dir_path: bytes, prefix: bytes) -> list[_Child]:
+        """The entries of one directory (open as ``at``), in archive order.
 
         Order: whiteouts first, then everything else, each group sorted by the bytes of its
         tar name (bytes, not str: ``surrogateescape`` code points do not sort like the bytes
@@ -382,14 +407,16 @@ class _TreeWriter:
         whiteouts: list[_Child] = []
         others: list[_Child] = []
         try:
-            with os.scandir(dir_path) as it:
+            # scandir closes the descriptor it is given: a copy of ours.
+            with os.scandir(os.dup(at)) as it:
                 for de in it:
-                    path = dir_path + b"/" + de.name
+                    name = os.fsencode(de.name)
+                    path = dir_path + b"/" + name
                     st = de.stat(follow_symlinks=False)
                     if self._is_whiteout(st):
-                        whiteouts.append((path, prefix + WHITEOUT_PREFIX + de.name, st))
+                        whiteouts.append((path, prefix + WHITEOUT_PREFIX + name, st, name))
                     else:
-                        others.append((path, prefix + de.name, st))
+                        others.append((path, prefix + name, st, name))
         except OSError as err:
             raise _fs_error(dir_path, err) from err
         whiteouts.sort(key=_second)
@@ -408,25 +435,32 @@ class _TreeWriter:
             return self._epoch
         return mtime
 
-    def _emit(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
-        """Write one entry; True when it is a directory whose children come next."""
+    def _emit(self, at: int | None, entry: bytes, path: bytes, name: bytes,
+              st: os.stat_result) -> int | None:
+        """Write one entry (``entry`` in directory ``at``, or the path ``entry`` when ``at``
+        is None); for a directory whose children come next, its descriptor."""
         mode = st.st_mode
         sink = self._sink
         if self._is_whiteout(st):
             # Fixed metadata: the device's owner and time say nothing about the image, and
             # varying them would change the DiffID of otherwise identical layers.
             sink.write(_header(name, 0o600, 0, 0, 0, 0, _TYPE_REG))
-            return False
+            return None
         if stat.S_ISSOCK(mode):
-            return False  # sockets are runtime objects; no tar type exists for them
+            return None  # sockets are runtime objects; no tar type exists for them
         perm = stat.S_IMODE(mode)
         mtime = self._mtime(st)
         if stat.S_ISDIR(mode):
-            header, opaque = self._dir_header(path, name, st)
+            fd = _open_same(at, entry, path, st, _DIR_FLAGS)
+            try:
+                header, opaque = self._dir_header(fd, path, name, st)
+            except BaseException:
+                os.close(fd)
+                raise
             sink.write(header)
             if opaque:
                 sink.write(_header(name + b"/" + OPAQUE_MARKER, 0o600, 0, 0, 0, 0, _TYPE_REG))
-            return True
+            return fd
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self._inodes.get(key)
@@ -434,19 +468,29 @@ class _TreeWriter:
                 sink.write(
                     _header(name, perm, st.st_uid, st.st_gid, 0, mtime, _TYPE_LINK, linkname=first)
                 )
-                return False
+                return None
             self._inodes[key] = name
-        xattrs, _ = self._xattrs(path, directory=False)
         if stat.S_ISREG(mode):
-            sink.write(
-                _header(
-                    name, perm, st.st_uid, st.st_gid, st.st_size, mtime, _TYPE_REG, xattrs=xattrs
-                )
-            )
-            self._copy_content(path, st.st_size)
-        elif stat.S_ISLNK(mode):
+            fd = _open_same(at, entry, path, st, _FILE_FLAGS)
             try:
-                target = os.readlink(path)
+                xattrs, _ = self._xattrs(fd, path, directory=False)
+                sink.write(
+                    _header(
+                        name, perm, st.st_uid, st.st_gid, st.st_size, mtime, _TYPE_REG,
+                        xattrs=xattrs,
+                    )
+                )
+                self._copy_content(fd, path, st.st_size)
+            finally:
+                os.close(fd)
+            return None
+        # No descriptor for the others (opening a device is what must not happen): their
+        # xattrs are read by a path that only the last component could redirect, and
+        # that component is not followed.
+        xattrs, _ = self._xattrs(_in(at, entry), path, directory=False)
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(entry, dir_fd=at)
             except OSError as err:
                 raise _fs_error(path, err) from err
             sink.write(
@@ -482,19 +526,25 @@ class _TreeWriter:
             sink.write(
                 _header(name, perm, st.st_uid, st.st_gid, 0, mtime, _TYPE_FIFO, xattrs=xattrs)
             )
-        return False
+        return None
 
-    def _dir_header(self, path: bytes, name: bytes, st: os.stat_result) -> tuple[bytes, bool]:
-        """A directory's header, and whether it is overlay-opaque."""
-        xattrs, opaque = self._xattrs(path, directory=True)
+    def _dir_header(self, where: int | bytes, path: bytes, name: bytes,
+                    st: os.stat_result) -> tuple[bytes, bool]:
+        """A directory's header, and whether it is overlay-opaque (``where``: the
+        directory's descriptor, or its path)."""
+        xattrs, opaque = self._xattrs(where, path, directory=True)
         perm = stat.S_IMODE(st.st_mode)
         return _header(name + b"/", perm, st.st_uid, st.st_gid, 0, self._mtime(st), _TYPE_DIR,
                        xattrs=xattrs), opaque
 
-    def _xattrs(self, path: bytes, *, directory: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """The xattrs to record, sorted by name, and whether the directory is overlay-opaque."""
+    def _xattrs(self, where: int | bytes, path: bytes, *,
+                directory: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """The xattrs to record, sorted by name, and whether the directory is overlay-opaque
+        (``where``: the entry's descriptor, or a path whose last component is not followed;
+        ``path`` names it in errors)."""
         try:
-            names = os.listxattr(path, follow_symlinks=False)
+            names = (os.listxattr(where) if isinstance(where, int)
+                     else os.listxattr(where, follow_symlinks=False))
         except OSError as err:
             if err.errno in _NO_XATTR_ERRNOS:
                 return [], False
@@ -512,19 +562,15 @@ class _TreeWriter:
                         hint="mount the overlay with redirect_dir=off,metacopy=off",
                     )
                 if directory and xname in OPAQUE_XATTRS:
-                    opaque = opaque or _getxattr(path, xname) == b"y"
+                    opaque = opaque or _getxattr(where, path, xname) == b"y"
                 continue
             if keep_xattr(xname):
-                kept.append((os.fsencode(xname), _getxattr(path, xname)))
+                kept.append((os.fsencode(xname), _getxattr(where, path, xname)))
         kept.sort()
         return kept, opaque
 
-    def _copy_content(self, path: bytes, size: int) -> None:
+    def _copy_content(self, fd: int, path: bytes, size: int) -> None:
         sink = self._sink
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as err:
-            raise _fs_error(path, err) from err
         try:
             if size <= _FLUSH:
                 data = os.read(fd, size)
@@ -547,10 +593,34 @@ class _TreeWriter:
                     left -= len(chunk)
         except OSError as err:
             raise _fs_error(path, err) from err
-        finally:
-            os.close(fd)
         if size % BLOCK:
             sink.write(_ZERO_BLOCK[: BLOCK - size % BLOCK])
+
+
+def _open_same(at: int | None, entry: bytes, path: bytes, st: os.stat_result, flags: int) -> int:
+    """``entry`` opened without following a symlink, checked to be the inode ``st`` shows
+    (not something put in its place since it was listed)."""
+    try:
+        fd = os.open(entry, flags, dir_fd=at)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            raise _replaced(path) from err
+        raise _fs_error(path, err) from err
+    try:
+        now = os.fstat(fd)
+    except OSError as err:
+        os.close(fd)
+        raise _fs_error(path, err) from err
+    if (now.st_ino, now.st_dev, stat.S_IFMT(now.st_mode)) != (
+            st.st_ino, st.st_dev, stat.S_IFMT(st.st_mode)):
+        os.close(fd)
+        raise _replaced(path)
+    return fd
+
+
+def _in(at: int | None, entry: bytes) -> bytes:
+    """A path to ``entry`` of directory ``at`` that only its last component could redirect."""
+    return entry if at is None else b"/proc/self/fd/%d/%s" % (at, entry)
 
 
 _NO_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
@@ -560,15 +630,24 @@ def _second(item: _Child) -> bytes:
     return item[1]
 
 
-def _getxattr(path: bytes, name: str) -> bytes:
+def _getxattr(where: int | bytes, path: bytes, name: str) -> bytes:
     try:
-        return os.getxattr(path, name, follow_symlinks=False)
+        if isinstance(where, int):
+            return os.getxattr(where, name)
+        return os.getxattr(where, name, follow_symlinks=False)
     except OSError as err:
         raise _fs_error(path, err) from err
 
 
 def _fs_error(path: bytes, err: OSError) -> SouteError:
     return SouteError(f"cannot write a layer: {os.fsdecode(path)}: {err.strerror or err}")
+
+
+def _replaced(path: bytes) -> SouteError:
+    return SouteError(
+        f"cannot write a layer: {os.fsdecode(path)} was replaced while it was being read",
+        hint="do not modify the tree while a layer is written from it",
+    )
 
 
 def _changed(path: bytes) -> SouteError:
