@@ -260,6 +260,24 @@ def test_exec_format_error(tmp_path: Path, base: Path) -> None:
         run(Spec(Process(["bad"])), layers)
 
 
+def test_stub_removal_never_follows_a_symlink_the_command_made(tmp_path: Path) -> None:
+    """A command that replaced /etc with a symlink to a host directory (possible where the
+    image has no /etc, so the runtime made it) must not have the stubs' removal at its end
+    delete that directory's empty files."""
+    from soute.runtime.rootfs import DirState, StubRecord, remove_stubs
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hosts").touch()
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    os.symlink(outside, upper / "etc")
+    record = StubRecord(created=["etc", "etc/hosts"],
+                        parents=[DirState("", 0o40755, 0, 0, 0, 0, True)])
+    remove_stubs(upper, [record])
+    assert (outside / "hosts").exists()
+
+
 # ---------------------------------------------------------------------------- isolation
 
 

@@ -188,7 +188,8 @@ def write_merged_tar(lowers: Sequence[Path], work: Path, out: int) -> None:
         try:
             _linux.unshare(_linux.CLONE_NEWNS)
             _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-            mount_overlay(work / "layers", str(root))
+            # nodev: the walk opens files, and a device node is never one it should open.
+            mount_overlay(work / "layers", str(root), _linux.MS_NODEV | _linux.MS_NOSUID)
             with os.fdopen(out, "wb", closefd=False) as f:
                 write_layer(root, f, overlay=False)
             code = 0
@@ -413,6 +414,9 @@ def remove_stubs(upper: Path | str, records: Sequence[StubRecord]) -> None:
     for record in reversed(records):
         if not record.parents:
             continue
+        if not all(_beneath(upper, rel) for rel in
+                   [*record.created, *(p.path for p in record.parents)]):
+            continue  # the command made a symlink of a directory above: left as it is
         times = _times(_in_upper(upper, record.parents[0].path))
         if not all(_remove_if_empty(os.path.join(upper, rel)) for rel in reversed(record.created)):
             continue
@@ -422,6 +426,23 @@ def remove_stubs(upper: Path | str, records: Sequence[StubRecord]) -> None:
             if not _settle_parent(_in_upper(upper, parent.path), parent, times):
                 break
             times = above_times
+
+
+def _beneath(upper: str, rel: str) -> bool:
+    """Whether every directory above ``rel`` in ``upper`` is a real one, or absent from
+    it. The command may have replaced one with a symlink (``mv /etc /e; ln -s /x /etc``),
+    which would take our removals to wherever it points: the host's files."""
+    path = upper
+    for part in rel.split("/")[:-1]:
+        path = os.path.join(path, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+    return True
 
 
 def _in_upper(upper: str, rel: str) -> str:
