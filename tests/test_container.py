@@ -1260,6 +1260,101 @@ def test_cp_out_replaces_what_is_in_the_way_and_keeps_hardlinks(tmp_path: Path) 
     assert (host / "renamed" / "c").read_bytes() == b"3"
 
 
+def test_cp_out_hostile_archives_are_tamed(tmp_path: Path) -> None:
+    """What a container's archive cannot do on the host: have a directory copied through a
+    symlink found at DEST/NAME, make a device node, or leave a setuid file owned by the
+    host user (kept with -a, whose owners are the container's)."""
+    from soute.container.copy import CopyError, place
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    host = tmp_path / "host"
+    host.mkdir()
+    os.symlink(outside, host / "data")  # left by an earlier copy from the same container
+    place(_archive(("data", tarfile.DIRTYPE, "", b""), ("data/k", tarfile.REGTYPE, "", b"key")),
+          "/data", str(host), owner=(os.getuid(), os.getgid()), host=True)
+    assert not (host / "data").is_symlink() and (host / "data" / "k").read_bytes() == b"key"
+    assert list(outside.iterdir()) == []
+    with pytest.raises(CopyError, match="refused devices/disk: a device node"):
+        place(_archive(("d", tarfile.DIRTYPE, "", b""), ("d/disk", tarfile.BLKTYPE, "", b"")),
+              "/d", str(tmp_path / "devices"), owner=(os.getuid(), os.getgid()), host=True)
+    assert not (tmp_path / "devices" / "disk").exists()
+
+    def setuid_file(name: str) -> io.BytesIO:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            member = tarfile.TarInfo(name)
+            member.mode, member.size = 0o6755, 1
+            tar.addfile(member, io.BytesIO(b"x"))
+        out.seek(0)
+        return out
+
+    place(setuid_file("sh"), "/sh", str(tmp_path / "sh"), owner=(os.getuid(), os.getgid()),
+          host=True)
+    assert stat.S_IMODE((tmp_path / "sh").stat().st_mode) == 0o755
+    place(setuid_file("sh"), "/sh", str(tmp_path / "sh-a"), owner=None, host=True)
+    assert stat.S_IMODE((tmp_path / "sh-a").stat().st_mode) == 0o6755
+
+
+def test_cp_L_names_the_copy_after_src(root: Path, tmp_path: Path) -> None:
+    """-L copies what the link points at under the link's own name (docker's rebase): the
+    container does not get to choose the name that the copy takes on the host."""
+    ok(soute(root, "run", "--name", "cp-link", "busybox", "sh", "-c",
+             "mkdir /q /app && echo evil > /q/.profile && ln -s /q/.profile /app/report.txt"
+             " && mkdir /q/.ssh && echo k > /q/.ssh/keys && ln -s /q/.ssh /app/data"))
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        ok(soute(root, "cp", "-L", "cp-link:/app/report.txt", str(out)))
+        ok(soute(root, "cp", "-L", "cp-link:/app/data", str(out)))
+        assert sorted(os.listdir(out)) == ["data", "report.txt"]
+        assert (out / "report.txt").read_text() == "evil\n"
+        assert (out / "data" / "keys").read_text() == "k\n"
+    finally:
+        soute(root, "rm", "-f", "cp-link")
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_cp_in_replaces_a_fifo_or_device_node_without_opening_it(
+    root: Path, tmp_path: Path, running: bool
+) -> None:
+    """A FIFO or device node the container put where the copy goes is replaced, as docker
+    replaces what is in the way: not written through (a block device would be the host's
+    disk), nor waited on (a FIFO without a reader blocks an open for ever)."""
+    name = f"cp-node-{'run' if running else 'stopped'}"
+    script = "mkfifo /etc/app.conf && mknod /etc/dev.conf c 1 3"
+    if running:
+        ok(soute(root, "run", "-d", "--name", name, "busybox", "sh", "-c",
+                 script + " && touch /ready && sleep 600"))
+        wait_for(lambda: soute(root, "exec", name, "test", "-e", "/ready").returncode == 0)
+    else:
+        ok(soute(root, "run", "--name", name, "busybox", "sh", "-c", script))
+    try:
+        conf = tmp_path / "conf"
+        conf.write_text("setting=1\n")
+        for target in ("/etc/app.conf", "/etc/dev.conf"):
+            # In a session of its own: a copy stuck on the FIFO is killed with its child.
+            cp = subprocess.Popen([sys.executable, "-m", "soute.cli.main", "--root", str(root),
+                                   "cp", str(conf), f"{name}:{target}"], text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  start_new_session=True)
+            try:
+                _, err = cp.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(cp.pid, signal.SIGKILL)
+                cp.communicate()
+                raise AssertionError(f"cp to {target} hung") from None
+            assert cp.returncode == 0, err
+            tar = subprocess.run([sys.executable, "-m", "soute.cli.main", "--root", str(root),
+                                  "cp", f"{name}:{target}", "-"],
+                                 capture_output=True, check=True, timeout=60).stdout
+            with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+                member = archive.extractfile(os.path.basename(target))
+                assert member is not None and member.read() == b"setting=1\n"
+    finally:
+        soute(root, "rm", "-f", name)
+
+
 def test_cp_child_runs_nothing_of_the_container() -> None:
     # No name lookups (glibc would load the container's NSS modules), no imports from files.
     code = ("import sys, tarfile; from soute.container.copy import _nothing_from_the_container;"

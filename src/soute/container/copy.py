@@ -6,8 +6,10 @@ or, for one that is not running, an overlay of its layers and upper dir mounted 
 mount namespace, then ``chroot``. Symlinks in the container therefore resolve inside it,
 whatever they point at. The two sides talk in tar: the side that reads writes an archive of
 the source, named by its base name, and the side that writes extracts it where docker's
-rules say (:func:`place`). An archive from the container is extracted on the host with
-tarfile's ``tar`` filter: no member lands outside the destination.
+rules say (:func:`place`). An archive from the container is extracted on the host only
+after checks of our own (:func:`_make_room`): no member lands outside the destination or
+through a symlink, none is a device node, and setuid/setgid bits are dropped unless ``-a``
+keeps the container's owners.
 """
 
 from __future__ import annotations
@@ -127,7 +129,10 @@ def place(stream: IO[bytes], src: str, dest: str, *, owner: tuple[int, int] | No
         # The user's side of the path is resolved now (before the archive made anything):
         # what the archive makes is then checked against a real directory.
         target = target.rstrip("/") or "/"
-        if src_is_dir and os.path.islink(target) and os.path.isdir(target):
+        # A symlink the user named as DEST is followed, as docker does; one found at
+        # DEST/NAME (which an earlier copy from a container may have made) is replaced.
+        if (src_is_dir and target == (dest.rstrip("/") or "/") and os.path.islink(target)
+                and os.path.isdir(target)):
             target = os.path.realpath(target)
         where = os.path.realpath(os.path.dirname(target) or "/")
         top = os.path.basename(target)
@@ -139,9 +144,14 @@ def place(stream: IO[bytes], src: str, dest: str, *, owner: tuple[int, int] | No
                 if member.linkname != base and not member.linkname.startswith(base + "/"):
                     raise CopyError(f"refused {member.name}: a hardlink outside the copy")
                 member.linkname = _rebased(member.linkname, base, top)
+            if host and (member.ischr() or member.isblk()):
+                raise CopyError(f"refused {member.name}: a device node is not made on the host",
+                                "copy to - for a tar archive that keeps it")
             if owner is not None:
                 member.uid, member.gid = owner
                 member.uname = member.gname = ""
+                if host:  # a container's setuid file must not become the host user's
+                    member.mode &= ~(stat.S_ISUID | stat.S_ISGID)
             _extract(tar, member, where, host=host)
             member = tar.next()
 
@@ -228,12 +238,14 @@ def _write_archive(src: str, out: IO[bytes], *, follow: bool, where: str) -> Non
     path = src.rstrip("/") or "/"
     if path.endswith("/."):  # SRC/.: the directory itself; place() takes its content only
         path = path[:-2] or "/"
+    # Named after SRC as typed, also when -L follows it: docker does, and a name taken from
+    # the link's target would let the container choose what DEST/NAME the copy replaces.
+    name = os.path.basename(path.rstrip("/")) or "."
     if follow:
         path = os.path.realpath(path)
     if not os.path.lexists(path):
         raise CopyError(f"Could not find the file {src} in {where.split(':')[0]}",
                         "check the path (soute exec CONTAINER ls DIR)")
-    name = os.path.basename(path.rstrip("/")) or "."
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.add(path, arcname=name, recursive=True)
 
@@ -353,11 +365,9 @@ def _nothing_from_the_container() -> None:
     sys.path[:] = []
     sys.path_importer_cache.clear()
 
-    import builtins
-
     def open_regular(name: str, mode: str = "rb") -> IO[bytes]:
         if mode != "rb":  # extracting (cp into the container): bounded by its root
-            return builtins.open(name, mode)  # type: ignore[return-value]
+            return _replace_file(name)
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
@@ -365,6 +375,19 @@ def _nothing_from_the_container() -> None:
         return os.fdopen(fd, mode)
 
     tarfile.bltn_open = open_regular  # type: ignore[attr-defined]
+
+
+def _replace_file(name: str) -> IO[bytes]:
+    """A new file at ``name`` for tarfile to write, as docker replaces what is there: the
+    old file (its other hardlinks keep it), or a FIFO or device node the container put in
+    the way, is removed first and never opened."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISDIR(os.lstat(name).st_mode):
+            os.unlink(name)
+    # O_EXCL: whatever the container makes here meanwhile fails the copy, never redirects it.
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def _enter(pid: int | None, scratch: Path | None) -> None:
@@ -384,7 +407,8 @@ def _enter(pid: int | None, scratch: Path | None) -> None:
 
     _linux.unshare(_linux.CLONE_NEWNS)
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-    mount_overlay(scratch / "links", str(scratch / "root"))
+    # nodev: a device node the container made stays closed to this root process.
+    mount_overlay(scratch / "links", str(scratch / "root"), _linux.MS_NODEV | _linux.MS_NOSUID)
     os.chroot(scratch / "root")
     os.chdir("/")
 
