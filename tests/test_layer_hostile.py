@@ -618,3 +618,20 @@ def test_a_tree_changed_during_the_walk_never_puts_host_files_in_the_layer(
     with pytest.raises(SouteError, match="was replaced while it was being read"):
         write_layer(tree, out)  # type: ignore[arg-type]
     assert b"host secret" not in out.data
+
+
+def test_the_walk_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """One descriptor per directory is held during the walk and closed after it, also when
+    the walk fails: a build writes many layers in one process."""
+    from soute.layer import write_layer
+
+    for i in range(50):
+        (tmp_path / "t" / f"d{i}" / "sub").mkdir(parents=True)
+        (tmp_path / "t" / f"d{i}" / "sub" / "f").write_bytes(b"f")
+    before = len(os.listdir("/proc/self/fd"))
+    write_layer(tmp_path / "t", io.BytesIO())  # type: ignore[arg-type]
+    (tmp_path / "t" / "d7" / "sub" / "f").chmod(0)
+    os.setxattr(tmp_path / "t" / "d9", "trusted.overlay.redirect", b"x")  # refused
+    with pytest.raises(SouteError):
+        write_layer(tmp_path / "t", io.BytesIO())  # type: ignore[arg-type]
+    assert len(os.listdir("/proc/self/fd")) == before

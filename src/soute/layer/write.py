@@ -407,8 +407,7 @@ class _TreeWriter:
         whiteouts: list[_Child] = []
         others: list[_Child] = []
         try:
-            # scandir closes the descriptor it is given: a copy of ours.
-            with os.scandir(os.dup(at)) as it:
+            with os.scandir(at) as it:  # it lists a duplicate: ``at`` stays ours to close
                 for de in it:
                     name = os.fsencode(de.name)
                     path = dir_path + b"/" + name
