@@ -178,7 +178,7 @@ def copy_step(
             layer = stream_into(Nowhere())
             if layer is None or layer.diff_id == expected:
                 return layer
-            return builder._write_layer(upper, None)  # not the same after all: write it
+            return builder._write_layer(upper)  # not the same after all: write it
         with builder.store.blobs.writer() as w:
             layer = stream_into(w)
             if layer is None:
@@ -188,8 +188,7 @@ def copy_step(
             return layer
 
     expected = builder._stored_result(step_key)
-    return builder._layer_step(config, layers, step_key, _created_by(instr), make,
-                               expected=expected)
+    return builder._layer_step(config, layers, step_key, _created_by(instr), make)
 
 
 def workdir_step(tmp: Path, upper: Path, lowers: list[Path], workdir: str, user: str) -> None:

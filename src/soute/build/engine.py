@@ -460,22 +460,22 @@ class Builder:
         make: Callable[[Path, list[Path]], LayerDigest | None],
         *,
         suffix: bool = True,
-        expected: str | None = None,
     ) -> tuple[str, tuple[str, int] | None]:
         """Reuse the cached result of ``key`` or run ``make(upper, lowers)`` and keep the
-        upper dir as the new layer. ``expected``: see :meth:`_stored_result`.
+        upper dir as the new layer.
 
         Stages side by side may reach the same step (same cache key): the second waits for
         the first and reuses its result, as BuildKit's solver merges equal vertices."""
         with self._step_lock(key):
-            return self._layer_step_locked(config, layers, key, created_by, make, suffix=suffix,
-                                           expected=expected)
+            return self._layer_step_locked(config, layers, key, created_by, make, suffix=suffix)
 
     def _stored_result(self, key: str) -> str | None:
         """Under ``--no-cache``, the layer that step ``key`` made last time, if the store
-        still holds it. A COPY or ADD rebuilt from the same sources nearly always makes it
+        still holds it. A COPY into a new directory, rebuilt from the same sources, makes it
         again byte for byte: its new layer is then hashed first and written only when it
-        differs, rather than written whole and deleted as a duplicate."""
+        differs, rather than written whole and deleted as a duplicate. (Not a COPY into a
+        directory that exists, nor a RUN: the directories they change take the build's
+        time, so their layers rarely repeat and would be tarred twice.)"""
         if not self.opts.no_cache:
             return None
         hit = self.store.meta.cache_get(key)
@@ -483,19 +483,14 @@ class Builder:
             return None
         return hit[0]
 
-    def _write_layer(self, upper: Path, expected: str | None) -> LayerDigest:
-        """The layer tar of the finished upper dir, into the store unless it is ``expected``
-        (a layer the store holds)."""
-        from soute.layer import Nowhere, write_layer
+    def _write_layer(self, upper: Path) -> LayerDigest:
+        """The layer tar of the finished upper dir, into the store."""
+        from soute.layer import write_layer
 
         # Under SOURCE_DATE_EPOCH, mtimes are clamped to it (BuildKit's rewrite-timestamp)
         # so that the same build gives the same layers.
         epoch = self._epoch()
         seconds = epoch.seconds if epoch is not None else None
-        if expected is not None:
-            layer = write_layer(upper, Nowhere(), overlay=True, epoch=seconds)  # type: ignore[arg-type]
-            if layer.diff_id == expected:
-                return layer
         with self.store.blobs.writer() as w:
             layer = write_layer(upper, w, overlay=True, epoch=seconds)  # type: ignore[arg-type]
             w.commit()
@@ -510,7 +505,6 @@ class Builder:
         make: Callable[[Path, list[Path]], LayerDigest | None],
         *,
         suffix: bool = True,
-        expected: str | None = None,
     ) -> tuple[str, tuple[str, int] | None]:
         from soute.image.digest import chain_ids
         from soute.image.timestamp import Timestamp
@@ -555,7 +549,7 @@ class Builder:
                 self._history(config, text, empty=True, created=created)
                 return key, None
             # A COPY may have written its layer while it ran.
-            layer = made if made is not None else self._write_layer(upper, expected)
+            layer = made if made is not None else self._write_layer(upper)
             diff_id = layer.diff_id
             chain = chain_ids([*[d for d, _ in layers], diff_id])[-1]
             snapshot = self.store.snapshot_path(chain)
