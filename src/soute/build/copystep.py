@@ -174,6 +174,7 @@ def copy_step(
                 raise LocatedError(error, file=file, line=instr.line)
             return stream.finish()  # None: the engine writes it from the finished tree
 
+        expected = builder._stored_result(step_key)
         if expected is not None:
             layer = stream_into(Nowhere())
             if layer is None or layer.diff_id == expected:
@@ -187,7 +188,6 @@ def copy_step(
             w.commit()
             return layer
 
-    expected = builder._stored_result(step_key)
     return builder._layer_step(config, layers, step_key, _created_by(instr), make)
 
 
